@@ -1,0 +1,1 @@
+//! gym-telemetry-daemon (being written).

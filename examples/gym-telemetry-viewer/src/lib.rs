@@ -1,0 +1,1 @@
+//! gym-telemetry-viewer (being written).

@@ -1,0 +1,1 @@
+//! The worker JSONL contract (being written).

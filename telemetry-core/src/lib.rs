@@ -1,0 +1,23 @@
+//! # telemetry-core
+//!
+//! The vocabulary every other gym-telemetry crate speaks:
+//!
+//! - [`pb`]: the protobuf messages and gRPC stubs generated from `proto/` (our
+//!   `gym_telemetry.v1` API and the predecessor's `gymgui.trainer` API, kept wire compatible).
+//!   The generated records ([`pb::RunStep`], [`pb::RunEpisode`], ...) *are* the domain records:
+//!   there is no second copy of each type to keep in sync.
+//! - [`ControlMode`]: who was acting (human, agent, multi_agent, hybrid, replay, unknown).
+//! - [`validate`]: the checks a record must pass before it is stored, with typed errors.
+//! - [`jsonl`]: the worker JSONL contract, the line format legacy workers print on stdout.
+//!
+//! This crate does no I/O of its own beyond reading lines from a caller's reader.
+
+pub mod control_mode;
+pub mod jsonl;
+pub mod pb;
+pub mod record;
+pub mod timestamp;
+pub mod validate;
+
+pub use control_mode::{ControlMode, ControlModeError};
+pub use record::RecordKind;

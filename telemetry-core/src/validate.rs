@@ -1,0 +1,391 @@
+//! What a record must satisfy before it is stored, and the typed errors when it does not.
+//!
+//! The daemon validates every record it ingests and rejects bad ones one by one (the valid
+//! records of the same batch are still stored); the shim runs the same checks in dry-run mode so
+//! a worker author sees the error before any daemon exists. Rules:
+//!
+//! - `run_id` is non-empty, at most [`Limits::max_id_len`] bytes, with no control characters;
+//!   `agent_id` and `producer_id` obey the same length and character rule (they may be empty).
+//! - Every `*_json` field is empty or parses as JSON.
+//! - The encoded record is at most [`Limits::max_record_bytes`] (default 1 MiB).
+//! - Rewards are finite: NaN and infinities are rejected, never stored (a NaN would poison every
+//!   sum a viewer draws). The policy is the same on every path.
+//! - Frames travel by reference: `frame_ref` is a short reference (at most
+//!   [`Limits::max_frame_ref_len`] bytes, not a `data:` URI) and `render_hint_json` is at most
+//!   [`Limits::max_render_hint_bytes`].
+//! - `control_mode` is empty or a known mode (legacy spellings included); [`normalize`] rewrites it
+//!   to the canonical spelling.
+
+use crate::{
+    pb::{record::Kind, Record},
+    ControlMode, ControlModeError,
+};
+use prost::Message;
+
+/// Size limits applied to records. The defaults suit RL telemetry; all are configurable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded record (protobuf bytes).
+    pub max_record_bytes: usize,
+    /// Longest run, agent or producer id.
+    pub max_id_len: usize,
+    /// Longest `frame_ref`.
+    pub max_frame_ref_len: usize,
+    /// Largest `render_hint_json`.
+    pub max_render_hint_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_record_bytes: 1024 * 1024,
+            max_id_len: 256,
+            max_frame_ref_len: 4096,
+            max_render_hint_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// The record has no payload.
+    #[error("record has no payload")]
+    EmptyRecord,
+    /// `run_id` is empty.
+    #[error("run_id is empty")]
+    EmptyRunId,
+    /// An id is longer than allowed.
+    #[error("{field} is {len} bytes, the limit is {max}")]
+    IdTooLong {
+        /// Which id.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An id holds a control character.
+    #[error("{field} contains a control character")]
+    IdControlChar {
+        /// Which id.
+        field: &'static str,
+    },
+    /// A JSON field does not parse.
+    #[error("{field} is not valid JSON: {reason}")]
+    InvalidJson {
+        /// Which field.
+        field: &'static str,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The encoded record is too large.
+    #[error("record is {size} bytes encoded, the limit is {max}")]
+    RecordTooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A reward is NaN or infinite.
+    #[error("{field} is not finite ({value})")]
+    NonFiniteReward {
+        /// Which field.
+        field: &'static str,
+        /// The value.
+        value: f64,
+    },
+    /// Frame data was sent inline instead of by reference.
+    #[error("{field} carries frame data inline ({len} bytes); send frames by frame_ref")]
+    InlineFrame {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+    },
+    /// `control_mode` is not a known mode.
+    #[error(transparent)]
+    ControlMode(#[from] ControlModeError),
+}
+
+impl ValidationError {
+    /// A short stable label for metrics (`rejected_records_total{reason=...}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ValidationError::EmptyRecord => "empty_record",
+            ValidationError::EmptyRunId => "empty_run_id",
+            ValidationError::IdTooLong { .. } => "id_too_long",
+            ValidationError::IdControlChar { .. } => "id_control_char",
+            ValidationError::InvalidJson { .. } => "invalid_json",
+            ValidationError::RecordTooLarge { .. } => "too_large",
+            ValidationError::NonFiniteReward { .. } => "non_finite_reward",
+            ValidationError::InlineFrame { .. } => "inline_frame",
+            ValidationError::ControlMode(_) => "control_mode",
+        }
+    }
+}
+
+fn check_id(field: &'static str, value: &str, limits: &Limits) -> Result<(), ValidationError> {
+    if value.len() > limits.max_id_len {
+        return Err(ValidationError::IdTooLong {
+            field,
+            len: value.len(),
+            max: limits.max_id_len,
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::IdControlChar { field });
+    }
+    Ok(())
+}
+
+fn check_json(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(value)
+        .map(|_| ())
+        .map_err(|e| ValidationError::InvalidJson {
+            field,
+            reason: e.to_string(),
+        })
+}
+
+fn check_reward(field: &'static str, value: f64) -> Result<(), ValidationError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(ValidationError::NonFiniteReward { field, value })
+    }
+}
+
+fn check_frame_ref(value: &str, limits: &Limits) -> Result<(), ValidationError> {
+    if value.len() > limits.max_frame_ref_len || value.starts_with("data:") {
+        return Err(ValidationError::InlineFrame {
+            field: "frame_ref",
+            len: value.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a record against `limits`. Does not modify it.
+pub fn validate(record: &Record, limits: &Limits) -> Result<(), ValidationError> {
+    let kind = record.kind.as_ref().ok_or(ValidationError::EmptyRecord)?;
+    let run_id = record.run_id();
+    if run_id.is_empty() {
+        return Err(ValidationError::EmptyRunId);
+    }
+    check_id("run_id", run_id, limits)?;
+    check_id("producer_id", record.producer().0, limits)?;
+    let size = record.encoded_len();
+    if size > limits.max_record_bytes {
+        return Err(ValidationError::RecordTooLarge {
+            size,
+            max: limits.max_record_bytes,
+        });
+    }
+    match kind {
+        Kind::Step(s) => {
+            check_id("agent_id", &s.agent_id, limits)?;
+            check_reward("reward", s.reward)?;
+            check_json("action_json", &s.action_json)?;
+            check_json("observation_json", &s.observation_json)?;
+            check_json("info_json", &s.info_json)?;
+            if s.render_hint_json.len() > limits.max_render_hint_bytes {
+                return Err(ValidationError::InlineFrame {
+                    field: "render_hint_json",
+                    len: s.render_hint_json.len(),
+                });
+            }
+            check_json("render_hint_json", &s.render_hint_json)?;
+            check_frame_ref(&s.frame_ref, limits)?;
+            ControlMode::from_wire(&s.control_mode)?;
+        }
+        Kind::Episode(e) => {
+            check_id("agent_id", &e.agent_id, limits)?;
+            check_reward("total_reward", e.total_reward)?;
+            check_json("metadata_json", &e.metadata_json)?;
+            ControlMode::from_wire(&e.control_mode)?;
+        }
+        Kind::RunStarted(r) => {
+            check_id("agent_id", &r.agent_id, limits)?;
+            check_json("config_json", &r.config_json)?;
+            ControlMode::from_wire(&r.control_mode)?;
+        }
+        Kind::RunCompleted(r) => check_json("info_json", &r.info_json)?,
+        Kind::Artifact(a) => check_json("info_json", &a.info_json)?,
+    }
+    Ok(())
+}
+
+/// Validates a record and rewrites its `control_mode` to the canonical spelling
+/// (`agent_only` -> `agent`, empty -> `unknown`).
+pub fn normalize(record: &mut Record, limits: &Limits) -> Result<(), ValidationError> {
+    validate(record, limits)?;
+    let mode = match &mut record.kind {
+        Some(Kind::Step(s)) => Some(&mut s.control_mode),
+        Some(Kind::Episode(e)) => Some(&mut e.control_mode),
+        Some(Kind::RunStarted(r)) => Some(&mut r.control_mode),
+        _ => None,
+    };
+    if let Some(mode) = mode {
+        let canonical = ControlMode::from_wire(mode)?.as_str();
+        if mode != canonical {
+            canonical.clone_into(mode);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::{RunEpisode, RunStep};
+
+    fn step() -> RunStep {
+        RunStep {
+            run_id: "run-1".into(),
+            action_json: "1".into(),
+            observation_json: r#"{"x":[1,2]}"#.into(),
+            reward: 0.5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plain_step_is_valid_and_normalized() {
+        let mut r: Record = RunStep {
+            control_mode: "agent_only".into(),
+            ..step()
+        }
+        .into();
+        normalize(&mut r, &Limits::default()).expect("valid");
+        match r.kind {
+            Some(Kind::Step(s)) => assert_eq!(s.control_mode, "agent"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut empty: Record = step().into();
+        normalize(&mut empty, &Limits::default()).expect("valid");
+        match empty.kind {
+            Some(Kind::Step(s)) => assert_eq!(s.control_mode, "unknown"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_rule_has_its_own_error() {
+        let l = Limits::default();
+        let cases: Vec<(Record, &str)> = vec![
+            (Record::default(), "empty_record"),
+            (
+                RunStep {
+                    run_id: String::new(),
+                    ..step()
+                }
+                .into(),
+                "empty_run_id",
+            ),
+            (
+                RunStep {
+                    run_id: "x".repeat(300),
+                    ..step()
+                }
+                .into(),
+                "id_too_long",
+            ),
+            (
+                RunStep {
+                    agent_id: "a\nb".into(),
+                    ..step()
+                }
+                .into(),
+                "id_control_char",
+            ),
+            (
+                RunStep {
+                    action_json: "{oops".into(),
+                    ..step()
+                }
+                .into(),
+                "invalid_json",
+            ),
+            (
+                RunStep {
+                    reward: f64::NAN,
+                    ..step()
+                }
+                .into(),
+                "non_finite_reward",
+            ),
+            (
+                RunStep {
+                    reward: f64::INFINITY,
+                    ..step()
+                }
+                .into(),
+                "non_finite_reward",
+            ),
+            (
+                RunStep {
+                    frame_ref: "data:image/png;base64,AAAA".into(),
+                    ..step()
+                }
+                .into(),
+                "inline_frame",
+            ),
+            (
+                RunStep {
+                    control_mode: "telepathy".into(),
+                    ..step()
+                }
+                .into(),
+                "control_mode",
+            ),
+            (
+                RunStep {
+                    observation_json: format!("\"{}\"", "x".repeat(2 << 20)),
+                    ..step()
+                }
+                .into(),
+                "too_large",
+            ),
+            (
+                RunEpisode {
+                    run_id: "r".into(),
+                    total_reward: f64::NEG_INFINITY,
+                    ..Default::default()
+                }
+                .into(),
+                "non_finite_reward",
+            ),
+            (
+                RunEpisode {
+                    run_id: "r".into(),
+                    metadata_json: "[1,".into(),
+                    ..Default::default()
+                }
+                .into(),
+                "invalid_json",
+            ),
+        ];
+        for (record, label) in cases {
+            let err = validate(&record, &l).expect_err(label);
+            assert_eq!(err.label(), label, "{err}");
+        }
+    }
+
+    #[test]
+    fn limits_are_configurable() {
+        let small = Limits {
+            max_record_bytes: 16,
+            ..Limits::default()
+        };
+        let r: Record = step().into();
+        assert!(matches!(
+            validate(&r, &small),
+            Err(ValidationError::RecordTooLarge { max: 16, .. })
+        ));
+        assert!(validate(&r, &Limits::default()).is_ok());
+    }
+}

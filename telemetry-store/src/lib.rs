@@ -1,0 +1,1 @@
+//! telemetry-store (being written).
