@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn empty_wire_value_is_unknown_but_garbage_is_an_error() {
         assert_eq!(ControlMode::from_wire(""), Ok(ControlMode::Unknown));
-        let err = "telepathy".parse::<ControlMode>().unwrap_err();
+        let err = "telepathy".parse::<ControlMode>().expect_err("not a mode");
         assert_eq!(err.value, "telepathy");
         assert!(err.to_string().contains("telepathy"));
         assert!("".parse::<ControlMode>().is_err());

@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn garbage_is_a_typed_error() {
-        let err = parse_rfc3339("yesterday").unwrap_err();
+        let err = parse_rfc3339("yesterday").expect_err("not a time");
         assert_eq!(err.value, "yesterday");
     }
 }
