@@ -1,1 +1,52 @@
-//! telemetry-shim (being written).
+//! # telemetry-shim
+//!
+//! The piece of gym-telemetry that every training worker links (Rust directly, Python through
+//! the PyO3 bindings, which wrap this API). Its two promises:
+//!
+//! 1. **It never slows the training loop down.** [`Shim::step`] and friends stamp the record and
+//!    hand it to a bounded in-memory inbox; a background thread (which owns a small tokio
+//!    runtime) batches, writes the offline queue and talks gRPC. The caller never waits for
+//!    the network; it waits only under [`FullPolicy::Block`], bounded by its timeout.
+//! 2. **It never loses telemetry it has accepted**, within the loss windows stated in
+//!    [`disk_queue`]: every record gets a `producer_id` + strictly increasing `producer_seq`,
+//!    is kept until the daemon's *durable* ack watermark covers it, and is resent after
+//!    reconnects and restarts; the daemon drops what its watermark already covers, so each
+//!    record is stored exactly once (docs/ARCHITECTURE.md, "Exactly once").
+//!
+//! ```no_run
+//! use telemetry_shim::{Shim, ShimConfig, pb::RunStep};
+//! # fn main() -> Result<(), telemetry_shim::ShimError> {
+//! let shim = Shim::new(ShimConfig::from_env()?)?;
+//! shim.step(RunStep { episode_index: 0, step_index: 0, reward: 1.0, ..Default::default() })?;
+//! let report = shim.close(std::time::Duration::from_secs(5))?;
+//! println!("{:?}", report.outcome);
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`config`] (settings and `GYM_TELEMETRY_*` variables), [`shim`] (the facade),
+//! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`proxy`] (the
+//! `gym-telemetry-proxy` binary's logic for legacy JSONL workers).
+
+pub mod config;
+pub mod disk_queue;
+pub mod error;
+#[cfg(feature = "fake-ingest")]
+pub mod fake_ingest;
+pub mod metadata;
+pub mod proxy;
+pub mod shim;
+pub mod stats;
+
+mod backlog;
+mod backoff;
+mod dry_run;
+mod inbox;
+mod ratelimit;
+mod sender;
+
+pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimConfig};
+pub use error::ShimError;
+pub use metadata::Metadata;
+pub use shim::{FlushOutcome, FlushReport, Shim};
+pub use stats::ShimStats;
+pub use telemetry_core::{pb, ControlMode};

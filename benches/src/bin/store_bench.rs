@@ -1,0 +1,374 @@
+//! Benchmarks of telemetry-store, each against a plain-SQLite baseline run in the same process.
+//!
+//! The store does more than an INSERT loop (watermarks, run summaries, seq bookkeeping) and
+//! reads through keyset pages rather than one cursor; these figures show what that costs:
+//!
+//! - `store_ingest_b{1,64,1024}`: `Store::append` at a batch size, against a prepared-statement
+//!   INSERT loop into the same `steps` table (same columns, indexes and pragmas, one
+//!   transaction per batch). Goal: b1024 >= 0.8 of plain.
+//! - `store_read`: `stream_steps_since` over the whole table, against one
+//!   `SELECT ... ORDER BY seq` decoding the same rows. Goal: > 2M rows/s.
+//! - `store_dump_rss`: peak RSS of a child process dumping N rows as JSONL, against one
+//!   dumping N/5 (quick: N/5 as well). Goal: ratio ~1 (flat memory).
+//!
+//! `--quick` keeps each part well under a minute. The hidden `__dump-child <db> <since>`
+//! subcommand is the child of the RSS measurement.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use telemetry_core::{
+    pb::{record::Kind, Record, RunStep},
+    timestamp::{from_unix_nanos, to_unix_nanos},
+};
+use telemetry_store::{
+    dump::{dump_jsonl, DumpOptions},
+    Filter, Store, StoreConfig, StoreReader,
+};
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const INSERT: &str = "INSERT INTO steps (run_id, episode_index, step_index, action_json, \
+     observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, agent_id, \
+     render_hint_json, frame_ref, payload_version, control_mode, producer_id, producer_seq, \
+     info_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+     ?17, ?18, ?19)";
+
+struct Sizes {
+    ingest: [(usize, u64); 3],
+    dump_small: u64,
+    dump_big: u64,
+}
+
+fn template(i: u64) -> RunStep {
+    let x = (i % 97) as f64 / 97.0;
+    RunStep {
+        run_id: "bench-run".into(),
+        episode_index: i / 500,
+        step_index: i % 500,
+        action_json: (i % 4).to_string(),
+        observation_json: format!(
+            "{{\"position\":[{:.4},{:.4}],\"velocity\":[{:.4},{:.4}]}}",
+            x,
+            1.0 - x,
+            x * 0.5,
+            -x
+        ),
+        reward: x,
+        terminated: i % 500 == 499,
+        truncated: false,
+        timestamp: Some(from_unix_nanos(
+            1_795_914_168_088_378_923 + 1_000 * i as i64,
+        )),
+        policy_label: "ppo".into(),
+        backend: "torch".into(),
+        seq_id: 0,
+        agent_id: "agent-0".into(),
+        render_hint_json: r#"{"w":84,"h":84}"#.into(),
+        frame_ref: String::new(),
+        payload_version: 1,
+        control_mode: "agent".into(),
+        producer_id: "bench-producer".into(),
+        producer_seq: 0,
+        info_json: r#"{"epsilon":0.05}"#.into(),
+    }
+}
+
+fn config(path: &Path) -> StoreConfig {
+    StoreConfig::new(path)
+}
+
+/// Store::append in batches of `batch`, reusing one batch vector (no allocation per record).
+/// Returns the time taken and the steps stored (`total` rounded up to whole batches).
+fn ingest_store(path: &Path, batch: usize, total: u64) -> AnyResult<(Duration, u64)> {
+    let mut store = Store::open(config(path))?;
+    let mut records: Vec<Record> = (0..batch as u64).map(|i| template(i).into()).collect();
+    let mut seq = 0u64;
+    let started = Instant::now();
+    while seq < total {
+        for r in &mut records {
+            seq += 1;
+            if let Some(Kind::Step(s)) = &mut r.kind {
+                s.producer_seq = seq;
+                s.episode_index = seq / 500;
+                s.step_index = seq % 500;
+            }
+        }
+        let report = store.append(&mut records, &[])?;
+        if report.stored != records.len() {
+            return Err(format!("stored {} of {}", report.stored, records.len()).into());
+        }
+    }
+    Ok((started.elapsed(), seq))
+}
+
+fn writer_connection(path: &Path) -> AnyResult<Connection> {
+    // Create the schema through the store, then write with a plain connection configured
+    // with the store's pragmas.
+    drop(Store::open(config(path))?);
+    let cfg = config(path);
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(cfg.busy_timeout)?;
+    let _: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", cfg.wal_autocheckpoint_pages)?;
+    conn.pragma_update(None, "journal_size_limit", cfg.journal_size_limit as i64)?;
+    Ok(conn)
+}
+
+/// The baseline: a prepared INSERT per row, one transaction per batch.
+fn ingest_plain(path: &Path, batch: usize, total: u64) -> AnyResult<Duration> {
+    let mut conn = writer_connection(path)?;
+    let templates: Vec<RunStep> = (0..batch as u64).map(template).collect();
+    let mut seq = 0u64;
+    let started = Instant::now();
+    while seq < total {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT)?;
+            for s in &templates {
+                seq += 1;
+                stmt.execute(params![
+                    s.run_id,
+                    (seq / 500) as i64,
+                    (seq % 500) as i64,
+                    s.action_json,
+                    s.observation_json,
+                    s.reward,
+                    s.terminated,
+                    s.truncated,
+                    s.timestamp.as_ref().map(to_unix_nanos),
+                    s.policy_label,
+                    s.backend,
+                    s.agent_id,
+                    s.render_hint_json,
+                    s.frame_ref,
+                    s.payload_version,
+                    s.control_mode,
+                    s.producer_id,
+                    seq as i64,
+                    s.info_json,
+                ])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(started.elapsed())
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    path
+}
+
+/// Plain and store runs in ABBA order on fresh files, best of two each, so drift on a
+/// shared machine does not favour either side.
+fn bench_ingest(dir: &Path, sizes: &Sizes) -> AnyResult<PathBuf> {
+    let mut last = PathBuf::new();
+    for (batch, total) in sizes.ingest {
+        let total = total - total % batch as u64;
+        let (mut plain, mut store) = (Duration::MAX, Duration::MAX);
+        for round in 0..4 {
+            if round == 0 || round == 3 {
+                let path = fresh(dir, &format!("plain-b{batch}.sqlite"));
+                plain = plain.min(ingest_plain(&path, batch, total)?);
+            } else {
+                let path = fresh(dir, &format!("store-b{batch}-{round}.sqlite"));
+                store = store.min(ingest_store(&path, batch, total)?.0);
+                last = path;
+            }
+        }
+        let (s, p) = (rate(total, store), rate(total, plain));
+        eprintln!("   b{batch}: {total} steps, store {s:.0}/s, plain {p:.0}/s (best of 2)");
+        println!(
+            "BENCH store_ingest_b{batch} {s:.0} steps/s ratio={:.2}",
+            s / p
+        );
+    }
+    Ok(last)
+}
+
+fn decode_plain(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunStep> {
+    Ok(RunStep {
+        seq_id: row.get::<_, i64>(0)? as u64,
+        run_id: row.get(1)?,
+        episode_index: row.get::<_, i64>(2)? as u64,
+        step_index: row.get::<_, i64>(3)? as u64,
+        action_json: row.get(4)?,
+        observation_json: row.get(5)?,
+        reward: row.get::<_, Option<f64>>(6)?.unwrap_or(f64::NAN),
+        terminated: row.get(7)?,
+        truncated: row.get(8)?,
+        timestamp: row.get::<_, Option<i64>>(9)?.map(from_unix_nanos),
+        policy_label: row.get(10)?,
+        backend: row.get(11)?,
+        agent_id: row.get(12)?,
+        render_hint_json: row.get(13)?,
+        frame_ref: row.get(14)?,
+        payload_version: row.get(15)?,
+        control_mode: row.get(16)?,
+        producer_id: row.get(17)?,
+        producer_seq: row.get::<_, i64>(18)? as u64,
+        info_json: row.get(19)?,
+    })
+}
+
+fn read_plain(path: &Path) -> AnyResult<(u64, Duration)> {
+    let conn = Connection::open(path)?;
+    let started = Instant::now();
+    let mut stmt = conn.prepare(
+        "SELECT seq, run_id, episode_index, step_index, action_json, observation_json, reward, \
+         terminated, truncated, ts_ns, policy_label, backend, agent_id, render_hint_json, \
+         frame_ref, payload_version, control_mode, producer_id, producer_seq, info_json \
+         FROM steps ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0u64;
+    let mut check = 0u64;
+    while let Some(row) = rows.next()? {
+        let step = decode_plain(row)?;
+        check = check.wrapping_add(step.seq_id);
+        n += 1;
+    }
+    std::hint::black_box(check);
+    Ok((n, started.elapsed()))
+}
+
+fn read_store(path: &Path) -> AnyResult<(u64, Duration)> {
+    let reader = StoreReader::open(path)?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut check = 0u64;
+    for step in reader.stream_steps_since(0, &Filter::default()) {
+        check = check.wrapping_add(step?.seq_id);
+        n += 1;
+    }
+    std::hint::black_box(check);
+    Ok((n, started.elapsed()))
+}
+
+fn bench_read(path: &Path) -> AnyResult<()> {
+    // Best of two, alternating, so neither side pays for a cold page cache alone.
+    let mut best = (f64::MIN, f64::MIN);
+    let mut rows = 0;
+    for _ in 0..2 {
+        let (n, d) = read_plain(path)?;
+        best.1 = best.1.max(rate(n, d));
+        let (m, d) = read_store(path)?;
+        best.0 = best.0.max(rate(m, d));
+        if n != m {
+            return Err(format!("plain read {n} rows, store {m}").into());
+        }
+        rows = n;
+    }
+    eprintln!(
+        "   read {rows} rows: store {:.0}/s, plain {:.0}/s",
+        best.0, best.1
+    );
+    println!(
+        "BENCH store_read {:.0} rows/s ratio={:.2}",
+        best.0,
+        best.0 / best.1
+    );
+    Ok(())
+}
+
+/// Peak RSS (KiB) of a child dumping every step with seq > `since`.
+fn dump_child_rss(db: &Path, since: u64) -> AnyResult<(u64, u64)> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("__dump-child")
+        .arg(db)
+        .arg(since.to_string())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "dump child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut fields = text.split_whitespace();
+    let rss = fields.next().ok_or("no rss")?.parse()?;
+    let records = fields.next().ok_or("no count")?.parse()?;
+    Ok((rss, records))
+}
+
+fn dump_child(args: &[String]) -> AnyResult<()> {
+    let db = PathBuf::from(args.first().ok_or("missing db")?);
+    let since: u64 = args.get(1).ok_or("missing since")?.parse()?;
+    let reader = StoreReader::open(&db)?;
+    let opts = DumpOptions {
+        since_seq: since,
+        ..DumpOptions::default()
+    };
+    let report = dump_jsonl(&reader, &opts, std::io::sink())?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .ok_or("no VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .to_owned();
+    println!("{hwm} {}", report.records);
+    Ok(())
+}
+
+fn bench_dump_rss(dir: &Path, sizes: &Sizes) -> AnyResult<()> {
+    let path = fresh(dir, "dump.sqlite");
+    let (fill, total) = ingest_store(&path, 1024, sizes.dump_big)?;
+    eprintln!("   filled {total} rows in {:.1}s", fill.as_secs_f64());
+    let (small_kb, small_n) = dump_child_rss(&path, total - sizes.dump_small)?;
+    let (big_kb, big_n) = dump_child_rss(&path, 0)?;
+    eprintln!("   dump {small_n} rows: {small_kb} KiB peak; {big_n} rows: {big_kb} KiB peak");
+    println!(
+        "BENCH store_dump_rss {:.1} MiB ratio={:.2}",
+        big_kb as f64 / 1024.0,
+        big_kb as f64 / small_kb.max(1) as f64
+    );
+    Ok(())
+}
+
+fn main() -> AnyResult<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__dump-child") {
+        return dump_child(&args[1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            ingest: [(1, 10_000), (64, 100_000), (1024, 300_000)],
+            dump_small: 100_000,
+            dump_big: 500_000,
+        }
+    } else {
+        Sizes {
+            ingest: [(1, 50_000), (64, 500_000), (1024, 1_000_000)],
+            dump_small: 1_000_000,
+            dump_big: 5_000_000,
+        }
+    };
+    let dir = tempfile::tempdir()?;
+    eprintln!("== store ingest");
+    let read_db = bench_ingest(dir.path(), &sizes)?;
+    eprintln!("== store read");
+    bench_read(&read_db)?;
+    eprintln!("== store dump rss");
+    bench_dump_rss(dir.path(), &sizes)?;
+    Ok(())
+}

@@ -1,0 +1,738 @@
+//! The background sender: one thread with a current-thread tokio runtime, owning the backlog
+//! and the gRPC stream.
+//!
+//! It takes records from the inbox (when a batch's worth is waiting, after `batch_linger`, or
+//! when a flush asks), appends them to the backlog (the disk queue when configured), and streams
+//! batches read back from the backlog after the last seq it sent. It moves forward **only** on
+//! the daemon's durable ack watermark: the backlog is trimmed to it, and after any reconnect the
+//! stream restarts right after it (the daemon drops what it already has). Reconnects back off
+//! exponentially with jitter. Everything it meets is counted and logged at a bounded rate.
+
+use crate::{
+    backlog::Backlog,
+    backoff,
+    disk_queue::{AppendOutcome, QueueError},
+    inbox::{Inbox, Pending},
+    ratelimit::RateLimited,
+    shim::{FlushOutcome, FlushReport},
+    stats::Counters,
+    ShimConfig, ShimError,
+};
+use std::{
+    collections::VecDeque,
+    sync::{atomic::Ordering::Relaxed, mpsc::SyncSender, Arc},
+    time::{Duration, Instant},
+};
+use telemetry_core::pb::{ingest_client::IngestClient, IngestAck, IngestBatch};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+    Status,
+};
+
+/// How long a failed disk write waits before it is retried.
+const IO_RETRY: Duration = Duration::from_secs(1);
+
+pub(crate) type Reply = SyncSender<Result<FlushReport, ShimError>>;
+
+/// Requests from the caller side.
+pub(crate) enum Command {
+    /// Answer once every record up to `upto` is acked (or on disk, or the deadline passes).
+    Flush {
+        upto: u64,
+        deadline: Instant,
+        reply: Reply,
+    },
+    /// Flush, then stop cleanly (the queue is synced and its lock released before the reply).
+    Close {
+        upto: u64,
+        deadline: Instant,
+        reply: Reply,
+    },
+    /// Stop now, losing what is not yet in the queue, like a killed process would.
+    Crash { reply: SyncSender<()> },
+}
+
+/// What the sender needs from the configuration.
+pub(crate) struct Settings {
+    pub endpoint: Endpoint,
+    pub auth: Option<MetadataValue<Ascii>>,
+    pub producer_id: String,
+    pub batch_records: usize,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub max_in_flight: usize,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &ShimConfig, producer_id: String) -> Result<Self, ShimError> {
+        let invalid = |field, reason: String| {
+            ShimError::Config(crate::ConfigError::Invalid { field, reason })
+        };
+        let endpoint = Endpoint::from_shared(c.endpoint.clone())
+            .map_err(|e| invalid("endpoint", e.to_string()))?
+            .connect_timeout(c.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let auth = match &c.auth_token {
+            None => None,
+            Some(t) => Some(
+                MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|e| invalid("auth_token", e.to_string()))?,
+            ),
+        };
+        Ok(Settings {
+            endpoint,
+            auth,
+            producer_id,
+            batch_records: c.batch_max_records,
+            batch_bytes: c.batch_max_bytes,
+            linger: c.batch_linger,
+            max_in_flight: c.max_in_flight_batches,
+            reconnect_initial: c.reconnect_initial,
+            reconnect_max: c.reconnect_max,
+        })
+    }
+}
+
+/// Starts the sender thread.
+pub(crate) fn spawn(
+    settings: Settings,
+    backlog: Backlog,
+    inbox: Arc<Inbox>,
+    counters: Arc<Counters>,
+) -> Result<(mpsc::UnboundedSender<Command>, std::thread::JoinHandle<()>), ShimError> {
+    // Unbounded in type only: every command is sent by a caller that then waits for its reply,
+    // so at most one command per calling thread is ever queued.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ShimError::Sender(format!("cannot build the runtime: {e}")))?;
+    let thread = std::thread::Builder::new()
+        .name("gym-telemetry-sender".into())
+        .spawn(move || {
+            let inbox_on_exit = Arc::clone(&inbox);
+            runtime.block_on(Sender::new(settings, backlog, inbox, counters).run(rx));
+            inbox_on_exit.close();
+        })
+        .map_err(|e| ShimError::Sender(format!("cannot start the sender thread: {e}")))?;
+    Ok((tx, thread))
+}
+
+struct InFlight {
+    last_seq: u64,
+}
+
+struct Up {
+    batch_tx: mpsc::Sender<IngestBatch>,
+    ack_rx: mpsc::Receiver<Result<IngestAck, Status>>,
+    task: JoinHandle<()>,
+}
+
+enum Link {
+    Down,
+    Connecting(JoinHandle<Result<Channel, tonic::transport::Error>>),
+    Up(Up),
+}
+
+enum Event {
+    Cmd(Option<Command>),
+    Wake,
+    Timer,
+    Connected(Result<Channel, String>),
+    Ack(Result<IngestAck, Status>),
+}
+
+impl Link {
+    async fn event(&mut self) -> Event {
+        match self {
+            Link::Down => std::future::pending().await,
+            Link::Connecting(handle) => Event::Connected(match handle.await {
+                Ok(Ok(ch)) => Ok(ch),
+                Ok(Err(e)) => Err(describe(&e)),
+                Err(e) => Err(e.to_string()),
+            }),
+            Link::Up(up) => Event::Ack(
+                up.ack_rx
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| Err(Status::unavailable("ack stream task ended"))),
+            ),
+        }
+    }
+
+    fn shut(&mut self) {
+        match std::mem::replace(self, Link::Down) {
+            Link::Up(up) => up.task.abort(),
+            Link::Connecting(h) => h.abort(),
+            Link::Down => {}
+        }
+    }
+}
+
+/// An error with its sources (tonic's transport errors say little at the top level).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+struct PendingFlush {
+    upto: u64,
+    deadline: Instant,
+    reply: Reply,
+    link_failed: bool,
+    close: bool,
+}
+
+struct Logs {
+    link: RateLimited,
+    connected: RateLimited,
+    acks: RateLimited,
+    drop: RateLimited,
+    reject: RateLimited,
+    disk: RateLimited,
+}
+
+struct Sender {
+    s: Settings,
+    backlog: Option<Backlog>,
+    inbox: Arc<Inbox>,
+    counters: Arc<Counters>,
+    staged: VecDeque<Pending>,
+    link: Link,
+    attempts: u32,
+    ever_attempted: bool,
+    retry_at: Instant,
+    io_retry_at: Option<Instant>,
+    sent_upto: u64,
+    acked: u64,
+    next_batch_id: u64,
+    in_flight: VecDeque<InFlight>,
+    linger_deadline: Option<Instant>,
+    flushes: Vec<PendingFlush>,
+    last_link_error: String,
+    logs: Logs,
+}
+
+impl Sender {
+    fn new(s: Settings, backlog: Backlog, inbox: Arc<Inbox>, counters: Arc<Counters>) -> Self {
+        let every = Duration::from_secs(10);
+        Sender {
+            s,
+            backlog: Some(backlog),
+            inbox,
+            counters,
+            staged: VecDeque::new(),
+            link: Link::Down,
+            attempts: 0,
+            ever_attempted: false,
+            retry_at: Instant::now(),
+            io_retry_at: None,
+            sent_upto: 0,
+            acked: 0,
+            next_batch_id: 1,
+            in_flight: VecDeque::new(),
+            linger_deadline: None,
+            flushes: Vec::new(),
+            last_link_error: "not connected yet".into(),
+            logs: Logs {
+                link: RateLimited::new(every),
+                connected: RateLimited::new(every),
+                acks: RateLimited::new(every),
+                drop: RateLimited::new(every),
+                reject: RateLimited::new(every),
+                disk: RateLimited::new(every),
+            },
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.next_deadline());
+            let event = tokio::select! {
+                biased;
+                c = commands.recv() => Event::Cmd(c),
+                e = self.link.event() => e,
+                _ = self.inbox.wake.notified() => Event::Wake,
+                _ = tokio::time::sleep_until(deadline) => Event::Timer,
+            };
+            match event {
+                Event::Cmd(None) => {
+                    // Every handle is gone without a close: stop cleanly, keep what is queued.
+                    self.finish(None);
+                    return;
+                }
+                Event::Cmd(Some(Command::Crash { reply })) => {
+                    self.link.shut();
+                    drop(self.backlog.take());
+                    let _ = reply.send(());
+                    return;
+                }
+                Event::Cmd(Some(Command::Flush {
+                    upto,
+                    deadline,
+                    reply,
+                })) => self.add_flush(upto, deadline, reply, false),
+                Event::Cmd(Some(Command::Close {
+                    upto,
+                    deadline,
+                    reply,
+                })) => self.add_flush(upto, deadline, reply, true),
+                Event::Wake | Event::Timer => {}
+                Event::Connected(Ok(channel)) => self.start_stream(channel),
+                Event::Connected(Err(e)) => self.link_failed(e),
+                Event::Ack(Ok(ack)) => self.on_ack(ack),
+                Event::Ack(Err(status)) => self.link_failed(format!(
+                    "stream: {} ({:?})",
+                    status.message(),
+                    status.code()
+                )),
+            }
+            if let Some(close) = self.work() {
+                self.finish(Some(close));
+                return;
+            }
+        }
+    }
+
+    fn add_flush(&mut self, upto: u64, deadline: Instant, reply: Reply, close: bool) {
+        self.flushes.push(PendingFlush {
+            upto,
+            deadline,
+            reply,
+            link_failed: false,
+            close,
+        });
+        if matches!(self.link, Link::Down) {
+            // A flush wants to know now whether the daemon is there.
+            self.retry_at = Instant::now();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = Instant::now() + Duration::from_secs(3600);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                d = d.min(t);
+            }
+        };
+        consider(self.linger_deadline);
+        consider(self.io_retry_at);
+        if matches!(self.link, Link::Down) {
+            consider(Some(self.retry_at));
+        }
+        consider(self.backlog.as_ref().and_then(Backlog::sync_due));
+        for f in &self.flushes {
+            consider(Some(f.deadline));
+        }
+        d
+    }
+
+    /// One round after any event. Returns a close that has completed.
+    fn work(&mut self) -> Option<(PendingFlush, Result<FlushReport, ShimError>)> {
+        let now = Instant::now();
+        let io_wait = self.io_retry_at.is_some_and(|t| now < t);
+        let drain = !io_wait
+            && (!self.flushes.is_empty()
+                || !self.staged.is_empty()
+                || self.linger_deadline.is_some_and(|t| now >= t)
+                || self.inbox.batch_ready());
+        if drain {
+            self.drain();
+            self.linger_deadline = None;
+        }
+        if self.linger_deadline.is_none() && !self.inbox.is_empty() {
+            self.linger_deadline = Some(now + self.s.linger);
+        }
+        if let Some(b) = self.backlog.as_mut() {
+            if b.sync_due().is_some_and(|t| now >= t) {
+                if let Err(e) = b.after_batch() {
+                    self.disk_error(&e);
+                }
+            }
+        }
+        if matches!(self.link, Link::Down) && now >= self.retry_at {
+            self.connect();
+        }
+        self.pump();
+        self.publish_gauges();
+        self.check_flushes(Instant::now())
+    }
+
+    fn publish_gauges(&self) {
+        if let Some(b) = &self.backlog {
+            self.counters.queue_bytes.store(b.bytes(), Relaxed);
+            self.counters.queue_records.store(b.unacked(), Relaxed);
+            self.counters.corrupt_tails.store(b.corrupt(), Relaxed);
+        }
+    }
+
+    fn disk_error(&mut self, e: &QueueError) {
+        self.counters.set_error(e);
+        if let Some(held) = self.logs.disk.allow() {
+            tracing::error!(error = %e, since_last_log = held, "telemetry queue write failed; will retry");
+        }
+    }
+
+    /// Moves records from the inbox into the backlog.
+    fn drain(&mut self) {
+        let Some(backlog) = self.backlog.as_mut() else {
+            return;
+        };
+        let mut taken = self.inbox.take();
+        self.staged.append(&mut taken);
+        let (mut done, mut bytes, mut stored, mut dropped) = (0usize, 0usize, 0u64, 0u64);
+        let mut failure = None;
+        while let Some(mut p) = self.staged.pop_front() {
+            let size = p.size;
+            match backlog.append(&mut p) {
+                Ok(AppendOutcome::Stored { evicted }) => {
+                    stored += 1;
+                    dropped += evicted;
+                }
+                Ok(AppendOutcome::Refused) => dropped += 1,
+                Err(QueueError::Full { .. }) => {
+                    self.staged.push_front(p);
+                    break;
+                }
+                Err(e @ QueueError::Io { .. }) => {
+                    self.staged.push_front(p);
+                    failure = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    // Can never be queued (out of order after a state loss, too large).
+                    dropped += 1;
+                    failure = Some(e);
+                }
+            }
+            done += 1;
+            bytes += size;
+        }
+        self.inbox.release(done, bytes);
+        Counters::add(&self.counters.dropped, dropped);
+        if dropped > 0 {
+            if let Some(held) = self.logs.drop.allow() {
+                tracing::warn!(
+                    dropped,
+                    since_last_log = held,
+                    total = self.counters.dropped.load(Relaxed),
+                    "telemetry queue full: records dropped"
+                );
+            }
+        }
+        if !matches!(self.link, Link::Up(_)) {
+            Counters::add(&self.counters.spilled, stored);
+        }
+        let synced = match self.backlog.as_mut() {
+            Some(b) if done > 0 => b.after_batch(),
+            _ => Ok(()),
+        };
+        if let Err(e) = synced {
+            failure = Some(e);
+        }
+        match failure {
+            Some(e @ QueueError::Io { .. }) => {
+                self.io_retry_at = Some(Instant::now() + IO_RETRY);
+                self.disk_error(&e);
+            }
+            Some(e) => self.disk_error(&e),
+            None => self.io_retry_at = None,
+        }
+    }
+
+    fn connect(&mut self) {
+        if self.ever_attempted {
+            Counters::add(&self.counters.reconnects, 1);
+        }
+        self.ever_attempted = true;
+        let endpoint = self.s.endpoint.clone();
+        self.link = Link::Connecting(tokio::spawn(async move { endpoint.connect().await }));
+    }
+
+    fn start_stream(&mut self, channel: Channel) {
+        let mut client = IngestClient::new(channel);
+        let (batch_tx, batch_rx) = mpsc::channel(self.s.max_in_flight);
+        let (ack_tx, ack_rx) = mpsc::channel(self.s.max_in_flight + 1);
+        let mut request = tonic::Request::new(ReceiverStream::new(batch_rx));
+        if let Some(auth) = &self.s.auth {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
+        let task = tokio::spawn(async move {
+            let end = match client.publish(request).await {
+                Ok(response) => {
+                    let mut acks = response.into_inner();
+                    loop {
+                        match acks.message().await {
+                            Ok(Some(ack)) => {
+                                if ack_tx.send(Ok(ack)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break Status::unavailable("the daemon ended the stream"),
+                            Err(status) => break status,
+                        }
+                    }
+                }
+                Err(status) => status,
+            };
+            let _ = ack_tx.send(Err(end)).await;
+        });
+        self.link = Link::Up(Up {
+            batch_tx,
+            ack_rx,
+            task,
+        });
+        // Resend everything not yet covered by a durable ack.
+        self.sent_upto = self.acked;
+        self.in_flight.clear();
+        if let Some(held) = self.logs.connected.allow() {
+            tracing::info!(endpoint = %self.s.endpoint.uri(), resend_after = self.acked,
+                reconnects = self.counters.reconnects.load(Relaxed), streams_since_last_log = held,
+                "telemetry stream open");
+        }
+    }
+
+    fn link_failed(&mut self, error: String) {
+        let was_up = matches!(self.link, Link::Up(_));
+        self.link.shut();
+        self.in_flight.clear();
+        self.sent_upto = self.acked;
+        let delay = backoff::next(
+            self.s.reconnect_initial,
+            self.s.reconnect_max,
+            self.attempts,
+        );
+        self.attempts = self.attempts.saturating_add(1);
+        self.retry_at = Instant::now() + delay;
+        for f in &mut self.flushes {
+            f.link_failed = true;
+        }
+        if let Some(held) = self.logs.link.allow() {
+            tracing::warn!(endpoint = %self.s.endpoint.uri(), error = %error, was_up,
+                retry_in_ms = delay.as_millis() as u64, failures_since_last_log = held,
+                "telemetry daemon unreachable; queueing");
+        }
+        self.counters.set_error(&error);
+        self.last_link_error = error;
+    }
+
+    /// Sends batches while the in-flight window has room.
+    fn pump(&mut self) {
+        let Link::Up(up) = &self.link else {
+            return;
+        };
+        let Some(backlog) = self.backlog.as_mut() else {
+            return;
+        };
+        let mut lost = None;
+        while self.in_flight.len() < self.s.max_in_flight {
+            let mut records = match backlog.read_after(
+                self.sent_upto,
+                self.s.batch_records,
+                self.s.batch_bytes,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.counters.set_error(&e);
+                    break;
+                }
+            };
+            let Some(last) = records.last().map(|r| r.producer().1) else {
+                break;
+            };
+            let n = records.len() as u64;
+            for r in &mut records {
+                let seq = r.producer().1;
+                r.set_producer(&self.s.producer_id, seq);
+            }
+            let batch = IngestBatch {
+                batch_id: self.next_batch_id,
+                records,
+            };
+            match up.batch_tx.try_send(batch) {
+                Ok(()) => {
+                    self.next_batch_id += 1;
+                    self.sent_upto = last;
+                    self.in_flight.push_back(InFlight { last_seq: last });
+                    Counters::add(&self.counters.sent, n);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    lost = Some("the stream closed".to_owned());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = lost {
+            self.link_failed(e);
+        }
+    }
+
+    fn on_ack(&mut self, ack: IngestAck) {
+        self.in_flight.pop_front();
+        self.attempts = 0;
+        let ours = &self.s.producer_id;
+        let watermark = ack
+            .watermarks
+            .iter()
+            .find(|w| &w.producer_id == ours)
+            .map(|w| w.durable_seq);
+        if let Some(w) = watermark {
+            if w > self.acked {
+                if let Some(b) = self.backlog.as_mut() {
+                    match b.ack(w) {
+                        Ok(n) => Counters::add(&self.counters.acked, n),
+                        Err(e) => self.counters.set_error(&e),
+                    }
+                }
+                self.acked = w;
+            }
+            self.sent_upto = self.sent_upto.max(w);
+            self.in_flight.retain(|b| b.last_seq > w);
+            if self.inbox.raise_floor(w) {
+                tracing::warn!(watermark = w, producer_id = %ours,
+                    "the daemon has seen seqs this shim had not assigned yet (queue state lost?); skipping past them");
+            }
+        }
+        let rejected: Vec<_> = ack
+            .rejected
+            .iter()
+            .filter(|r| &r.producer_id == ours)
+            .collect();
+        if !rejected.is_empty() {
+            Counters::add(&self.counters.rejected, rejected.len() as u64);
+            if let Some(held) = self.logs.reject.allow() {
+                tracing::warn!(count = rejected.len(), first_seq = rejected[0].producer_seq,
+                    reason = %rejected[0].reason, since_last_log = held,
+                    "the daemon rejected telemetry records");
+            }
+        }
+        Counters::add(&self.counters.duplicates, u64::from(ack.duplicates));
+        if let Some(held) = self.logs.acks.allow() {
+            tracing::debug!(batch_id = ack.batch_id, watermark = ?watermark,
+                acked_total = self.counters.acked.load(Relaxed),
+                duplicates_total = self.counters.duplicates.load(Relaxed),
+                acks_since_last_log = held, "telemetry acked");
+        }
+    }
+
+    fn pending_upto(&self, upto: u64) -> bool {
+        let staged = self
+            .staged
+            .front()
+            .is_some_and(|p| p.record.producer().1 <= upto);
+        let queued = self
+            .backlog
+            .as_ref()
+            .and_then(Backlog::first_unacked_seq)
+            .is_some_and(|s| s <= upto);
+        staged || queued
+    }
+
+    fn report(&self, upto: u64, outcome: FlushOutcome) -> FlushReport {
+        FlushReport {
+            outcome,
+            accepted_through: upto,
+            acked_through: self.acked,
+            pending_records: self.backlog.as_ref().map_or(0, Backlog::unacked)
+                + self.staged.len() as u64,
+        }
+    }
+
+    /// Answers the flushes that are done; returns a completed close.
+    fn check_flushes(
+        &mut self,
+        now: Instant,
+    ) -> Option<(PendingFlush, Result<FlushReport, ShimError>)> {
+        let mut i = 0;
+        while i < self.flushes.len() {
+            let f = &self.flushes[i];
+            let drained = self
+                .staged
+                .front()
+                .is_none_or(|p| p.record.producer().1 > f.upto);
+            let result = if !self.pending_upto(f.upto) {
+                Some(Ok(self.report(f.upto, FlushOutcome::Acked)))
+            } else if drained && (f.link_failed || now >= f.deadline) {
+                let durable = self.backlog.as_ref().is_some_and(Backlog::is_durable);
+                if durable {
+                    let synced = self.backlog.as_mut().map_or(Ok(()), Backlog::sync);
+                    Some(match synced {
+                        Ok(()) => Ok(self.report(f.upto, FlushOutcome::OnDisk)),
+                        Err(e) => Err(ShimError::Queue(e)),
+                    })
+                } else if f.link_failed {
+                    Some(Err(ShimError::NotDelivered {
+                        pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
+                        reason: self.last_link_error.clone(),
+                    }))
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            let result = result.or_else(|| {
+                (now >= f.deadline).then(|| {
+                    Err(ShimError::FlushTimeout {
+                        pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
+                    })
+                })
+            });
+            match result {
+                Some(r) => {
+                    let f = self.flushes.swap_remove(i);
+                    if f.close {
+                        return Some((f, r));
+                    }
+                    let _ = f.reply.send(r);
+                }
+                None => i += 1,
+            }
+        }
+        None
+    }
+
+    /// Stops: queues what is left in the inbox, closes the backlog cleanly, then answers.
+    fn finish(&mut self, close: Option<(PendingFlush, Result<FlushReport, ShimError>)>) {
+        self.inbox.close();
+        self.drain();
+        self.link.shut();
+        let closed = self.backlog.take().map_or(Ok(()), Backlog::close);
+        if let Err(e) = &closed {
+            tracing::error!(error = %e, "closing the telemetry queue failed");
+        }
+        let left = self.staged.len();
+        if left > 0 {
+            Counters::add(&self.counters.dropped, left as u64);
+            tracing::warn!(
+                records = left,
+                "telemetry records could not be queued before close"
+            );
+        }
+        for f in self.flushes.drain(..) {
+            let _ = f.reply.send(Err(ShimError::Closed));
+        }
+        if let Some((f, result)) = close {
+            let result = match (result, closed) {
+                (Ok(r), Err(e)) if r.outcome == FlushOutcome::OnDisk => Err(ShimError::Queue(e)),
+                (r, _) => r,
+            };
+            let _ = f.reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Exporting stored steps or episodes as JSONL, in flat memory.
+//!
+//! `gym-telemetry-daemon dump` and ad-hoc analysis need the store's content in the same line
+//! format workers speak (`telemetry_core::jsonl`), for `jq`, pandas or a diff against a
+//! legacy log. The dump walks the store with the keyset iterators, one page at a time, and
+//! writes each record as soon as it is read: memory stays flat however many rows are dumped,
+//! and each page is its own short read transaction, so a dump running next to a live daemon
+//! does not hold back its WAL checkpoints.
+
+use std::io::{BufWriter, Write};
+
+use telemetry_core::{jsonl::write_record, pb::Record};
+
+use crate::{Filter, StoreError, StoreReader};
+
+/// What to dump.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DumpOptions {
+    /// Only records with `seq > since_seq`.
+    pub since_seq: u64,
+    /// Which run, agent and control modes.
+    pub filter: Filter,
+    /// Dump episodes instead of steps.
+    pub episodes: bool,
+}
+
+/// What a dump wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DumpReport {
+    /// Lines (records) written.
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Seq of the last record written (`since_seq` when none): pass it as `since_seq` to
+    /// continue later.
+    pub last_seq: u64,
+}
+
+/// Counts the bytes that pass through.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes every stored step (or episode, see [`DumpOptions::episodes`]) selected by `opts` to
+/// `out`, one JSON object per line, in seq order. Output is buffered here; `out` is flushed at
+/// the end.
+pub fn dump_jsonl<W: Write>(
+    reader: &StoreReader,
+    opts: &DumpOptions,
+    out: W,
+) -> Result<DumpReport, StoreError> {
+    let mut w = BufWriter::with_capacity(
+        64 * 1024,
+        Counting {
+            inner: out,
+            bytes: 0,
+        },
+    );
+    let mut report = DumpReport {
+        last_seq: opts.since_seq,
+        ..DumpReport::default()
+    };
+    let mut emit = |record: Record, seq: u64| -> Result<(), StoreError> {
+        write_record(&mut w, &record).map_err(StoreError::Output)?;
+        report.records += 1;
+        report.last_seq = seq;
+        Ok(())
+    };
+    if opts.episodes {
+        for episode in reader.stream_episodes_since(opts.since_seq, &opts.filter) {
+            let episode = episode?;
+            let seq = episode.seq_id;
+            emit(episode.into(), seq)?;
+        }
+    } else {
+        for step in reader.stream_steps_since(opts.since_seq, &opts.filter) {
+            let step = step?;
+            let seq = step.seq_id;
+            emit(step.into(), seq)?;
+        }
+    }
+    w.flush().map_err(StoreError::Output)?;
+    report.bytes = w.get_ref().bytes;
+    Ok(report)
+}
