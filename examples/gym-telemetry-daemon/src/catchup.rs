@@ -1,0 +1,199 @@
+//! The glue between the hub and the store: catch-up reads, warming after a restart, and the
+//! metrics snapshot of both.
+//!
+//! The hub does not depend on the store (it sees stored records through its `CatchUpSource`
+//! trait); this module is the daemon's implementation of that trait over a small pool of
+//! read-only store connections.
+
+use std::{
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+};
+
+use telemetry_core::pb::{record::Kind, Record, RunCompleted, RunState};
+use telemetry_hub::{CatchUpError, CatchUpQuery, CatchUpSource, Hub, StreamKind};
+use telemetry_store::{Filter, StoreError, StoreReader};
+
+use crate::{metrics::Metrics, runs::Registry};
+
+/// Read connections kept for reuse (more may be open at once; extra ones are closed after use).
+pub const READER_POOL: usize = 4;
+
+/// Converts the hub's mode filter into the store's.
+pub fn store_mode(m: telemetry_hub::ModeFilter) -> telemetry_store::ModeFilter {
+    match m {
+        telemetry_hub::ModeFilter::Any => telemetry_store::ModeFilter::Any,
+        telemetry_hub::ModeFilter::Exact(x) => telemetry_store::ModeFilter::Exact(x),
+        telemetry_hub::ModeFilter::HumanOrUnknown => telemetry_store::ModeFilter::HumanOrUnknown,
+    }
+}
+
+/// Catch-up reads from the store.
+pub struct StoreCatchUp {
+    path: PathBuf,
+    pool: Mutex<Vec<StoreReader>>,
+}
+
+impl StoreCatchUp {
+    /// A source reading the store at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        StoreCatchUp {
+            path,
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&StoreReader) -> Result<T, StoreError>,
+    ) -> Result<T, CatchUpError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => StoreReader::open(&self.path).map_err(CatchUpError::read)?,
+        };
+        let out = f(&reader).map_err(CatchUpError::read);
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < READER_POOL {
+            pool.push(reader);
+        }
+        out
+    }
+}
+
+impl CatchUpSource for StoreCatchUp {
+    fn read_page(
+        &self,
+        query: &CatchUpQuery,
+        since_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, CatchUpError> {
+        let filter = Filter {
+            run_id: query.run_id.clone(),
+            agent_id: query.agent_id.clone(),
+            control_mode: store_mode(query.control_mode),
+        };
+        self.with_reader(|r| match query.stream {
+            StreamKind::Steps => Ok(r
+                .read_steps_page(since_seq, &filter, limit)?
+                .into_iter()
+                .map(Record::from)
+                .collect()),
+            StreamKind::Episodes => Ok(r
+                .read_episodes_page(since_seq, &filter, limit)?
+                .into_iter()
+                .map(Record::from)
+                .collect()),
+            StreamKind::Lifecycle => r.events_since(since_seq, query.run_id.as_deref(), limit),
+        })
+    }
+
+    fn run_completion(&self, run_id: &str) -> Result<Option<RunCompleted>, CatchUpError> {
+        self.with_reader(|r| r.run_completion(run_id))
+    }
+}
+
+/// After a restart, fills the hub's recent-past buffers of runs that have not completed
+/// (workers may still be sending), so late joiners get context without a store read.
+pub fn warm_hub(reader: &StoreReader, hub: &Hub, per_run: usize) -> Result<(), StoreError> {
+    let mut warmed = 0usize;
+    for run in reader.list_runs()? {
+        if run.completion.is_some() {
+            continue;
+        }
+        let mut records: Vec<Record> = reader
+            .events_since(0, Some(&run.run_id), 64)?
+            .into_iter()
+            .collect();
+        records.extend(
+            reader
+                .run_agent_episodes(&run.run_id, None, per_run / 4)?
+                .into_iter()
+                .map(Record::from),
+        );
+        records.extend(
+            reader
+                .tail_steps(&run.run_id, per_run)?
+                .into_iter()
+                .map(Record::from),
+        );
+        if !records.is_empty() {
+            warmed += 1;
+            hub.warm(&run.run_id, records);
+        }
+    }
+    if warmed > 0 {
+        tracing::info!(runs = warmed, "warmed the hub from the store");
+    }
+    Ok(())
+}
+
+/// Refreshes the metrics that are snapshots of the hub and the registry.
+pub fn refresh_metrics(metrics: &Metrics, hub: &Hub, registry: &Registry) {
+    let snap = hub.metrics();
+    metrics.dropped.clear();
+    metrics.subscriber_queue_depth.clear();
+    metrics.subscriber_lag_records.clear();
+    for run in &snap.runs {
+        for (kind, n) in [
+            ("steps", run.dropped_steps_total),
+            ("episodes", run.dropped_episodes_total),
+            ("lifecycle", run.dropped_lifecycle_total),
+        ] {
+            if n > 0 {
+                metrics
+                    .dropped
+                    .get_or_create(&vec![
+                        ("stage".into(), "hub_subscriber".into()),
+                        ("run_id".into(), run.run_id.clone()),
+                        ("kind".into(), kind.into()),
+                    ])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        if run.ring_evicted_total > 0 {
+            metrics
+                .dropped
+                .get_or_create(&vec![
+                    ("stage".into(), "hub_ring".into()),
+                    ("run_id".into(), run.run_id.clone()),
+                    ("kind".into(), "any".into()),
+                ])
+                .set(i64::try_from(run.ring_evicted_total).unwrap_or(i64::MAX));
+        }
+    }
+    for sub in &snap.subscribers {
+        let run = sub.run_id.clone().unwrap_or_else(|| "*".into());
+        let labels = vec![("run_id".to_owned(), run)];
+        let depth = metrics.subscriber_queue_depth.get_or_create(&labels);
+        depth.set(depth.get() + i64::try_from(sub.queue_depth).unwrap_or(i64::MAX));
+        let lag = metrics.subscriber_lag_records.get_or_create(&labels);
+        lag.set(
+            lag.get()
+                .max(i64::try_from(sub.lag_records).unwrap_or(i64::MAX)),
+        );
+    }
+    metrics.runs_by_state.clear();
+    for info in registry.snapshot() {
+        let state = RunState::try_from(info.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("RUN_STATE_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_else(|_| "unknown".into());
+        metrics
+            .runs_by_state
+            .get_or_create(&vec![("state".into(), state)])
+            .inc();
+    }
+}
+
+/// Is this record a `RunCompleted`?
+pub fn is_completion(r: &Record) -> bool {
+    matches!(r.kind, Some(Kind::RunCompleted(_)))
+}

@@ -1,0 +1,155 @@
+//! Command-line interface. Every flag can also be set by an environment variable with the
+//! `GYM_TELEMETRY_` prefix (shown in `--help`).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// gym-telemetry's reference daemon: gRPC ingest, SQLite store, live streams, run control.
+#[derive(Debug, Parser)]
+#[command(name = "gym-telemetry-daemon", version, about)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,telemetry_store=debug`).
+    #[arg(long, global = true, env = "GYM_TELEMETRY_LOG", default_value = "info")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The var dir (store, lock, logs).
+#[derive(Debug, Args, Clone)]
+pub struct VarDir {
+    /// Directory of the store, lock and PID file, worker logs and queues.
+    #[arg(long, env = "GYM_TELEMETRY_VAR_DIR", default_value = "./var/telemetry")]
+    pub var_dir: PathBuf,
+}
+
+/// SQLite durability.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DurabilityArg {
+    /// `synchronous=NORMAL`: survives a daemon crash; a power loss may roll back the last commits.
+    Normal,
+    /// `synchronous=FULL`: survives a power loss, at a cost in ingest rate.
+    Full,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Write stored telemetry to stdout as JSONL (streaming; flat memory).
+    Dump(DumpArgs),
+    /// Copy the predecessor's telemetry.sqlite into the store (idempotent).
+    ImportLegacy(ImportArgs),
+    /// Start a daemon on a fresh var dir, run a two-agent demo worker, and open the viewer.
+    Demo(DemoArgs),
+    /// Run a legacy JSONL worker under the JSONL proxy (what SubmitRun uses for legacy workers).
+    #[command(hide = true)]
+    Proxy(telemetry_shim::proxy::ProxyArgs),
+    /// The built-in demo worker (what `demo` runs; also usable with SubmitRun).
+    DemoWorker(DemoWorkerArgs),
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the store and lock live.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// gRPC address. Anything but loopback requires --auth-token.
+    #[arg(long, env = "GYM_TELEMETRY_LISTEN", default_value = crate::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address, or `off`.
+    #[arg(long, env = "GYM_TELEMETRY_METRICS_LISTEN", default_value = crate::DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: String,
+    /// Bearer token required on every RPC.
+    #[arg(long, env = "GYM_TELEMETRY_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// TLS certificate chain (PEM); requires --tls-key.
+    #[arg(long, env = "GYM_TELEMETRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "GYM_TELEMETRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// SQLite durability.
+    #[arg(long, env = "GYM_TELEMETRY_DURABILITY", value_enum, default_value_t = DurabilityArg::Normal)]
+    pub durability: DurabilityArg,
+    /// Seconds without telemetry or heartbeat after which a running run is failed.
+    #[arg(long, env = "GYM_TELEMETRY_HEARTBEAT_TIMEOUT", default_value_t = 120)]
+    pub heartbeat_timeout: u64,
+    /// Seconds between SIGTERM and SIGKILL when cancelling a worker.
+    #[arg(long, env = "GYM_TELEMETRY_CANCEL_GRACE", default_value_t = 5)]
+    pub cancel_grace: u64,
+}
+
+/// `dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Where the store lives.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// Only records with seq greater than this.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Only this run.
+    #[arg(long = "run")]
+    pub run_id: Option<String>,
+    /// Only this agent.
+    #[arg(long = "agent")]
+    pub agent_id: Option<String>,
+    /// Only this control mode (human, agent, multi_agent, hybrid, replay, unknown).
+    #[arg(long)]
+    pub control_mode: Option<String>,
+    /// Episodes instead of steps.
+    #[arg(long)]
+    pub episodes: bool,
+}
+
+/// `import-legacy`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Where our store lives.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// The predecessor's telemetry.sqlite.
+    pub path: PathBuf,
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Print a summary and exit instead of opening the viewer.
+    #[arg(long)]
+    pub headless: bool,
+    /// Var dir of the demo (default: a fresh temporary directory).
+    #[arg(long, env = "GYM_TELEMETRY_DEMO_VAR_DIR")]
+    pub var_dir: Option<PathBuf>,
+    /// Episodes per agent.
+    #[arg(long, default_value_t = 60)]
+    pub episodes: u32,
+    /// Milliseconds between steps (0: as fast as possible), so the live view can be watched.
+    #[arg(long)]
+    pub step_delay_ms: Option<u64>,
+}
+
+/// `demo-worker`.
+#[derive(Debug, Args)]
+pub struct DemoWorkerArgs {
+    /// Episodes per agent.
+    #[arg(long, default_value_t = 60)]
+    pub episodes: u32,
+    /// Number of agents (each its own shim and agent id).
+    #[arg(long, default_value_t = 2)]
+    pub agents: u32,
+    /// Milliseconds between steps.
+    #[arg(long, default_value_t = 0)]
+    pub step_delay_ms: u64,
+    /// Run id (default: GYM_TELEMETRY_RUN_ID, else generated).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Seed of the first agent (the others add 1, 2, ...).
+    #[arg(long, env = "GYM_TELEMETRY_SEED", default_value_t = 7)]
+    pub seed: u64,
+}

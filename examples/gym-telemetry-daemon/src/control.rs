@@ -1,0 +1,141 @@
+//! `gym_telemetry.v1.RunControl`: submit, cancel and watch runs; worker heartbeats.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::Stream;
+use telemetry_core::pb::{
+    run_control_server::RunControl, CancelRunRequest, CancelRunResponse, HeartbeatRequest,
+    HeartbeatResponse, RunInfo, SubmitRunRequest, SubmitRunResponse, WatchRunsRequest,
+};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    dispatch::{self, DispatchConfig},
+    runs::Registry,
+};
+
+/// The RunControl service.
+#[derive(Clone)]
+pub struct ControlService {
+    registry: Registry,
+    dispatch: Arc<DispatchConfig>,
+    shutdown: CancellationToken,
+}
+
+impl ControlService {
+    /// A service over the registry.
+    pub fn new(
+        registry: Registry,
+        dispatch: Arc<DispatchConfig>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ControlService {
+            registry,
+            dispatch,
+            shutdown,
+        }
+    }
+}
+
+type InfoStream = Pin<Box<dyn Stream<Item = Result<RunInfo, Status>> + Send>>;
+
+/// Streams the registry's current runs, then every change, into `tx` until the receiver goes
+/// or the daemon shuts down. A subscriber that falls behind the change buffer gets a fresh
+/// snapshot instead.
+pub async fn forward_runs<T: Send + 'static>(
+    registry: Registry,
+    tx: mpsc::Sender<Result<T, Status>>,
+    map: impl Fn(RunInfo) -> T + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = forward_runs_inner(registry, tx, map) => {}
+    }
+}
+
+async fn forward_runs_inner<T: Send + 'static>(
+    registry: Registry,
+    tx: mpsc::Sender<Result<T, Status>>,
+    map: impl Fn(RunInfo) -> T + Send + 'static,
+) {
+    let (snapshot, mut rx) = registry.watch();
+    for info in snapshot {
+        if tx.send(Ok(map(info))).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        match rx.recv().await {
+            Ok(info) => {
+                if tx.send(Ok(map(info))).await.is_err() {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::debug!(
+                    missed = n,
+                    "WatchRuns subscriber lagged, resending snapshot"
+                );
+                for info in registry.snapshot() {
+                    if tx.send(Ok(map(info))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RunControl for ControlService {
+    async fn submit_run(
+        &self,
+        request: Request<SubmitRunRequest>,
+    ) -> Result<Response<SubmitRunResponse>, Status> {
+        let run_id = dispatch::submit(&self.registry, &self.dispatch, request.into_inner())
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(SubmitRunResponse { run_id }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<CancelRunRequest>,
+    ) -> Result<Response<CancelRunResponse>, Status> {
+        let cancelled = self
+            .registry
+            .cancel(&request.into_inner().run_id)
+            .await
+            .map_err(Status::not_found)?;
+        Ok(Response::new(CancelRunResponse { cancelled }))
+    }
+
+    type WatchRunsStream = InfoStream;
+
+    async fn watch_runs(
+        &self,
+        _request: Request<WatchRunsRequest>,
+    ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(forward_runs(
+            self.registry.clone(),
+            tx,
+            |i| i,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let known = self.registry.heartbeat(&request.into_inner().run_id);
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+}

@@ -1,0 +1,178 @@
+//! `gym-telemetry-daemon`: a thin shell over the `gym_telemetry_daemon` library.
+
+use std::{io::Write, net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use gym_telemetry_daemon::{
+    cli::{Cli, Command, DemoWorkerArgs, DumpArgs, DurabilityArg, ImportArgs, ServeArgs},
+    demo, server, DaemonConfig,
+};
+use telemetry_core::ControlMode;
+use telemetry_store::{
+    dump, legacy_import, Durability, Filter, ModeFilter, Store, StoreConfig, StoreReader,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The TUI owns the terminal in `demo`: logs go to stderr only when headless or serving.
+    let quiet = matches!(&cli.command, Command::Demo(d) if !d.headless);
+    let filter = if quiet {
+        "warn".to_owned()
+    } else {
+        cli.log.clone()
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gym-telemetry-daemon: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Serve(a) => runtime()?.block_on(serve(a)),
+        Command::Dump(a) => dump_cmd(a),
+        Command::ImportLegacy(a) => import(a),
+        Command::Demo(a) => {
+            let headless = a.headless;
+            let summary = runtime()?.block_on(demo::run(a))?;
+            println!("{summary}");
+            if headless && summary.steps + summary.episodes != summary.produced {
+                bail!("the store does not hold every record the demo produced");
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Proxy(a) => {
+            let summary = telemetry_shim::proxy::run(&a).context("JSONL proxy")?;
+            eprintln!("{}", summary.line());
+            Ok(std::process::ExitCode::from(
+                u8::try_from(summary.exit_code.rem_euclid(256)).unwrap_or(1),
+            ))
+        }
+        Command::DemoWorker(a) => demo_worker(a),
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut cfg = DaemonConfig::new(&a.var.var_dir);
+    cfg.listen = a.listen;
+    cfg.metrics_listen = match a.metrics_listen.as_str() {
+        "off" | "" => None,
+        s => Some(
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("--metrics-listen {s:?} is not an address or `off`"))?,
+        ),
+    };
+    cfg.auth_token = a.auth_token;
+    if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        cfg.tls = Some(server::TlsFiles { cert, key });
+    }
+    cfg.durability = match a.durability {
+        DurabilityArg::Normal => Durability::Normal,
+        DurabilityArg::Full => Durability::Full,
+    };
+    cfg.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout.max(1));
+    cfg.cancel_grace = Duration::from_secs(a.cancel_grace);
+    let daemon = server::start(cfg).await?;
+    println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
+    if let Some(m) = daemon.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    let stop = daemon.stop_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received, shutting down");
+        stop.cancel();
+    });
+    daemon.wait().await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn dump_cmd(a: DumpArgs) -> anyhow::Result<std::process::ExitCode> {
+    let path = StoreConfig::in_var_dir(&a.var.var_dir).path;
+    if !path.exists() {
+        bail!("no store at {}", path.display());
+    }
+    let reader = StoreReader::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let control_mode = match a.control_mode.as_deref() {
+        None => ModeFilter::Any,
+        Some(m) => ModeFilter::Exact(m.parse::<ControlMode>()?),
+    };
+    let opts = dump::DumpOptions {
+        since_seq: a.since,
+        filter: Filter {
+            run_id: a.run_id,
+            agent_id: a.agent_id,
+            control_mode,
+        },
+        episodes: a.episodes,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let report = dump::dump_jsonl(&reader, &opts, &mut out).context("dumping")?;
+    out.flush().context("writing stdout")?;
+    eprintln!(
+        "dumped {} records ({} bytes), last seq {}",
+        report.records, report.bytes, report.last_seq
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn import(a: ImportArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut store = Store::open(StoreConfig::in_var_dir(&a.var.var_dir))
+        .with_context(|| format!("opening the store in {}", a.var.var_dir.display()))?;
+    let report = legacy_import::import_legacy(&mut store, &a.path)
+        .with_context(|| format!("importing {}", a.path.display()))?;
+    println!("{report:?}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn demo_worker(a: DemoWorkerArgs) -> anyhow::Result<std::process::ExitCode> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let cfg = demo::worker::WorkerConfig {
+        endpoint: env("GYM_TELEMETRY_ENDPOINT")
+            .unwrap_or_else(|| format!("http://{}", gym_telemetry_daemon::DEFAULT_LISTEN)),
+        run_id: a
+            .run_id
+            .or_else(|| env("GYM_TELEMETRY_RUN_ID"))
+            .unwrap_or_else(gym_telemetry_daemon::dispatch::new_run_id),
+        agents: a.agents.max(1),
+        episodes: a.episodes,
+        step_delay: Duration::from_millis(a.step_delay_ms),
+        seed: a.seed,
+        queue_dir: env("GYM_TELEMETRY_QUEUE_DIR").map(Into::into),
+    };
+    let report = demo::worker::run(&cfg)?;
+    eprintln!("demo worker done: {report:?}");
+    Ok(std::process::ExitCode::SUCCESS)
+}

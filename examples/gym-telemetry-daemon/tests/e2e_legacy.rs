@@ -1,0 +1,114 @@
+//! The predecessor's `gymgui.trainer.TrainerService`, driven by a client generated from its
+//! proto: publish, stream, list, health.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use telemetry_core::pb::legacy::{
+    trainer_service_client::TrainerServiceClient, HealthRequest, ListRunsRequest, RunEpisode,
+    RunStep, StreamEpisodesRequest, StreamStepsRequest,
+};
+use tokio_stream::StreamExt;
+
+#[tokio::test]
+async fn legacy_clients_publish_and_stream_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path()).await;
+    let mut legacy = TrainerServiceClient::new(channel(&d).await);
+
+    let health = legacy
+        .get_health(HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(health.healthy);
+
+    let steps: Vec<RunStep> = (0..5)
+        .map(|i| RunStep {
+            run_id: "old".into(),
+            episode_index: 0,
+            step_index: i,
+            action_json: "2".into(),
+            observation_json: "{\"s\":1}".into(),
+            reward: 1.0,
+            agent_id: "legacy-agent".into(),
+            ..Default::default()
+        })
+        .chain(std::iter::once(RunStep {
+            run_id: "old".into(),
+            action_json: "{broken".into(),
+            ..Default::default()
+        }))
+        .collect();
+    let resp = legacy
+        .publish_run_steps(tokio_stream::iter(steps))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resp.accepted, resp.dropped), (5, 1));
+
+    let episode = RunEpisode {
+        run_id: "old".into(),
+        episode_index: 0,
+        total_reward: 5.0,
+        steps: 5,
+        terminated: true,
+        metadata_json: r#"{"control_mode":"human","seed":9}"#.into(),
+        agent_id: "legacy-agent".into(),
+        ..Default::default()
+    };
+    let resp = legacy
+        .publish_run_episodes(tokio_stream::iter(vec![episode]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.accepted, 1);
+
+    let mut s = legacy
+        .stream_run_steps(StreamStepsRequest {
+            run_id: "old".into(),
+            since_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.push(bounded("legacy steps", s.next()).await.unwrap().unwrap());
+    }
+    assert_eq!(
+        got.iter().map(|s| s.step_index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert!(got
+        .iter()
+        .all(|s| s.seq_id > 0 && s.agent_id == "legacy-agent"));
+
+    let mut e = legacy
+        .stream_run_episodes(StreamEpisodesRequest {
+            run_id: "old".into(),
+            since_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ep = bounded("legacy episode", e.next()).await.unwrap().unwrap();
+    assert_eq!(ep.total_reward, 5.0);
+
+    // The control mode the predecessor kept in metadata is indexed for Human Replay.
+    let reader = telemetry_store::StoreReader::open(
+        &telemetry_store::StoreConfig::in_var_dir(dir.path()).path,
+    )
+    .unwrap();
+    assert_eq!(reader.human_replay_episodes(0, 10).unwrap().len(), 1);
+
+    let runs = legacy
+        .list_runs(ListRunsRequest {
+            status_filter: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(runs.into_inner().runs.iter().any(|r| r.run_id == "old"));
+    d.shutdown().await.unwrap();
+}
