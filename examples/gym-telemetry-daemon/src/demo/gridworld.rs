@@ -161,7 +161,7 @@ impl QAgent {
         QAgent {
             // Optimistic start: untried actions look good, so the agent explores systematically
             // instead of dithering (a sparse-reward grid is otherwise rarely solved).
-            q: vec![[0.5; ACTIONS]; states],
+            q: vec![[1.0; ACTIONS]; states],
             epsilon: 1.0,
             alpha: 0.5,
             gamma: 0.95,
@@ -194,7 +194,7 @@ impl QAgent {
 
     /// Ends an episode (decays exploration).
     pub fn end_episode(&mut self) {
-        self.epsilon = (self.epsilon * 0.95).max(0.05);
+        self.epsilon = (self.epsilon * 0.85).max(0.02);
     }
 }
 
