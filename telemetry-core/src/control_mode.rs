@@ -109,9 +109,48 @@ impl FromStr for ControlMode {
     }
 }
 
+/// Which control modes a reader or subscriber wants. Shared by the store (SQL filters) and the
+/// hub (live filters) so a query means the same thing on both sides of the catch-up seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeFilter {
+    /// Every mode.
+    #[default]
+    Any,
+    /// Exactly this mode (an empty wire value counts as `Unknown`).
+    Exact(ControlMode),
+    /// Human demonstrations plus old data that does not say (`human` or `unknown`): the
+    /// "Human Replay" view, which must still show rows that predate control modes.
+    HumanOrUnknown,
+}
+
+impl ModeFilter {
+    /// Whether a record whose `control_mode` field holds `wire` passes. A value that does not
+    /// parse (the daemon validates before storing, so only a bug gets here) passes `Any` only.
+    pub fn matches(&self, wire: &str) -> bool {
+        match self {
+            ModeFilter::Any => true,
+            ModeFilter::Exact(mode) => ControlMode::from_wire(wire).is_ok_and(|m| m == *mode),
+            ModeFilter::HumanOrUnknown => matches!(
+                ControlMode::from_wire(wire),
+                Ok(ControlMode::Human | ControlMode::Unknown)
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mode_filters_match_wire_values() {
+        assert!(ModeFilter::Any.matches("telepathy"));
+        assert!(ModeFilter::Exact(ControlMode::Agent).matches("agent_only"));
+        assert!(!ModeFilter::Exact(ControlMode::Agent).matches("human"));
+        assert!(ModeFilter::HumanOrUnknown.matches(""));
+        assert!(ModeFilter::HumanOrUnknown.matches("human"));
+        assert!(!ModeFilter::HumanOrUnknown.matches("agent"));
+    }
 
     #[test]
     fn canonical_names_round_trip() {

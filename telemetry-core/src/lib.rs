@@ -19,5 +19,5 @@ pub mod record;
 pub mod timestamp;
 pub mod validate;
 
-pub use control_mode::{ControlMode, ControlModeError};
+pub use control_mode::{ControlMode, ControlModeError, ModeFilter};
 pub use record::RecordKind;

@@ -6,10 +6,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use telemetry_core::{
-    pb::{record::Kind, Record},
-    ControlMode,
-};
+use telemetry_core::pb::{record::Kind, Record};
 
 use crate::filter::RecordFilter;
 
@@ -62,32 +59,7 @@ impl StreamKind {
     }
 }
 
-/// Which control modes a subscriber wants (steps and episodes; lifecycle events always pass).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ModeFilter {
-    /// Every mode.
-    #[default]
-    Any,
-    /// Exactly this mode (an empty wire value counts as `Unknown`).
-    Exact(ControlMode),
-    /// Human demonstrations plus old data that does not say (`human` or `unknown`).
-    HumanOrUnknown,
-}
-
-impl ModeFilter {
-    /// Whether a record whose `control_mode` field holds `wire` passes. A value that does not
-    /// parse (the daemon validates before storing, so only a bug gets here) passes `Any` only.
-    pub fn matches(&self, wire: &str) -> bool {
-        match self {
-            ModeFilter::Any => true,
-            ModeFilter::Exact(mode) => ControlMode::from_wire(wire).is_ok_and(|m| m == *mode),
-            ModeFilter::HumanOrUnknown => matches!(
-                ControlMode::from_wire(wire),
-                Ok(ControlMode::Human | ControlMode::Unknown)
-            ),
-        }
-    }
-}
+pub use telemetry_core::ModeFilter;
 
 /// Batched delivery for UIs: at most one `Records` delivery per `min_interval`, each with at
 /// most `max_batch` records. A zero interval batches whatever is queued without waiting.

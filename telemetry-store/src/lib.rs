@@ -165,18 +165,7 @@ pub struct LastSeqs {
     pub events: u64,
 }
 
-/// Which control modes a read selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ModeFilter {
-    /// Every mode.
-    #[default]
-    Any,
-    /// Exactly this mode.
-    Exact(ControlMode),
-    /// `human` or `unknown`: the "Human Replay" view, which must still show old rows that
-    /// predate control modes.
-    HumanOrUnknown,
-}
+pub use telemetry_core::ModeFilter;
 
 /// Which steps or episodes a read selects. The default selects everything.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

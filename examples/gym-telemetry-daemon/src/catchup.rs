@@ -19,15 +19,6 @@ use crate::{metrics::Metrics, runs::Registry};
 /// Read connections kept for reuse (more may be open at once; extra ones are closed after use).
 pub const READER_POOL: usize = 4;
 
-/// Converts the hub's mode filter into the store's.
-pub fn store_mode(m: telemetry_hub::ModeFilter) -> telemetry_store::ModeFilter {
-    match m {
-        telemetry_hub::ModeFilter::Any => telemetry_store::ModeFilter::Any,
-        telemetry_hub::ModeFilter::Exact(x) => telemetry_store::ModeFilter::Exact(x),
-        telemetry_hub::ModeFilter::HumanOrUnknown => telemetry_store::ModeFilter::HumanOrUnknown,
-    }
-}
-
 /// Catch-up reads from the store.
 pub struct StoreCatchUp {
     path: PathBuf,
@@ -75,7 +66,7 @@ impl CatchUpSource for StoreCatchUp {
         let filter = Filter {
             run_id: query.run_id.clone(),
             agent_id: query.agent_id.clone(),
-            control_mode: store_mode(query.control_mode),
+            control_mode: query.control_mode,
         };
         self.with_reader(|r| match query.stream {
             StreamKind::Steps => Ok(r

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{catchup::store_mode, runs::Registry};
+use crate::runs::Registry;
 
 /// Records per message when the client does not say.
 pub const DEFAULT_MAX_BATCH: usize = 256;
@@ -236,7 +236,7 @@ impl QueryService {
             let filter = Filter {
                 run_id: None,
                 agent_id: (!req.agent_id.is_empty()).then(|| req.agent_id.clone()),
-                control_mode: store_mode(mode_filter(req)?),
+                control_mode: mode_filter(req)?,
             };
             let path = self.store_path.clone();
             let since = req.since_seq;
