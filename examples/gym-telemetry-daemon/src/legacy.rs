@@ -102,6 +102,42 @@ impl LegacyService {
     }
 }
 
+impl LegacyService {
+    /// Follows one of a run's streams the predecessor's way: from `since_seq`, until the run
+    /// completes, records re-typed by their wire bytes and notices left out.
+    fn follow<M, R, L>(
+        &self,
+        run_id: String,
+        since_seq: u64,
+        kind: StreamKind,
+        records: fn(M) -> Vec<R>,
+    ) -> Result<Response<Out<L>>, Status>
+    where
+        M: crate::query::StreamMessage,
+        R: Message + Send + 'static,
+        L: Message + Default + Send + 'static,
+    {
+        let req = StreamRequest {
+            run_id,
+            since_seq,
+            follow: true,
+            ..Default::default()
+        };
+        let rx = self.query.open::<M>(&req, kind)?;
+        let stream = retype(
+            rx,
+            move |m: M| {
+                records(m)
+                    .iter()
+                    .filter_map(|r| transcode::<R, L>(r).ok())
+                    .collect()
+            },
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(stream))
+    }
+}
+
 /// Re-reads a message as another message type with the same field numbers.
 pub fn transcode<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
     B::decode(a.encode_to_vec().as_slice())
@@ -348,26 +384,9 @@ impl TrainerService for LegacyService {
         request: Request<StreamStepsRequest>,
     ) -> Result<Response<Self::StreamRunStepsStream>, Status> {
         let r = request.into_inner();
-        let req = StreamRequest {
-            run_id: r.run_id,
-            since_seq: r.since_seq,
-            follow: true,
-            ..Default::default()
-        };
-        let rx = self
-            .query
-            .open::<pb::StepStreamMessage>(&req, StreamKind::Steps)?;
-        let stream = retype(
-            rx,
-            |m: pb::StepStreamMessage| {
-                m.steps
-                    .iter()
-                    .filter_map(|s| transcode::<_, legacy::RunStep>(s).ok())
-                    .collect()
-            },
-            self.shutdown.clone(),
-        );
-        Ok(Response::new(stream))
+        self.follow::<pb::StepStreamMessage, _, _>(r.run_id, r.since_seq, StreamKind::Steps, |m| {
+            m.steps
+        })
     }
 
     type StreamRunEpisodesStream = Out<legacy::RunEpisode>;
@@ -377,26 +396,12 @@ impl TrainerService for LegacyService {
         request: Request<StreamEpisodesRequest>,
     ) -> Result<Response<Self::StreamRunEpisodesStream>, Status> {
         let r = request.into_inner();
-        let req = StreamRequest {
-            run_id: r.run_id,
-            since_seq: r.since_seq,
-            follow: true,
-            ..Default::default()
-        };
-        let rx = self
-            .query
-            .open::<pb::EpisodeStreamMessage>(&req, StreamKind::Episodes)?;
-        let stream = retype(
-            rx,
-            |m: pb::EpisodeStreamMessage| {
-                m.episodes
-                    .iter()
-                    .filter_map(|e| transcode::<_, legacy::RunEpisode>(e).ok())
-                    .collect()
-            },
-            self.shutdown.clone(),
-        );
-        Ok(Response::new(stream))
+        self.follow::<pb::EpisodeStreamMessage, _, _>(
+            r.run_id,
+            r.since_seq,
+            StreamKind::Episodes,
+            |m| m.episodes,
+        )
     }
 
     async fn publish_run_steps(
