@@ -172,7 +172,10 @@ impl Inbox {
     pub fn take(&self) -> VecDeque<Pending> {
         let mut st = self.lock();
         st.queue_bytes = 0;
-        std::mem::take(&mut st.queue)
+        // Leave a queue with room for a batch, so the worker's next calls do not regrow it
+        // (the allocation happens here, on the sender's thread, not in the training loop).
+        let room = st.queue.len().max(self.limits.batch_records);
+        std::mem::replace(&mut st.queue, VecDeque::with_capacity(room))
     }
 
     /// Whether a batch's worth is waiting (the sender should not linger).

@@ -1,0 +1,992 @@
+//! `gym_telemetry.Telemetry`: the Python face of one [`Shim`].
+//!
+//! Everything here is argument handling: Python values become the protobuf records of
+//! `telemetry_core::pb` (observations and actions encoded to JSON by [`crate::encode`]), episode
+//! and step indices come from [`crate::tracker`] when not given, and the shim does the rest.
+//! Its promises carry over: a record call never waits for the network (it releases the GIL when
+//! the `block` full-policy may make it wait), `flush` and `close` wait at most their timeout with
+//! the GIL released, and failures of the background sender never raise in a record call: they
+//! are counted in `stats()` and logged to the `"gym_telemetry"` logger. Bad arguments raise
+//! `TypeError` / `ValueError` naming the argument; a call on a closed `Telemetry` raises
+//! `TelemetryError`.
+
+use crate::{
+    args,
+    config::{config_error, Overrides},
+    encode,
+    hooks::{Hooks, Kind},
+    logbridge,
+    tracker::{StepInput, Tracker},
+};
+use pyo3::{
+    create_exception,
+    exceptions::{PyException, PyTypeError, PyValueError},
+    gc::PyVisit,
+    prelude::*,
+    types::{PyDict, PyString},
+    PyTraverseError,
+};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard, Weak,
+    },
+    time::{Duration, Instant},
+};
+use telemetry_core::{
+    pb::{Artifact, CompletionStatus, RunCompleted, RunEpisode, RunStarted, RunStep},
+    ControlMode,
+};
+use telemetry_shim::{
+    FlushOutcome, FlushReport, FullPolicy, Metadata, Mode, Shim, ShimConfig, ShimError, ShimStats,
+};
+
+create_exception!(
+    gym_telemetry,
+    TelemetryError,
+    PyException,
+    "A telemetry operation that cannot be done: the Telemetry is closed, or its queue directory \
+     cannot be opened."
+);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The shim and what remains of it after `close`. Shared with the exit handler.
+struct Core {
+    shim: Mutex<Option<Arc<Shim>>>,
+    final_stats: Mutex<Option<ShimStats>>,
+}
+
+/// What a flush or close achieved, or why it did not.
+type Outcome = Result<FlushReport, ShimError>;
+
+impl Core {
+    fn shim(&self) -> Option<Arc<Shim>> {
+        lock(&self.shim).clone()
+    }
+
+    /// Flushes, keeps the counters, stops the shim. `None` if it was already closed. Call it
+    /// without the GIL.
+    fn close(&self, timeout: Duration) -> Option<Outcome> {
+        let shim = lock(&self.shim).take()?;
+        let started = Instant::now();
+        let flushed = shim.flush(timeout);
+        *lock(&self.final_stats) = Some(shim.stats());
+        match Arc::try_unwrap(shim) {
+            Ok(shim) => {
+                // Everything is flushed (or cannot be): closing only stops the sender.
+                let rest = timeout.saturating_sub(started.elapsed());
+                let closed = shim.close(rest);
+                Some(match (&flushed, closed) {
+                    (Err(_), Ok(_)) => flushed,
+                    (_, closed) => closed,
+                })
+            }
+            // A record call on another thread holds it for a moment; the last holder's drop
+            // stops it (what it still has to send was just flushed).
+            Err(_) => Some(flushed),
+        }
+    }
+}
+
+/// Every live `Telemetry`, for the interpreter-exit flush.
+static LIVE: Mutex<Vec<Weak<Core>>> = Mutex::new(Vec::new());
+
+/// Closes every `Telemetry` still open (registered with `atexit` by `gym_telemetry`).
+#[pyfunction]
+#[pyo3(signature = (timeout=5.0))]
+pub fn _close_all(py: Python<'_>, timeout: f64) -> PyResult<usize> {
+    let t = args::seconds(timeout, "timeout")?;
+    let cores: Vec<Arc<Core>> = lock(&LIVE).drain(..).filter_map(|w| w.upgrade()).collect();
+    let closed = py.detach(|| cores.iter().filter_map(|c| c.close(t)).count());
+    logbridge::drain(py);
+    Ok(closed)
+}
+
+/// Counters of the binding itself (the shim counts the rest).
+#[derive(Default)]
+struct Counters {
+    /// Record calls that raised `TypeError` / `ValueError`.
+    invalid_calls: AtomicU64,
+    /// Record calls whose record the shim could not take for another reason (logged).
+    call_errors: AtomicU64,
+}
+
+/// Sends RL telemetry (steps, episodes, run lifecycle) to the gym-telemetry daemon.
+///
+/// Telemetry(endpoint=None, run_id=None, agent_id=None, control_mode=None, queue_dir=None,
+/// auth_token=None, dry_run=None, enabled=True, *, full_policy=None, block_timeout=None,
+/// queue_max_bytes=None, max_record_bytes=None, batch_linger=None, reconnect_max=None,
+/// drop_flush_timeout=None)
+///
+/// Settings not given take the shim's defaults (the environment is not read: use
+/// `gym_telemetry.from_env()` for that). `dry_run` is a path (or "-" for stdout) to write
+/// validated JSONL to instead of sending; `enabled=False` makes every call a no-op. Without a
+/// `run_id` one is generated (see the `run_id` property).
+#[pyclass(frozen, weakref, module = "gym_telemetry._native")]
+pub struct Telemetry {
+    core: Arc<Core>,
+    enabled: bool,
+    mode: &'static str,
+    run_id: String,
+    producer_id: String,
+    /// The full policy may make a record call wait: release the GIL around it.
+    may_block: bool,
+    max_record_bytes: usize,
+    drop_flush_timeout: Duration,
+    metadata: Mutex<Metadata>,
+    tracker: Mutex<Tracker>,
+    hooks: Arc<Hooks>,
+    counters: Counters,
+    limit: logbridge::RateLimit,
+}
+
+fn closed_error() -> PyErr {
+    TelemetryError::new_err("this Telemetry is closed")
+}
+
+fn status(text: &str) -> PyResult<CompletionStatus> {
+    Ok(match text.trim().to_ascii_lowercase().as_str() {
+        "succeeded" | "success" | "completed" | "ok" | "done" | "finished" => {
+            CompletionStatus::Succeeded
+        }
+        "failed" | "failure" | "error" => CompletionStatus::Failed,
+        "cancelled" | "canceled" | "aborted" | "interrupted" => CompletionStatus::Cancelled,
+        "skipped" => CompletionStatus::Skipped,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "status must be 'succeeded', 'failed', 'cancelled' or 'skipped', got {text:?}"
+            )))
+        }
+    })
+}
+
+/// `render_hint`: JSON text, a `Json`, or a dict to encode ("" for none).
+pub(crate) fn render_hint(obj: Option<&Bound<'_, PyAny>>, max: usize) -> PyResult<String> {
+    let Some(h) = obj.filter(|h| !h.is_none()) else {
+        return Ok(String::new());
+    };
+    if let Ok(s) = h.cast::<PyString>() {
+        let text = s.to_cow()?.into_owned();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
+            PyValueError::new_err(format!("render_hint is not valid JSON text: {e}"))
+        })?;
+        return Ok(text);
+    }
+    if let Ok(j) = h.cast_exact::<encode::Json>() {
+        return Ok(j.get().text().to_owned());
+    }
+    if h.is_instance_of::<PyDict>() {
+        return encode::to_json(h, "render_hint", max);
+    }
+    Err(PyTypeError::new_err(format!(
+        "render_hint must be a dict, JSON text, a Json or None, not {}",
+        encode::type_name(h)
+    )))
+}
+
+fn outcome_name(o: FlushOutcome) -> &'static str {
+    match o {
+        FlushOutcome::Acked => "acked",
+        FlushOutcome::OnDisk => "on_disk",
+        FlushOutcome::Written => "written",
+        FlushOutcome::Disabled => "disabled",
+    }
+}
+
+/// A flush/close result as the dict Python gets.
+fn report<'py>(py: Python<'py>, res: Option<&Outcome>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let (outcome, accepted, acked, pending, error): (&str, u64, u64, u64, Option<String>) =
+        match res {
+            None => ("closed", 0, 0, 0, None),
+            Some(Ok(r)) => (
+                outcome_name(r.outcome),
+                r.accepted_through,
+                r.acked_through,
+                r.pending_records,
+                None,
+            ),
+            Some(Err(e @ ShimError::FlushTimeout { pending })) => {
+                ("timeout", 0, 0, *pending, Some(e.to_string()))
+            }
+            Some(Err(e @ ShimError::NotDelivered { pending, .. })) => {
+                ("not_delivered", 0, 0, *pending, Some(e.to_string()))
+            }
+            Some(Err(e)) => ("error", 0, 0, 0, Some(e.to_string())),
+        };
+    d.set_item("outcome", outcome)?;
+    d.set_item("accepted_through", accepted)?;
+    d.set_item("acked_through", acked)?;
+    d.set_item("pending_records", pending)?;
+    d.set_item("error", error)?;
+    Ok(d)
+}
+
+impl Telemetry {
+    fn start(py: Python<'_>, mut config: ShimConfig) -> PyResult<Self> {
+        let run_id = match config.run_id.clone() {
+            Some(r) => args::id(r, "run_id")?,
+            None => format!("py-{}", uuid::Uuid::new_v4().simple()),
+        };
+        config.run_id = Some(run_id.clone());
+        let mode = match config.mode {
+            Mode::Live => "live",
+            Mode::DryRun(_) => "dry_run",
+            Mode::Disabled => "disabled",
+        };
+        let may_block = matches!(config.full_policy, FullPolicy::Block { .. });
+        let max_record_bytes = config.max_record_bytes;
+        let drop_flush_timeout = config.drop_flush_timeout;
+        // Opening a queue directory reads and checks what a previous process left.
+        let shim = py.detach(move || Shim::new(config)).map_err(|e| match e {
+            ShimError::Config(c) => config_error(c),
+            other => TelemetryError::new_err(other.to_string()),
+        })?;
+        logbridge::drain(py);
+        let producer_id = shim.producer_id().to_owned();
+        let enabled = shim.is_enabled();
+        let core = Arc::new(Core {
+            shim: Mutex::new(Some(Arc::new(shim))),
+            final_stats: Mutex::new(None),
+        });
+        if enabled {
+            let mut live = lock(&LIVE);
+            live.retain(|w| w.strong_count() > 0);
+            live.push(Arc::downgrade(&core));
+        }
+        Ok(Telemetry {
+            core,
+            enabled,
+            mode,
+            run_id,
+            producer_id,
+            may_block,
+            max_record_bytes,
+            drop_flush_timeout,
+            metadata: Mutex::new(Metadata::default()),
+            tracker: Mutex::new(Tracker::default()),
+            hooks: Arc::new(Hooks::new(max_record_bytes)),
+            counters: Counters::default(),
+            limit: logbridge::RateLimit::default(),
+        })
+    }
+
+    fn live(&self) -> PyResult<Arc<Shim>> {
+        self.core.shim().ok_or_else(closed_error)
+    }
+
+    /// Counts argument errors of a record call.
+    fn counted<T>(&self, py: Python<'_>, r: PyResult<T>) -> PyResult<T> {
+        if let Err(e) = &r {
+            if e.is_instance_of::<PyTypeError>(py) || e.is_instance_of::<PyValueError>(py) {
+                self.counters.invalid_calls.fetch_add(1, Relaxed);
+            }
+        }
+        r
+    }
+
+    /// Hands a record to the shim. Only a bad record raises; what the shim could not take
+    /// for any other reason is counted (by the shim when its queue is full, here otherwise)
+    /// and logged.
+    fn submit(
+        &self,
+        py: Python<'_>,
+        shim: Arc<Shim>,
+        record: telemetry_core::pb::Record,
+    ) -> PyResult<()> {
+        let res = if self.may_block {
+            py.detach(move || shim.record(record))
+        } else {
+            shim.record(record)
+        };
+        match res {
+            Ok(()) | Err(ShimError::QueueFull { .. }) => Ok(()),
+            Err(e @ (ShimError::RecordTooLarge { .. } | ShimError::Invalid(_))) => {
+                Err(PyValueError::new_err(e.to_string()))
+            }
+            Err(ShimError::Closed) => Err(closed_error()),
+            Err(e) => {
+                self.counters.call_errors.fetch_add(1, Relaxed);
+                if let Some(held) = self.limit.allow() {
+                    logbridge::warn(
+                        py,
+                        &format!("telemetry record not taken: {e} ({held} similar not logged)"),
+                        None,
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn log_outcome(&self, py: Python<'_>, what: &str, res: Option<&Outcome>) {
+        match res {
+            Some(Ok(r)) if r.outcome == FlushOutcome::OnDisk => logbridge::log(
+                py,
+                20,
+                &format!(
+                    "{what}: the daemon has not acked every record; {} are kept in the queue \
+                     directory and will be sent later",
+                    r.pending_records
+                ),
+                None,
+            ),
+            Some(Err(e)) => logbridge::warn(py, &format!("{what}: {e}"), None),
+            _ => {}
+        }
+    }
+
+    /// A step with its payloads encoded (observation, action, info); the caller fills in the
+    /// rest.
+    pub(crate) fn payloads(
+        &self,
+        observation: &Bound<'_, PyAny>,
+        action: &Bound<'_, PyAny>,
+        info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<RunStep> {
+        let max = self.max_record_bytes;
+        Ok(RunStep {
+            observation_json: encode::to_json(observation, "observation", max)?,
+            action_json: encode::to_json(action, "action", max)?,
+            info_json: match info {
+                Some(i) => encode::object_to_json(i, "info", max)?,
+                None => String::new(),
+            },
+            ..RunStep::default()
+        })
+    }
+
+    /// Hands a finished record to the shim (see [`Self::submit`]).
+    pub(crate) fn send(&self, py: Python<'_>, record: telemetry_core::pb::Record) -> PyResult<()> {
+        let shim = self.live()?;
+        self.submit(py, shim, record)
+    }
+
+    /// The largest payload accepted.
+    pub(crate) fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
+    /// Whether records go anywhere.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Counts an argument error of a record call made through a recorder.
+    pub(crate) fn count<T>(&self, py: Python<'_>, r: PyResult<T>) -> PyResult<T> {
+        self.counted(py, r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step_inner(
+        &self,
+        py: Python<'_>,
+        observation: &Bound<'_, PyAny>,
+        action: &Bound<'_, PyAny>,
+        reward: &Bound<'_, PyAny>,
+        terminated: Option<&Bound<'_, PyAny>>,
+        truncated: Option<&Bound<'_, PyAny>>,
+        info: Option<&Bound<'_, PyAny>>,
+        episode_index: Option<&Bound<'_, PyAny>>,
+        step_index: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        control_mode: Option<&Bound<'_, PyAny>>,
+        hint: Option<&Bound<'_, PyAny>>,
+        frame_ref: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let reward = args::finite(reward, "reward")?;
+        let terminated = args::opt_bool(terminated, "terminated")?.unwrap_or(false);
+        let truncated = args::opt_bool(truncated, "truncated")?.unwrap_or(false);
+        let episode_index = args::opt_index(episode_index, "episode_index")?;
+        let step_index = args::opt_index(step_index, "step_index")?;
+        let agent = args::opt_id(agent_id, "agent_id")?;
+        let mode = args::opt_control_mode(control_mode, "control_mode")?;
+        let mut step = self.payloads(observation, action, info)?;
+        step.render_hint_json = render_hint(hint, self.max_record_bytes)?;
+        step.frame_ref = args::opt_str(frame_ref, "frame_ref")?.unwrap_or_default();
+        let shim = self.live()?;
+        let (episode_index, step_index) = lock(&self.tracker).step(
+            agent.as_deref().unwrap_or(""),
+            &StepInput {
+                episode_index,
+                step_index,
+                reward,
+                terminated,
+                truncated,
+            },
+        );
+        step.episode_index = episode_index;
+        step.step_index = step_index;
+        step.reward = reward;
+        step.terminated = terminated;
+        step.truncated = truncated;
+        step.agent_id = agent.unwrap_or_default();
+        step.control_mode = mode.map(|m| m.as_str().to_owned()).unwrap_or_default();
+        self.submit(py, shim, step.into())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn episode_inner(
+        &self,
+        py: Python<'_>,
+        total_reward: Option<&Bound<'_, PyAny>>,
+        length: Option<&Bound<'_, PyAny>>,
+        terminated: Option<&Bound<'_, PyAny>>,
+        truncated: Option<&Bound<'_, PyAny>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        episode_index: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        control_mode: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let total = match total_reward.filter(|t| !t.is_none()) {
+            Some(t) => Some(args::finite(t, "total_reward")?),
+            None => None,
+        };
+        let length = args::opt_index(length, "length")?;
+        let terminated = args::opt_bool(terminated, "terminated")?;
+        let truncated = args::opt_bool(truncated, "truncated")?;
+        let metadata_json = match metadata {
+            Some(m) => encode::object_to_json(m, "metadata", self.max_record_bytes)?,
+            None => String::new(),
+        };
+        let index = args::opt_index(episode_index, "episode_index")?;
+        let agent = args::opt_id(agent_id, "agent_id")?;
+        let mode = args::opt_control_mode(control_mode, "control_mode")?;
+        let shim = self.live()?;
+        let tracked = lock(&self.tracker).episode_end(agent.as_deref().unwrap_or(""), index);
+        let episode = RunEpisode {
+            episode_index: tracked.index,
+            total_reward: total.unwrap_or(tracked.total_reward),
+            steps: length.unwrap_or(tracked.length),
+            terminated: terminated.unwrap_or(tracked.terminated),
+            truncated: truncated.unwrap_or(tracked.truncated),
+            metadata_json,
+            agent_id: agent.unwrap_or_default(),
+            control_mode: mode.map(|m| m.as_str().to_owned()).unwrap_or_default(),
+            ..RunEpisode::default()
+        };
+        self.submit(py, shim, episode.into())
+    }
+}
+
+#[pymethods]
+impl Telemetry {
+    #[new]
+    #[pyo3(signature = (endpoint=None, run_id=None, agent_id=None, control_mode=None,
+        queue_dir=None, auth_token=None, dry_run=None, enabled=true, *, full_policy=None,
+        block_timeout=None, queue_max_bytes=None, max_record_bytes=None, batch_linger=None,
+        reconnect_max=None, drop_flush_timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        run_id: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        control_mode: Option<&Bound<'_, PyAny>>,
+        queue_dir: Option<&Bound<'_, PyAny>>,
+        auth_token: Option<&Bound<'_, PyAny>>,
+        dry_run: Option<&Bound<'_, PyAny>>,
+        enabled: bool,
+        full_policy: Option<&Bound<'_, PyAny>>,
+        block_timeout: Option<&Bound<'_, PyAny>>,
+        queue_max_bytes: Option<&Bound<'_, PyAny>>,
+        max_record_bytes: Option<&Bound<'_, PyAny>>,
+        batch_linger: Option<&Bound<'_, PyAny>>,
+        reconnect_max: Option<&Bound<'_, PyAny>>,
+        drop_flush_timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let mut config = ShimConfig::default();
+        Overrides {
+            endpoint,
+            run_id,
+            agent_id,
+            control_mode,
+            queue_dir,
+            auth_token,
+            dry_run,
+            enabled: Some(enabled),
+            full_policy,
+            block_timeout,
+            queue_max_bytes,
+            max_record_bytes,
+            batch_linger,
+            reconnect_max,
+            drop_flush_timeout,
+        }
+        .apply(&mut config)?;
+        Telemetry::start(py, config)
+    }
+
+    /// The run every record belongs to (given, from GYM_TELEMETRY_RUN_ID, or generated).
+    #[getter]
+    fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// This process's producer id ("" when disabled); stable across restarts on one queue_dir.
+    #[getter]
+    fn producer_id(&self) -> &str {
+        &self.producer_id
+    }
+
+    /// "live", "dry_run" or "disabled".
+    #[getter]
+    fn mode(&self) -> &str {
+        self.mode
+    }
+
+    /// False when telemetry is disabled (every call is then a no-op).
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether close() has been called.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.core.shim).is_none()
+    }
+
+    /// Sets run facts applied to the records that follow: seed, game_id, control_mode,
+    /// agent_id, policy_label, backend, and any other keyword (JSON-encodable) for episodes'
+    /// metadata. Keys merge with earlier calls; a value of None removes a key.
+    #[pyo3(signature = (**fields))]
+    fn set_metadata(&self, py: Python<'_>, fields: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let Some(fields) = fields else {
+            return Ok(());
+        };
+        let mut m = lock(&self.metadata).clone();
+        let r = (|| -> PyResult<()> {
+            for (k, v) in fields.iter() {
+                let key: String = k.extract()?;
+                let v = Some(&v);
+                match key.as_str() {
+                    "seed" => m.seed = args::opt_index(v, "seed")?,
+                    "game_id" => m.game_id = args::opt_str(v, "game_id")?,
+                    "control_mode" => m.control_mode = args::opt_control_mode(v, "control_mode")?,
+                    "agent_id" => m.agent_id = args::opt_id(v, "agent_id")?,
+                    "policy_label" => m.policy_label = args::opt_str(v, "policy_label")?,
+                    "backend" => m.backend = args::opt_str(v, "backend")?,
+                    _ => match v.filter(|v| !v.is_none()) {
+                        None => {
+                            m.extra.remove(&key);
+                        }
+                        Some(v) => {
+                            let json = encode::to_json(v, &key, self.max_record_bytes)?;
+                            let value = serde_json::from_str(&json)
+                                .map_err(|e| PyValueError::new_err(format!("{key}: {e}")))?;
+                            m.extra.insert(key, value);
+                        }
+                    },
+                }
+            }
+            Ok(())
+        })();
+        self.counted(py, r)?;
+        *lock(&self.metadata) = m.clone();
+        if let Some(shim) = self.core.shim() {
+            shim.set_metadata(m);
+        }
+        Ok(())
+    }
+
+    /// Records one environment step (never waits for the network). Episode and step indices
+    /// are counted per agent when not given. observation, action and info are encoded to
+    /// JSON (numpy arrays and scalars included; NaN and infinities become null).
+    #[pyo3(signature = (observation, action, reward, terminated=None, truncated=None,
+        info=None, *, episode_index=None, step_index=None, agent_id=None, control_mode=None,
+        render_hint=None, frame_ref=None),
+        text_signature = "(self, observation, action, reward, terminated=False, truncated=False, info=None, *, episode_index=None, step_index=None, agent_id=None, control_mode=None, render_hint=None, frame_ref=None)")]
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        py: Python<'_>,
+        observation: &Bound<'_, PyAny>,
+        action: &Bound<'_, PyAny>,
+        reward: &Bound<'_, PyAny>,
+        terminated: Option<&Bound<'_, PyAny>>,
+        truncated: Option<&Bound<'_, PyAny>>,
+        info: Option<&Bound<'_, PyAny>>,
+        episode_index: Option<&Bound<'_, PyAny>>,
+        step_index: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        control_mode: Option<&Bound<'_, PyAny>>,
+        render_hint: Option<&Bound<'_, PyAny>>,
+        frame_ref: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        logbridge::drain(py);
+        let r = self.step_inner(
+            py,
+            observation,
+            action,
+            reward,
+            terminated,
+            truncated,
+            info,
+            episode_index,
+            step_index,
+            agent_id,
+            control_mode,
+            render_hint,
+            frame_ref,
+        );
+        self.counted(py, r)
+    }
+
+    /// Records a finished episode. What is not given comes from the steps recorded for this
+    /// agent's current episode (return, length, end flags, index); the agent then moves on to
+    /// the next episode index.
+    #[pyo3(signature = (total_reward=None, length=None, terminated=None, truncated=None,
+        metadata=None, *, episode_index=None, agent_id=None, control_mode=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn episode_end(
+        &self,
+        py: Python<'_>,
+        total_reward: Option<&Bound<'_, PyAny>>,
+        length: Option<&Bound<'_, PyAny>>,
+        terminated: Option<&Bound<'_, PyAny>>,
+        truncated: Option<&Bound<'_, PyAny>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        episode_index: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        control_mode: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        logbridge::drain(py);
+        let r = self.episode_inner(
+            py,
+            total_reward,
+            length,
+            terminated,
+            truncated,
+            metadata,
+            episode_index,
+            agent_id,
+            control_mode,
+        );
+        self.counted(py, r)
+    }
+
+    /// Records that the run started; `config` (a dict) is the worker's configuration.
+    #[pyo3(signature = (config=None, *, agent_id=None, control_mode=None))]
+    fn run_started(
+        &self,
+        py: Python<'_>,
+        config: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        control_mode: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let r = (|| {
+            let config_json = match config {
+                Some(c) => encode::object_to_json(c, "config", self.max_record_bytes)?,
+                None => String::new(),
+            };
+            let agent = args::opt_id(agent_id, "agent_id")?;
+            let mode = args::opt_control_mode(control_mode, "control_mode")?;
+            let shim = self.live()?;
+            let started = RunStarted {
+                config_json,
+                agent_id: agent.unwrap_or_default(),
+                control_mode: mode.map(ControlMode::as_str).unwrap_or_default().to_owned(),
+                ..RunStarted::default()
+            };
+            self.submit(py, shim, started.into())
+        })();
+        self.counted(py, r)
+    }
+
+    /// Records how the run ended: status is "succeeded", "failed", "cancelled" or "skipped".
+    #[pyo3(signature = (status=None, error=None, *, exit_code=None, reason=None, info=None),
+        text_signature = "(self, status='succeeded', error=None, *, exit_code=None, reason=None, info=None)")]
+    fn run_completed(
+        &self,
+        py: Python<'_>,
+        status: Option<&Bound<'_, PyAny>>,
+        error: Option<&Bound<'_, PyAny>>,
+        exit_code: Option<&Bound<'_, PyAny>>,
+        reason: Option<&Bound<'_, PyAny>>,
+        info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let r = (|| {
+            let text = args::opt_str(status, "status")?.unwrap_or_else(|| "succeeded".to_owned());
+            let status = self::status(&text)?;
+            let exit_code = match exit_code.filter(|c| !c.is_none()) {
+                None => None,
+                Some(c) => Some(c.extract::<i32>().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "exit_code must be an int (32 bits) or None, not {}",
+                        encode::type_name(c)
+                    ))
+                })?),
+            };
+            let info_json = match info {
+                Some(i) => encode::object_to_json(i, "info", self.max_record_bytes)?,
+                None => String::new(),
+            };
+            let completed = RunCompleted {
+                status: status as i32,
+                exit_code,
+                error: args::opt_str(error, "error")?.unwrap_or_default(),
+                reason: args::opt_str(reason, "reason")?.unwrap_or_default(),
+                info_json,
+                ..RunCompleted::default()
+            };
+            let shim = self.live()?;
+            self.submit(py, shim, completed.into())
+        })();
+        self.counted(py, r)
+    }
+
+    /// Records a file the run produced (a policy, checkpoint, video...).
+    #[pyo3(signature = (kind, path, *, info=None))]
+    fn artifact(
+        &self,
+        py: Python<'_>,
+        kind: &Bound<'_, PyAny>,
+        path: &Bound<'_, PyAny>,
+        info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let r = (|| {
+            let kind = args::opt_str(Some(kind), "kind")?
+                .ok_or_else(|| PyTypeError::new_err("kind must be a str, not None"))?;
+            let path = args::opt_path(Some(path), "path")?
+                .ok_or_else(|| PyTypeError::new_err("path must be a str or os.PathLike"))?;
+            let path = path.to_string_lossy().into_owned();
+            if path.is_empty() {
+                return Err(PyValueError::new_err("path must not be empty"));
+            }
+            let info_json = match info {
+                Some(i) => encode::object_to_json(i, "info", self.max_record_bytes)?,
+                None => String::new(),
+            };
+            let shim = self.live()?;
+            let artifact = Artifact {
+                kind,
+                path,
+                info_json,
+                ..Artifact::default()
+            };
+            self.submit(py, shim, artifact.into())
+        })();
+        self.counted(py, r)
+    }
+
+    /// Calls hook(record_dict) for every step before it is queued; the hook may return a dict
+    /// of changes. Returns the hook (usable as a decorator). See the package docs for the
+    /// contract; a hook that raises is logged and counted, never fails the step.
+    fn register_on_step<'py>(&self, hook: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.register(Kind::Step, hook)
+    }
+
+    /// Like register_on_step, for finished episodes.
+    fn register_on_episode_end<'py>(&self, hook: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.register(Kind::Episode, hook)
+    }
+
+    /// Waits (at most timeout seconds, without the GIL) until every record so far is acked by
+    /// the daemon, or else safe in the queue directory. Never raises for delivery problems:
+    /// the returned dict's "outcome" says what happened ("acked", "on_disk", "written",
+    /// "disabled", "timeout", "not_delivered", "error").
+    #[pyo3(signature = (timeout=None), text_signature = "(self, timeout=5.0)")]
+    fn flush<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = args::opt_seconds(timeout, "timeout")?.unwrap_or(Duration::from_secs(5));
+        let shim = self.live()?;
+        let res = py.detach(move || shim.flush(t));
+        logbridge::drain(py);
+        self.log_outcome(py, "flush", Some(&res));
+        report(py, Some(&res))
+    }
+
+    /// Flushes (as flush) and stops the background sender. Idempotent: a second call returns
+    /// {"outcome": "closed", ...}. Record calls afterwards raise TelemetryError.
+    #[pyo3(signature = (timeout=None), text_signature = "(self, timeout=5.0)")]
+    fn close<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = args::opt_seconds(timeout, "timeout")?.unwrap_or(Duration::from_secs(5));
+        let core = Arc::clone(&self.core);
+        let res = py.detach(move || core.close(t));
+        logbridge::drain(py);
+        self.log_outcome(py, "close", res.as_ref());
+        report(py, res.as_ref())
+    }
+
+    /// The shim's counters (accepted, sent, acked, spilled, dropped, rejected, duplicates,
+    /// reconnects, queue_bytes, queue_records, buffered_records, corrupt_tails, last_error) and
+    /// the binding's (hook_errors, invalid_calls, call_errors, trackers_evicted,
+    /// log_events_dropped). Still available after close (as they were when it closed).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        logbridge::drain(py);
+        let s = match self.core.shim() {
+            Some(shim) => shim.stats(),
+            None => lock(&self.core.final_stats).clone().unwrap_or_default(),
+        };
+        let d = PyDict::new(py);
+        d.set_item("accepted", s.accepted)?;
+        d.set_item("sent", s.sent)?;
+        d.set_item("acked", s.acked)?;
+        d.set_item("spilled", s.spilled)?;
+        d.set_item("dropped", s.dropped)?;
+        d.set_item("rejected", s.rejected)?;
+        d.set_item("duplicates", s.duplicates)?;
+        d.set_item("reconnects", s.reconnects)?;
+        d.set_item("queue_bytes", s.queue_bytes)?;
+        d.set_item("queue_records", s.queue_records)?;
+        d.set_item("buffered_records", s.buffered_records)?;
+        d.set_item("corrupt_tails", s.corrupt_tails)?;
+        d.set_item("last_error", s.last_error)?;
+        d.set_item("hook_errors", self.hooks.errors.load(Relaxed))?;
+        d.set_item("invalid_calls", self.counters.invalid_calls.load(Relaxed))?;
+        d.set_item("call_errors", self.counters.call_errors.load(Relaxed))?;
+        d.set_item("trackers_evicted", lock(&self.tracker).evicted)?;
+        d.set_item("log_events_dropped", logbridge::dropped_total())?;
+        Ok(d)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        let core = Arc::clone(&self.core);
+        let t = self.drop_flush_timeout;
+        let res = py.detach(move || core.close(t));
+        logbridge::drain(py);
+        self.log_outcome(py, "close", res.as_ref());
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Telemetry(mode={:?}, run_id={:?}, closed={})",
+            self.mode,
+            self.run_id,
+            if self.closed() { "True" } else { "False" }
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.hooks.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.hooks.clear();
+    }
+}
+
+impl Telemetry {
+    fn register<'py>(&self, kind: Kind, hook: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if !hook.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "hook must be callable, not {}",
+                encode::type_name(&hook)
+            )));
+        }
+        if !self.enabled {
+            return Ok(hook);
+        }
+        let shim = self.live()?;
+        self.hooks.add(kind, hook.clone().unbind());
+        let hooks = Arc::clone(&self.hooks);
+        match kind {
+            Kind::Step => {
+                if !self.hooks.step_installed.swap(true, Relaxed) {
+                    shim.register_on_step(move |s| hooks.run_step(s));
+                }
+            }
+            Kind::Episode => {
+                if !self.hooks.episode_installed.swap(true, Relaxed) {
+                    shim.register_on_episode_end(move |e| hooks.run_episode(e));
+                }
+            }
+        }
+        Ok(hook)
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if lock(&self.core.shim).is_none() {
+            return;
+        }
+        // Garbage-collected without close(): flush without holding the GIL.
+        let core = &self.core;
+        let t = self.drop_flush_timeout;
+        if Python::try_attach(|py| py.detach(|| core.close(t))).is_none() {
+            core.close(t);
+        }
+    }
+}
+
+/// Like Telemetry(...), with settings read from GYM_TELEMETRY_* variables first (the
+/// daemon and schedulers start workers this way); keyword arguments override them.
+/// GYM_TELEMETRY_DISABLED=1 gives a Telemetry whose every call is a no-op.
+#[pyfunction]
+#[pyo3(signature = (endpoint=None, run_id=None, agent_id=None, control_mode=None,
+    queue_dir=None, auth_token=None, dry_run=None, enabled=None, *, full_policy=None,
+    block_timeout=None, queue_max_bytes=None, max_record_bytes=None, batch_linger=None,
+    reconnect_max=None, drop_flush_timeout=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn from_env(
+    py: Python<'_>,
+    endpoint: Option<&Bound<'_, PyAny>>,
+    run_id: Option<&Bound<'_, PyAny>>,
+    agent_id: Option<&Bound<'_, PyAny>>,
+    control_mode: Option<&Bound<'_, PyAny>>,
+    queue_dir: Option<&Bound<'_, PyAny>>,
+    auth_token: Option<&Bound<'_, PyAny>>,
+    dry_run: Option<&Bound<'_, PyAny>>,
+    enabled: Option<bool>,
+    full_policy: Option<&Bound<'_, PyAny>>,
+    block_timeout: Option<&Bound<'_, PyAny>>,
+    queue_max_bytes: Option<&Bound<'_, PyAny>>,
+    max_record_bytes: Option<&Bound<'_, PyAny>>,
+    batch_linger: Option<&Bound<'_, PyAny>>,
+    reconnect_max: Option<&Bound<'_, PyAny>>,
+    drop_flush_timeout: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Telemetry> {
+    let mut config = ShimConfig::from_env().map_err(config_error)?;
+    Overrides {
+        endpoint,
+        run_id,
+        agent_id,
+        control_mode,
+        queue_dir,
+        auth_token,
+        dry_run,
+        enabled,
+        full_policy,
+        block_timeout,
+        queue_max_bytes,
+        max_record_bytes,
+        batch_linger,
+        reconnect_max,
+        drop_flush_timeout,
+    }
+    .apply(&mut config)?;
+    Telemetry::start(py, config)
+}

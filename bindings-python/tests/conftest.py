@@ -1,0 +1,146 @@
+"""Shared fixtures: dry-run output readers and a real gym-telemetry-daemon on loopback.
+
+The daemon binary comes from GYM_TELEMETRY_DAEMON_BIN (scripts/test.sh builds it and exports
+the path). Tests that need it are marked ``daemon`` and skipped with a reason when it is not
+set; every wait is bounded (readiness is polled with a deadline, never slept on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+READY = re.compile(r"listening on http://(127\.0\.0\.1:\d+)")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's GYM_TELEMETRY_* settings."""
+    for k in list(os.environ):
+        if k.startswith("GYM_TELEMETRY_") and k != "GYM_TELEMETRY_DAEMON_BIN":
+            monkeypatch.delenv(k)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def of_type(records: list[dict], kind: str) -> list[dict]:
+    return [r for r in records if r["type"] == kind]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for starting a daemon on it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def daemon_bin() -> str:
+    path = os.environ.get("GYM_TELEMETRY_DAEMON_BIN")
+    if not path:
+        pytest.skip("GYM_TELEMETRY_DAEMON_BIN is not set (scripts/test.sh builds the daemon)")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"GYM_TELEMETRY_DAEMON_BIN={path} is not an executable")
+    return path
+
+
+def _daemon_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GYM_TELEMETRY_")}
+    env["GYM_TELEMETRY_LOG"] = "warn"
+    return env
+
+
+class Daemon:
+    """One gym-telemetry-daemon process on loopback with its own var dir."""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.var_dir = var_dir
+        self.proc: Optional[subprocess.Popen] = None
+        self.endpoint = ""
+
+    def start(self, port: int = 0) -> str:
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(
+            [daemon_bin(), "serve", "--var-dir", str(self.var_dir),
+             "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_daemon_env(),
+        )
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + START_TIMEOUT
+        out = b""
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    continue
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                out += chunk
+                m = READY.search(out.decode(errors="replace"))
+                if m:
+                    self.endpoint = f"http://{m.group(1)}"
+                    return self.endpoint
+        finally:
+            sel.close()
+        self.stop()
+        raise AssertionError(f"daemon did not report readiness in {START_TIMEOUT}s: {out!r}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def dump(self, run_id: str, episodes: bool = False, agent_id: Optional[str] = None) -> list[dict]:
+        args = [daemon_bin(), "dump", "--var-dir", str(self.var_dir), "--run", run_id]
+        if episodes:
+            args.append("--episodes")
+        if agent_id is not None:
+            args += ["--agent", agent_id]
+        out = subprocess.run(args, capture_output=True, env=_daemon_env(), timeout=60, check=True)
+        return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator:
+    started: list[Daemon] = []
+
+    def make(name: str = "var") -> Daemon:
+        d = Daemon(tmp_path / name)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory) -> Daemon:
+    d = daemon_factory()
+    d.start()
+    return d
