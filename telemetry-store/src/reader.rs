@@ -530,7 +530,8 @@ impl StoreReader {
             "SELECT seq, {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY seq DESC LIMIT ?2"
         );
         let limit = clamp_limit(limit);
-        let mut out = self.collect_rows(Stream::Steps, &sql, &[&run_id, &limit], rows::step_from)?;
+        let mut out =
+            self.collect_rows(Stream::Steps, &sql, &[&run_id, &limit], rows::step_from)?;
         out.reverse();
         Ok(out)
     }

@@ -388,7 +388,11 @@ fn tail_steps_and_run_completion_serve_restart_warming() {
         .map(|s| s.seq_id)
         .collect();
     let got: Vec<u64> = tail.iter().map(|s| s.seq_id).collect();
-    assert_eq!(got, expected[expected.len() - 5..], "the latest five, oldest first");
+    assert_eq!(
+        got,
+        expected[expected.len() - 5..],
+        "the latest five, oldest first"
+    );
 
     assert!(reader.run_completion("run-1").unwrap().is_none());
     let mut done: Vec<Record> = vec![
@@ -397,6 +401,10 @@ fn tail_steps_and_run_completion_serve_restart_warming() {
     ];
     ts.store.append(&mut done, &[]).unwrap();
     let last = reader.run_completion("run-1").unwrap().expect("stored");
-    assert_eq!(last.status, CompletionStatus::Succeeded as i32, "the latest completion");
+    assert_eq!(
+        last.status,
+        CompletionStatus::Succeeded as i32,
+        "the latest completion"
+    );
     assert!(reader.run_completion("run-0").unwrap().is_none());
 }
