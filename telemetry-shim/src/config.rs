@@ -86,6 +86,15 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The CA file of an `https://` endpoint (`tls_ca_file`) cannot be read or holds no usable
+    /// certificate. Reported when the shim starts, not at the first connection.
+    #[error("tls_ca_file (GYM_TELEMETRY_TLS_CA_FILE) {}: {reason}", path.display())]
+    TlsCaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The shim's settings. Build with `ShimConfig { field: value, ..Default::default() }` or from
@@ -95,7 +104,19 @@ pub struct ShimConfig {
     /// Live, dry run or disabled. Default: live.
     pub mode: Mode,
     /// The daemon's Ingest URL (`GYM_TELEMETRY_ENDPOINT`). Default: [`DEFAULT_ENDPOINT`].
+    /// `http://` is plaintext; `https://` is TLS (rustls), checked against `tls_ca_file`.
     pub endpoint: String,
+    /// PEM file of the CA certificate(s) an `https://` endpoint's certificate must chain to
+    /// (`GYM_TELEMETRY_TLS_CA_FILE`); for a self-signed daemon, its certificate itself. When set,
+    /// only these are trusted. `None` (default): the Mozilla roots compiled into the shim
+    /// (webpki-roots). Read when the shim starts: an unreadable file or one with no
+    /// certificate is a [`ConfigError::TlsCaFile`]. Needs an `https://` endpoint.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name checked against the daemon's certificate (`GYM_TELEMETRY_TLS_DOMAIN`), a DNS
+    /// name or an IP address. `None` (default): the endpoint's host. Set it to reach a daemon
+    /// by address whose certificate names a host (`https://10.0.0.5:50151` with a certificate
+    /// for `daemon.lab`). Needs an `https://` endpoint.
+    pub tls_domain: Option<String>,
     /// Fills `run_id` of records that have none (`GYM_TELEMETRY_RUN_ID`).
     pub run_id: Option<String>,
     /// Fills `agent_id` of steps, episodes and run starts that have none
@@ -156,6 +177,8 @@ impl Default for ShimConfig {
         ShimConfig {
             mode: Mode::Live,
             endpoint: DEFAULT_ENDPOINT.to_owned(),
+            tls_ca_file: None,
+            tls_domain: None,
             run_id: None,
             agent_id: None,
             control_mode: None,
@@ -212,6 +235,8 @@ impl ShimConfig {
         if let Some(v) = env.string("GYM_TELEMETRY_ENDPOINT")? {
             c.endpoint = v;
         }
+        c.tls_ca_file = env.string("GYM_TELEMETRY_TLS_CA_FILE")?.map(PathBuf::from);
+        c.tls_domain = env.string("GYM_TELEMETRY_TLS_DOMAIN")?;
         c.run_id = env.string("GYM_TELEMETRY_RUN_ID")?;
         c.agent_id = env.string("GYM_TELEMETRY_AGENT_ID")?;
         c.auth_token = env.string("GYM_TELEMETRY_AUTH_TOKEN")?;
@@ -281,6 +306,18 @@ impl ShimConfig {
                 && (self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"));
             if !uri_ok {
                 return bad("endpoint", "expected a URL such as http://127.0.0.1:50151");
+            }
+            let tls_set = self.tls_ca_file.is_some() || self.tls_domain.is_some();
+            if tls_set && !crate::tls::is_https(&self.endpoint) {
+                return bad(
+                    "tls_ca_file/tls_domain",
+                    "TLS settings need an https:// endpoint (the endpoint is plaintext)",
+                );
+            }
+            if let Some(d) = &self.tls_domain {
+                if let Err(reason) = crate::tls::check_domain(d) {
+                    return bad("tls_domain", &reason);
+                }
             }
         }
         if let Some(t) = &self.auth_token {
@@ -562,6 +599,60 @@ mod tests {
         ));
         let err = from(&[("GYM_TELEMETRY_QUEUE_MAX_BYTES", "1M")]).expect_err("too small");
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn tls_variables_reach_their_fields_and_need_https() {
+        let c = from(&[
+            ("GYM_TELEMETRY_ENDPOINT", "https://10.0.0.5:50151"),
+            ("GYM_TELEMETRY_TLS_CA_FILE", "/etc/gym/ca.pem"),
+            ("GYM_TELEMETRY_TLS_DOMAIN", "daemon.lab"),
+        ])
+        .expect("valid");
+        assert_eq!(c.endpoint, "https://10.0.0.5:50151");
+        assert_eq!(c.tls_ca_file, Some(PathBuf::from("/etc/gym/ca.pem")));
+        assert_eq!(c.tls_domain.as_deref(), Some("daemon.lab"));
+        // https alone is fine (compiled-in roots); plain http is untouched by TLS.
+        let c = from(&[("GYM_TELEMETRY_ENDPOINT", "https://daemon.lab")]).expect("valid");
+        assert_eq!((c.tls_ca_file, c.tls_domain), (None, None));
+
+        for var in ["GYM_TELEMETRY_TLS_CA_FILE", "GYM_TELEMETRY_TLS_DOMAIN"] {
+            let err = from(&[("GYM_TELEMETRY_ENDPOINT", "http://127.0.0.1:9"), (var, "x")])
+                .expect_err("TLS settings on a plaintext endpoint");
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        field: "tls_ca_file/tls_domain",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("https://"), "{err}");
+        }
+        let err = from(&[
+            ("GYM_TELEMETRY_ENDPOINT", "https://127.0.0.1:9"),
+            ("GYM_TELEMETRY_TLS_DOMAIN", "two words"),
+        ])
+        .expect_err("not a name");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "tls_domain",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Disabled: the TLS settings are not looked at, like the endpoint.
+        let c = from(&[
+            ("GYM_TELEMETRY", "off"),
+            ("GYM_TELEMETRY_TLS_DOMAIN", "two words"),
+        ])
+        .expect("valid");
+        assert_eq!(c.mode, Mode::Disabled);
     }
 
     #[test]

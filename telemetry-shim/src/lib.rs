@@ -23,6 +23,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **TLS.** An `https://` endpoint (`GYM_TELEMETRY_ENDPOINT=https://daemon.lab:50151`) is
+//! TLS (rustls); `http://` stays plaintext. The daemon's certificate is checked against the CA
+//! file `GYM_TELEMETRY_TLS_CA_FILE` (for a self-signed daemon, its certificate itself; the
+//! daemon sets it for the workers it spawns) or, without one, the Mozilla roots compiled into
+//! the shim; `GYM_TELEMETRY_TLS_DOMAIN` overrides the name checked (default: the endpoint's
+//! host). An unreadable CA file is a [`ConfigError::TlsCaFile`] from [`Shim::new`].
+//!
 //! Modules: [`config`] (settings and `GYM_TELEMETRY_*` variables), [`shim`] (the facade),
 //! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`proxy`] (the
 //! `gym-telemetry-proxy` binary's logic for legacy JSONL workers).
@@ -43,6 +50,7 @@ mod dry_run;
 mod inbox;
 mod ratelimit;
 mod sender;
+mod tls;
 
 pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimConfig};
 pub use error::ShimError;

@@ -80,6 +80,12 @@ impl Settings {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let endpoint = match crate::tls::client_config(c)? {
+            Some(tls) => endpoint
+                .tls_config(tls)
+                .map_err(|e| invalid("endpoint", describe(&e)))?,
+            None => endpoint,
+        };
         let auth = match &c.auth_token {
             None => None,
             Some(t) => Some(

@@ -73,6 +73,14 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "GYM_TELEMETRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With TLS: the PEM CA file spawned workers trust. Default: the --tls-cert file (right
+    /// for a self-signed certificate).
+    #[arg(long, env = "GYM_TELEMETRY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: the name spawned workers check the certificate against. Default: the
+    /// listen address.
+    #[arg(long, env = "GYM_TELEMETRY_TLS_CLIENT_DOMAIN", requires = "tls_cert")]
+    pub tls_client_domain: Option<String>,
     /// SQLite durability.
     #[arg(long, env = "GYM_TELEMETRY_DURABILITY", value_enum, default_value_t = DurabilityArg::Normal)]
     pub durability: DurabilityArg,

@@ -3,7 +3,8 @@
 //! Each worker runs in its own process group, so cancelling reaches everything it spawned
 //! (vectorised envs, the JSONL proxy's child): SIGTERM to the group, then SIGKILL after a grace
 //! period. The worker learns where to send telemetry from `GYM_TELEMETRY_*` environment
-//! variables, which the shim reads; a legacy worker that prints JSONL runs under the JSONL proxy
+//! variables, which the shim reads (with TLS, also the CA to trust and the name to check); a
+//! legacy worker that prints JSONL runs under the JSONL proxy
 //! (`gym-telemetry-daemon proxy -- <argv>`), which turns its stdout into records. Its output is
 //! kept in `<var_dir>/runs/<run_id>/worker.log`, capped at [`DispatchConfig::max_log_bytes`]
 //! (what goes beyond is counted in the log's last line, not written).
@@ -28,8 +29,10 @@ use crate::runs::{ProcessControl, Registry};
 /// How workers are started.
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
-    /// The endpoint workers send telemetry to (`http://127.0.0.1:PORT`).
+    /// The endpoint workers send telemetry to (`http://127.0.0.1:PORT`, `https://` with TLS).
     pub endpoint: String,
+    /// With TLS: what workers trust, passed as `GYM_TELEMETRY_TLS_CA_FILE`/`_DOMAIN`.
+    pub tls: Option<WorkerTls>,
     /// The bearer token workers must present, if the daemon requires one.
     pub auth_token: Option<String>,
     /// The daemon executable, which hosts the JSONL proxy (`proxy` subcommand).
@@ -38,6 +41,16 @@ pub struct DispatchConfig {
     pub grace: Duration,
     /// Largest worker log kept per run.
     pub max_log_bytes: u64,
+}
+
+/// How workers check a TLS daemon's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTls {
+    /// Absolute path of the PEM CA file (`GYM_TELEMETRY_TLS_CA_FILE`).
+    pub ca_file: PathBuf,
+    /// The name checked against the certificate (`GYM_TELEMETRY_TLS_DOMAIN`); `None`: the
+    /// endpoint's host.
+    pub domain: Option<String>,
 }
 
 /// Longest run id (ids name directories, so they are restricted to `[A-Za-z0-9._-]`).
@@ -134,6 +147,16 @@ pub async fn submit(
     }
     if let Some(token) = &cfg.auth_token {
         cmd.env("GYM_TELEMETRY_AUTH_TOKEN", token);
+    }
+    // Like the endpoint, the TLS settings are the daemon's to give: values inherited from the
+    // daemon's own environment or the request would point workers at the wrong trust.
+    cmd.env_remove("GYM_TELEMETRY_TLS_CA_FILE")
+        .env_remove("GYM_TELEMETRY_TLS_DOMAIN");
+    if let Some(tls) = &cfg.tls {
+        cmd.env("GYM_TELEMETRY_TLS_CA_FILE", &tls.ca_file);
+        if let Some(domain) = &tls.domain {
+            cmd.env("GYM_TELEMETRY_TLS_DOMAIN", domain);
+        }
     }
     if !command.working_dir.is_empty() {
         cmd.current_dir(&command.working_dir);

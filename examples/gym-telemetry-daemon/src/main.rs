@@ -82,6 +82,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         cfg.tls = Some(server::TlsFiles { cert, key });
     }
+    cfg.tls_client_ca = a.tls_client_ca;
+    cfg.tls_client_domain = a.tls_client_domain;
     cfg.durability = match a.durability {
         DurabilityArg::Normal => Durability::Normal,
         DurabilityArg::Full => Durability::Full,

@@ -22,7 +22,7 @@ use crate::{
     auth::AuthInterceptor,
     catchup::StoreCatchUp,
     control::ControlService,
-    dispatch::{self, DispatchConfig},
+    dispatch::{self, DispatchConfig, WorkerTls},
     ingest::{IngestLimits, IngestService},
     legacy::LegacyService,
     lock::{InstanceLock, LockError},
@@ -60,8 +60,18 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer token every RPC must carry; required for a non-loopback `listen`.
     pub auth_token: Option<String>,
-    /// Serve TLS with these files.
+    /// Serve TLS with these files. The endpoint the daemon reports and hands to the workers
+    /// it spawns is then `https://`.
     pub tls: Option<TlsFiles>,
+    /// With TLS: the PEM CA file the workers it spawns trust (`GYM_TELEMETRY_TLS_CA_FILE` in
+    /// their environment). `None` (default): the served certificate file itself, which is
+    /// right for a self-signed certificate; set it when the certificate is issued by a CA.
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: the name the workers it spawns check the certificate against
+    /// (`GYM_TELEMETRY_TLS_DOMAIN`). `None` (default): the host of the endpoint they are
+    /// given, i.e. the listen address, so the certificate must name that IP address; set it
+    /// (for example to `localhost`) when the certificate names a host instead.
+    pub tls_client_domain: Option<String>,
     /// SQLite durability.
     pub durability: Durability,
     /// A running run that sends nothing for this long is failed.
@@ -91,6 +101,8 @@ impl DaemonConfig {
             metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50152)),
             auth_token: None,
             tls: None,
+            tls_client_ca: None,
+            tls_client_domain: None,
             durability: Durability::Normal,
             heartbeat_timeout: Duration::from_secs(120),
             cancel_grace: Duration::from_secs(5),
@@ -159,14 +171,16 @@ pub struct RunningDaemon {
     pub interrupted_runs: Vec<String>,
     /// The hub, for in-process observers (tests, the demo summary).
     pub hub: Hub,
+    tls: bool,
     cancel: CancellationToken,
     join: JoinHandle<Result<(), DaemonError>>,
 }
 
 impl RunningDaemon {
-    /// `http://127.0.0.1:PORT` (or the bound address), what shims and viewers connect to.
+    /// `http://127.0.0.1:PORT` (or the bound address; `https://` when serving TLS), what shims
+    /// and viewers connect to.
     pub fn endpoint(&self) -> String {
-        endpoint_for(self.addr)
+        endpoint_for(self.addr, self.tls)
     }
 
     /// Stops the daemon gracefully and waits for it: stops serving, stops workers, flushes,
@@ -193,13 +207,29 @@ impl RunningDaemon {
     }
 }
 
-fn endpoint_for(addr: SocketAddr) -> String {
+fn endpoint_for(addr: SocketAddr, tls: bool) -> String {
     let ip = if addr.ip().is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
         addr.ip()
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// What the workers it spawns need to trust a TLS daemon: the CA file as an absolute path
+/// (workers may run in another directory), checked to exist now rather than in every worker.
+fn worker_tls(cfg: &DaemonConfig) -> Result<Option<WorkerTls>, DaemonError> {
+    let Some(tls) = &cfg.tls else {
+        return Ok(None);
+    };
+    let ca = cfg.tls_client_ca.as_ref().unwrap_or(&tls.cert);
+    let ca_file = std::fs::canonicalize(ca)
+        .map_err(io(format!("the CA file for workers {}", ca.display())))?;
+    Ok(Some(WorkerTls {
+        ca_file,
+        domain: cfg.tls_client_domain.clone().filter(|d| !d.is_empty()),
+    }))
 }
 
 /// Starts the daemon: takes the lock, opens the store, recovers, binds and serves in the
@@ -226,8 +256,10 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, DaemonError> {
         .await
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
+    let tls = worker_tls(&cfg)?;
     let dispatch_cfg = Arc::new(DispatchConfig {
-        endpoint: endpoint_for(addr),
+        endpoint: endpoint_for(addr, tls.is_some()),
+        tls,
         auth_token: cfg.auth_token.clone().filter(|t| !t.is_empty()),
         self_exe: cfg.self_exe.clone(),
         grace: cfg.cancel_grace,
@@ -400,6 +432,7 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, DaemonError> {
         metrics_addr: metrics_bound,
         interrupted_runs: interrupted,
         hub,
+        tls: cfg.tls.is_some(),
         cancel,
         join,
     })
@@ -469,5 +502,49 @@ async fn housekeeping(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_scheme_follows_tls() {
+        let any: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        assert_eq!(endpoint_for(any, false), "http://127.0.0.1:7000");
+        assert_eq!(endpoint_for(any, true), "https://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn workers_trust_the_served_certificate_unless_told_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&cert, "cert").expect("write");
+        std::fs::write(&ca, "ca").expect("write");
+        let mut cfg = DaemonConfig::ephemeral(dir.path());
+        assert_eq!(worker_tls(&cfg).expect("no TLS"), None);
+
+        // An indirect path is made absolute: workers may run in another directory.
+        cfg.tls = Some(TlsFiles {
+            cert: dir.path().join("sub/../cert.pem"),
+            key: dir.path().join("key.pem"),
+        });
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        let canonical = |p: &std::path::Path| std::fs::canonicalize(p).expect("exists");
+        let w = worker_tls(&cfg).expect("valid").expect("TLS");
+        assert_eq!(w.ca_file, canonical(&cert));
+        assert_eq!(w.domain, None);
+
+        cfg.tls_client_ca = Some(ca.clone());
+        cfg.tls_client_domain = Some("localhost".into());
+        let w = worker_tls(&cfg).expect("valid").expect("TLS");
+        assert_eq!(w.ca_file, canonical(&ca));
+        assert_eq!(w.domain.as_deref(), Some("localhost"));
+
+        cfg.tls_client_ca = Some(dir.path().join("missing.pem"));
+        let err = worker_tls(&cfg).expect_err("missing CA");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
     }
 }
