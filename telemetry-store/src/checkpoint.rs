@@ -10,9 +10,12 @@
 
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
-use crate::{error::is_busy, StoreConfig};
+use crate::{
+    error::{classify, is_busy},
+    StoreConfig, StoreError,
+};
 
 /// Which checkpoint completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,4 +115,52 @@ pub(crate) fn run(
         consecutive_blocked: state.consecutive_blocked,
         warned,
     })
+}
+
+/// Checkpoints on a connection of their own, so the copy of the WAL into the database and its
+/// fsyncs run off the writer's commit path.
+///
+/// With SQLite's automatic checkpoint the commit that crosses `wal_autocheckpoint` pages does
+/// the copy and the fsyncs itself, stalling every later commit for tens of milliseconds (the
+/// daemon's live-latency tail). A writer opened with `wal_autocheckpoint_pages = 0` plus a
+/// `Checkpointer` called from another thread keeps commits short and the WAL bounded: a
+/// `PASSIVE` checkpoint never waits for the writer or readers, and the WAL is truncated only
+/// when nobody needs it (see [`run`]).
+#[derive(Debug)]
+pub struct Checkpointer {
+    conn: Connection,
+    cfg: StoreConfig,
+    state: CheckpointState,
+}
+
+impl Checkpointer {
+    /// Opens a read-write connection to the store at `cfg.path` (which must exist and be
+    /// migrated: open it with [`Store::open`](crate::Store::open) first).
+    pub fn open(cfg: &StoreConfig) -> Result<Checkpointer, StoreError> {
+        let path = cfg.path.as_path();
+        if !path.exists() {
+            return Err(StoreError::NotFound {
+                path: path.to_owned(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
+        conn.busy_timeout(cfg.busy_timeout)
+            .map_err(|e| classify(path, e))?;
+        // This connection never writes rows; it must not checkpoint on its own either.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| classify(path, e))?;
+        Ok(Checkpointer {
+            conn,
+            cfg: cfg.clone(),
+            state: CheckpointState::default(),
+        })
+    }
+
+    /// Copies the WAL back into the database, truncating it when no reader needs it.
+    pub fn checkpoint(&mut self) -> Result<CheckpointStats, StoreError> {
+        run(&self.conn, &self.cfg, &mut self.state).map_err(|e| classify(&self.cfg.path, e))
+    }
 }

@@ -58,7 +58,7 @@ use std::{
     time::Duration,
 };
 
-pub use checkpoint::{CheckpointMode, CheckpointStats};
+pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
 pub use reader::{EpisodeIter, StepIter, StoreReader};
 pub use schema::SCHEMA_VERSION;

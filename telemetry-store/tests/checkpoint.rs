@@ -102,3 +102,38 @@ fn a_reader_on_a_fully_copied_wal_blocks_only_the_truncation() {
     assert_eq!(stats.mode, CheckpointMode::Truncate);
     assert_eq!(wal_len(&path), 0);
 }
+
+#[test]
+fn a_separate_checkpointer_keeps_the_wal_bounded_off_the_writers_path() {
+    let mut ts = TempStore::with(|cfg| cfg.wal_autocheckpoint_pages = 0);
+    let path = ts.path();
+    let mut checkpointer = telemetry_store::Checkpointer::open(ts.store.config()).unwrap();
+    let mut peak = 0;
+    for _ in 0..5 {
+        let mut batch = steps("r", "a", 500);
+        ts.store.append(&mut batch, &[]).unwrap();
+        let grown = wal_len(&path);
+        assert!(
+            grown > 0,
+            "without autocheckpoint the writer's commits only append"
+        );
+        peak = peak.max(grown);
+        let stats = checkpointer.checkpoint().unwrap();
+        assert_eq!(stats.mode, CheckpointMode::Truncate, "{stats:?}");
+        assert_eq!(
+            wal_len(&path),
+            0,
+            "the checkpointer's connection truncated it"
+        );
+    }
+    // The writer is unaffected: its rows are all there.
+    let reader = ts.store.reader().unwrap();
+    assert_eq!(reader.last_seqs().unwrap().steps, 2500);
+    assert!(peak > 0);
+    // A checkpointer needs an existing store.
+    let missing = telemetry_store::StoreConfig::new(path.with_file_name("missing.sqlite"));
+    assert!(matches!(
+        telemetry_store::Checkpointer::open(&missing),
+        Err(telemetry_store::StoreError::NotFound { .. })
+    ));
+}

@@ -53,6 +53,9 @@ pub struct WorkerTls {
     pub domain: Option<String>,
 }
 
+/// How long a finished worker's log may take to drain before the run is reported finished.
+pub const LOG_DRAIN: Duration = Duration::from_secs(2);
+
 /// Longest run id (ids name directories, so they are restricted to `[A-Za-z0-9._-]`).
 pub const MAX_RUN_ID: usize = 128;
 
@@ -200,7 +203,7 @@ pub async fn submit(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let max_log = cfg.max_log_bytes;
-    tokio::spawn(capture_logs(log_path, stdout, stderr, max_log));
+    let logs = tokio::spawn(capture_logs(log_path, stdout, stderr, max_log));
 
     let registry = registry.clone();
     let grace = cfg.grace;
@@ -222,6 +225,9 @@ pub async fn submit(
         };
         // Whatever the leader did, leave no straggler in its group.
         signal_group(pgid, Signal::SIGKILL);
+        // The log is complete before the run is reported finished (bounded: a descendant that
+        // left the process group could hold the pipes open).
+        let _ = tokio::time::timeout(LOG_DRAIN, logs).await;
         on_exit(&registry, &id, status).await;
     });
     Ok(run_id)

@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod catchup;
+pub mod checkpointer;
 pub mod cli;
 pub mod control;
 pub mod demo;

@@ -29,7 +29,7 @@ use crate::{
     metrics::{self, Metrics},
     query::QueryService,
     runs::Registry,
-    writer::{self, WriterHandle},
+    writer,
 };
 
 /// The default gRPC address: loopback, port 50151.
@@ -80,7 +80,7 @@ pub struct DaemonConfig {
     pub cancel_grace: Duration,
     /// How often a health line is logged and metrics snapshots refreshed.
     pub health_interval: Duration,
-    /// How often the WAL is checkpointed.
+    /// How often the WAL is checkpointed (on its own thread, off the commit path).
     pub checkpoint_interval: Duration,
     /// The executable hosting the JSONL proxy (`proxy` subcommand) for legacy workers.
     pub self_exe: PathBuf,
@@ -107,7 +107,7 @@ impl DaemonConfig {
             heartbeat_timeout: Duration::from_secs(120),
             cancel_grace: Duration::from_secs(5),
             health_interval: Duration::from_secs(30),
-            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_interval: Duration::from_millis(500),
             self_exe: std::env::current_exe().unwrap_or_else(|_| "gym-telemetry-daemon".into()),
             hub: HubConfig {
                 subscriber_queue: crate::writer::MAX_GROUP_RECORDS,
@@ -240,13 +240,21 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, DaemonError> {
         return Err(DaemonError::NeedsToken(cfg.listen));
     }
     let lock = InstanceLock::acquire(&cfg.var_dir, &cfg.listen.to_string())?;
+    let metrics = Metrics::new();
     let mut store_cfg = StoreConfig::in_var_dir(&cfg.var_dir);
     store_cfg.durability = cfg.durability;
-    let store = Store::open(store_cfg)?;
+    // Checkpoints run on their own thread (see `checkpointer`), never inside a commit.
+    store_cfg.wal_autocheckpoint_pages = 0;
+    let store = Store::open(store_cfg.clone())?;
+    let checkpoints = crate::checkpointer::CheckpointThread::spawn(
+        telemetry_store::Checkpointer::open(&store_cfg)?,
+        metrics.clone(),
+        cfg.checkpoint_interval,
+    )
+    .map_err(io("starting the checkpoint thread"))?;
     let store_path = store.path().to_path_buf();
     let reader = StoreReader::open(&store_path)?;
 
-    let metrics = Metrics::new();
     let catch_up = Arc::new(StoreCatchUp::new(store_path.clone()));
     let hub = Hub::new(cfg.hub.clone(), catch_up);
     let (writer, writer_thread) = writer::spawn(store, hub.clone(), metrics.clone())
@@ -379,7 +387,6 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, DaemonError> {
     }
     tasks.spawn(housekeeping(
         cfg.clone(),
-        writer.clone(),
         registry.clone(),
         hub.clone(),
         metrics.clone(),
@@ -420,6 +427,7 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, DaemonError> {
         stop_workers(&registry, cfg.cancel_grace).await;
         tasks.close();
         tasks.wait().await;
+        let _ = tokio::task::spawn_blocking(move || checkpoints.stop()).await;
         writer.shutdown().await;
         drop(registry);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
@@ -454,20 +462,18 @@ async fn stop_workers(registry: &Registry, grace: Duration) {
     }
 }
 
-/// Periodic work: WAL checkpoints, heartbeat enforcement, metrics snapshots, a health line.
+/// Periodic work: heartbeat enforcement, metrics snapshots, a health line.
 async fn housekeeping(
     cfg: DaemonConfig,
-    writer: WriterHandle,
     registry: Registry,
     hub: Hub,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let mut checkpoint = tokio::time::interval(cfg.checkpoint_interval);
     let mut health = tokio::time::interval(cfg.health_interval);
     let beat_every = (cfg.heartbeat_timeout / 4).max(Duration::from_millis(100));
     let mut beats = tokio::time::interval(beat_every);
-    for t in [&mut checkpoint, &mut health, &mut beats] {
+    for t in [&mut health, &mut beats] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let mut last_ingested = metrics.ingested.get();
@@ -475,11 +481,6 @@ async fn housekeeping(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = checkpoint.tick() => {
-                if let Err(e) = writer.checkpoint().await {
-                    tracing::warn!(error = %e, "checkpoint failed");
-                }
-            }
             _ = beats.tick() => {
                 registry.enforce_heartbeats(Instant::now(), cfg.heartbeat_timeout).await;
             }
