@@ -9,16 +9,24 @@ QUICK=""
 if [ "${1:-}" = "--quick" ]; then QUICK="--quick"; fi
 
 cargo build --release -p gym-telemetry-benches --bins
-BIN=target/release
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+BIN="$TARGET_DIR/release"
 
 # One line per bench binary (benches/src/bin/<name>.rs).
 BENCHES=(
   store_bench
   hub_bench
   shim_bench
+  e2e_bench
 )
 
 for b in "${BENCHES[@]}"; do
   echo "== $b" >&2
   "$BIN/$b" $QUICK
 done
+
+# Python bindings: per-step cost of gym_telemetry in a training loop (benches/python/).
+echo "== py bench_wrapper" >&2
+bindings-python/scripts/venv.sh --release >&2
+cargo build --release -p gym-telemetry-daemon >&2
+GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_wrapper.py $QUICK
