@@ -22,7 +22,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{metrics::Metrics, runs::Registry, writer::WriterHandle};
+use crate::{
+    metrics::Metrics,
+    runs::Registry,
+    writer::{PendingAppend, WriterHandle},
+};
 
 /// Bounds on what one batch may hold.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +73,14 @@ impl IngestService {
 
     /// Validates, stores and acknowledges one batch.
     pub async fn handle_batch(&self, batch: IngestBatch) -> Result<IngestAck, Status> {
+        let mut prepared = self.prepare(batch)?;
+        let pending = self.submit(&mut prepared).await?;
+        self.finish(prepared, pending).await
+    }
+
+    /// Validates a batch record by record: the valid records to store, the rejected ones with
+    /// their reasons, and the facts the run registry needs. Refuses an oversized batch whole.
+    fn prepare(&self, batch: IngestBatch) -> Result<Prepared, Status> {
         let IngestBatch { batch_id, records } = batch;
         if records.len() > self.limits.max_batch_records {
             return Err(Status::resource_exhausted(format!(
@@ -99,34 +111,55 @@ impl IngestService {
                 }
             }
         }
-        // Facts the registry needs, gathered before the records move to the writer.
         let mut runs: HashMap<String, (String, String)> = HashMap::new();
         let mut completions = Vec::new();
         for r in &valid {
-            match &r.kind {
-                Some(Kind::Step(s)) => {
-                    runs.entry(s.run_id.clone())
-                        .or_insert_with(|| (s.agent_id.clone(), s.control_mode.clone()));
+            let (run, agent, mode) = match &r.kind {
+                Some(Kind::Step(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
+                Some(Kind::Episode(e)) => (&e.run_id, &e.agent_id, &e.control_mode),
+                Some(Kind::RunStarted(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
+                Some(Kind::RunCompleted(c)) => {
+                    completions.push(c.clone());
+                    continue;
                 }
-                Some(Kind::Episode(e)) => {
-                    runs.entry(e.run_id.clone())
-                        .or_insert_with(|| (e.agent_id.clone(), e.control_mode.clone()));
-                }
-                Some(Kind::RunStarted(s)) => {
-                    runs.entry(s.run_id.clone())
-                        .or_insert_with(|| (s.agent_id.clone(), s.control_mode.clone()));
-                }
-                Some(Kind::RunCompleted(c)) => completions.push(c.clone()),
-                _ => {}
-            }
+                _ => continue,
+            };
+            runs.entry(run.clone())
+                .or_insert_with(|| (agent.clone(), mode.clone()));
         }
-        let report = self
-            .writer
-            .append(valid, rejected_stamps)
+        Ok(Prepared {
+            batch_id,
+            valid,
+            rejected,
+            rejected_stamps,
+            runs,
+            completions,
+        })
+    }
+
+    /// Hands the batch's valid records to the writer (queued in call order).
+    async fn submit(&self, prepared: &mut Prepared) -> Result<PendingAppend, Status> {
+        self.writer
+            .submit(
+                std::mem::take(&mut prepared.valid),
+                std::mem::take(&mut prepared.rejected_stamps),
+            )
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// Waits for the commit and builds the ack; updates the run registry.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        pending: PendingAppend,
+    ) -> Result<IngestAck, Status> {
+        let report = pending
+            .wait()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         self.metrics.batches.inc();
-        for (run_id, (agent, mode)) in runs {
+        for (run_id, (agent, mode)) in prepared.runs {
             self.registry
                 .observe_telemetry(&run_id, &agent, &mode)
                 .await;
@@ -136,13 +169,13 @@ impl IngestService {
             .iter()
             .any(|o| matches!(o, AppendOutcome::Stored { .. }))
         {
-            for c in &completions {
+            for c in &prepared.completions {
                 self.registry.set_completion_recorded(&c.run_id);
                 self.registry.observe_completion(c).await;
             }
         }
         Ok(IngestAck {
-            batch_id,
+            batch_id: prepared.batch_id,
             watermarks: report
                 .watermarks
                 .into_iter()
@@ -153,10 +186,25 @@ impl IngestService {
                 .collect(),
             stored: u32::try_from(report.stored).unwrap_or(u32::MAX),
             duplicates: u32::try_from(report.duplicates).unwrap_or(u32::MAX),
-            rejected,
+            rejected: prepared.rejected,
         })
     }
 }
+
+/// A validated batch on its way to the store.
+struct Prepared {
+    batch_id: u64,
+    valid: Vec<Record>,
+    rejected: Vec<RejectedRecord>,
+    rejected_stamps: Vec<(String, u64)>,
+    runs: HashMap<String, (String, String)>,
+    completions: Vec<telemetry_core::pb::RunCompleted>,
+}
+
+/// Batches of one Publish stream queued with the writer and not yet acknowledged. A stream
+/// that sends ahead (the shim keeps several batches in flight) has them committed together
+/// (group commit) instead of one transaction and one round trip at a time.
+pub const PUBLISH_WINDOW: usize = 8;
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<IngestAck, Status>> + Send>>;
 
@@ -169,10 +217,14 @@ impl Ingest for IngestService {
         request: Request<Streaming<IngestBatch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
         let mut inbound = request.into_inner();
-        // One ack in flight per stream: the shim's window, plus HTTP/2 flow control, is the
-        // backpressure; the writer's bounded queue is behind it.
-        let (tx, rx) = mpsc::channel(4);
-        let this = self.clone();
+        let (tx, rx) = mpsc::channel(PUBLISH_WINDOW);
+        // Reader: validates and queues batches in arrival order (the writer commits them in
+        // that order, so a producer's records are never reordered). Acker: waits for each
+        // commit in the same order and answers. The window between them bounds what one
+        // stream may have queued.
+        let (pending_tx, mut pending_rx) =
+            mpsc::channel::<Result<(Prepared, PendingAppend), Status>>(PUBLISH_WINDOW);
+        let reader = self.clone();
         tokio::spawn(async move {
             loop {
                 let batch = match inbound.message().await {
@@ -183,7 +235,23 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let ack = this.handle_batch(batch).await;
+                let queued = match reader.prepare(batch) {
+                    Ok(mut p) => reader.submit(&mut p).await.map(|pending| (p, pending)),
+                    Err(status) => Err(status),
+                };
+                let failed = queued.is_err();
+                if pending_tx.send(queued).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let acker = self.clone();
+        tokio::spawn(async move {
+            while let Some(queued) = pending_rx.recv().await {
+                let ack = match queued {
+                    Ok((prepared, pending)) => acker.finish(prepared, pending).await,
+                    Err(status) => Err(status),
+                };
                 let failed = ack.is_err();
                 if tx.send(ack).await.is_err() || failed {
                     break;

@@ -51,6 +51,19 @@ pub enum WriteError {
     Store(String),
 }
 
+/// An append that is queued or being committed.
+pub struct PendingAppend(oneshot::Receiver<Result<AppendReport, String>>);
+
+impl PendingAppend {
+    /// Waits for the commit (or its failure: then nothing of the append was stored).
+    pub async fn wait(self) -> Result<AppendReport, WriteError> {
+        self.0
+            .await
+            .map_err(|_| WriteError::Stopped)?
+            .map_err(WriteError::Store)
+    }
+}
+
 /// A cheap, cloneable handle to the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -66,6 +79,18 @@ impl WriterHandle {
         records: Vec<Record>,
         rejected: Vec<Rejected>,
     ) -> Result<AppendReport, WriteError> {
+        self.submit(records, rejected).await?.wait().await
+    }
+
+    /// Queues an append (waiting only for room in the queue) and returns a handle to wait for
+    /// its commit. Appends are committed in the order they were submitted, so a stream can
+    /// submit its next batch before the previous one is acknowledged without reordering a
+    /// producer's records.
+    pub async fn submit(
+        &self,
+        records: Vec<Record>,
+        rejected: Vec<Rejected>,
+    ) -> Result<PendingAppend, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteCmd::Append {
@@ -75,9 +100,7 @@ impl WriterHandle {
             })
             .await
             .map_err(|_| WriteError::Stopped)?;
-        rx.await
-            .map_err(|_| WriteError::Stopped)?
-            .map_err(WriteError::Store)
+        Ok(PendingAppend(rx))
     }
 
     /// Upserts a run of the run registry (fire and forget, in order with appends).
