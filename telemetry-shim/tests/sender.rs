@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, seqs, step, WAIT};
+use common::{config, flush_until_acked, seqs, step, WAIT};
 use std::time::Duration;
 use telemetry_shim::{
     fake_ingest::{reserve_port, FakeIngest, FakeState},
@@ -143,7 +143,7 @@ fn a_daemon_crash_after_storing_but_before_acking_is_deduplicated() {
     fake.state().set_withhold_acks(false);
     fake.restart().expect("daemon back");
 
-    let report = shim.flush(WAIT).expect("flush");
+    let report = flush_until_acked(&shim);
     assert_eq!(report.outcome, FlushOutcome::Acked);
     assert_eq!(seqs(&fake.state().records()), (1..=200).collect::<Vec<_>>());
     assert_eq!(

@@ -70,3 +70,18 @@ pub fn fast_tempdir() -> tempfile::TempDir {
     }
     tempfile::tempdir().expect("tempdir")
 }
+
+/// Flushes until the daemon has acknowledged everything, within `WAIT`. A flush that sees the
+/// connection drop or an attempt fail reports `OnDisk` (safe, not yet acknowledged) and the
+/// next one continues: this is how a worker waits for a daemon that is coming back.
+pub fn flush_until_acked(shim: &telemetry_shim::Shim) -> telemetry_shim::FlushReport {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let report = shim.flush(WAIT).expect("flush");
+        if report.outcome == telemetry_shim::FlushOutcome::Acked
+            || std::time::Instant::now() >= deadline
+        {
+            return report;
+        }
+    }
+}
