@@ -351,3 +351,42 @@ fn every_tab_fits_80x24() {
         "{txt}"
     );
 }
+
+#[test]
+fn equal_returns_draw_mid_height_bars_not_full_ones() {
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary("r1", RunState::Running, &["a1"], &[])],
+        t0,
+    );
+    let cmds = open_selected(&mut app);
+    let (eid, _) = opened_episodes(&cmds).pop().expect("episodes stream");
+    app.update(key(KeyCode::Char('e')));
+    let episodes = (0..6)
+        .map(|i| {
+            let mut e = episode("r1", "a1", i + 1, i, "agent", "{}");
+            e.total_reward = 0.0;
+            e
+        })
+        .collect();
+    app.update(Event::Episodes {
+        stream: eid,
+        message: episodes_msg(episodes, None),
+    });
+    let buf = render(&app, 80, 24);
+    let rows = lines(&buf);
+    let (_, title_y) = find(&buf, "returns (last 6)").expect("sparkline title");
+    let inner: Vec<&String> = rows
+        .iter()
+        .skip(usize::from(title_y) + 1)
+        .take_while(|l| !l.starts_with('└'))
+        .collect();
+    assert!(inner.len() >= 2, "sparkline rows: {inner:?}");
+    let bars = |l: &str| l.chars().filter(|c| ('▁'..='█').contains(c)).count();
+    assert_eq!(bars(inner[0]), 0, "top row stays empty: {inner:?}");
+    assert!(
+        bars(inner[inner.len() - 1]) >= 6,
+        "bottom row has the bars: {inner:?}"
+    );
+}

@@ -132,6 +132,9 @@ fn draw_sparkline(frame: &mut Frame, area: Rect, pane: &Pane) {
     frame.render_widget(
         Sparkline::default()
             .data(bars)
+            // Bars are scaled to 1..=100; a fixed top keeps equal returns at mid height
+            // instead of drawing them as full bars.
+            .max(100)
             .style(Style::default().fg(Color::Cyan))
             .block(Block::default().borders(Borders::ALL).title(title)),
         area,
