@@ -145,49 +145,41 @@ impl Hooks {
 
     /// Runs the step hooks on `s`.
     pub fn run_step(&self, s: &mut RunStep) {
-        Python::attach(|py| {
-            for hook in self.snapshot(py, Kind::Step) {
-                let hook = hook.bind(py);
-                let result = step_dict(py, s)
-                    .and_then(|d| hook.call1((d,)))
-                    .and_then(|r| changes(&r))
-                    .and_then(|c| match c {
-                        None => Ok(None),
-                        Some(c) => {
-                            let mut copy = s.clone();
-                            apply_step(&mut copy, &c, self.max_bytes)?;
-                            Ok(Some(copy))
-                        }
-                    });
-                match result {
-                    Ok(Some(copy)) => *s = copy,
-                    Ok(None) => {}
-                    Err(e) => self.failed(py, Kind::Step, hook, &e),
-                }
-            }
-        });
+        self.run(Kind::Step, s, step_dict, apply_step);
     }
 
     /// Runs the episode hooks on `e`.
     pub fn run_episode(&self, e: &mut RunEpisode) {
+        self.run(Kind::Episode, e, episode_dict, apply_episode);
+    }
+
+    /// Runs the hooks of `kind` on `record`: each sees a dict view and may return changes,
+    /// applied to a copy so a failing hook leaves the record as it was.
+    fn run<R: Clone>(
+        &self,
+        kind: Kind,
+        record: &mut R,
+        to_dict: for<'py> fn(Python<'py>, &R) -> PyResult<Bound<'py, PyDict>>,
+        apply: fn(&mut R, &Bound<'_, PyDict>, usize) -> PyResult<()>,
+    ) {
         Python::attach(|py| {
-            for hook in self.snapshot(py, Kind::Episode) {
+            for hook in self.snapshot(py, kind) {
                 let hook = hook.bind(py);
-                let result = episode_dict(py, e)
+                let result = to_dict(py, record)
                     .and_then(|d| hook.call1((d,)))
                     .and_then(|r| changes(&r))
                     .and_then(|c| match c {
                         None => Ok(None),
                         Some(c) => {
-                            let mut copy = e.clone();
-                            apply_episode(&mut copy, &c, self.max_bytes)?;
+                            let mut copy = record.clone();
+                            apply(&mut copy, &c, self.max_bytes)?;
                             Ok(Some(copy))
                         }
                     });
                 match result {
-                    Ok(Some(copy)) => *e = copy,
+                    Ok(Some(copy)) => *record = copy,
                     Ok(None) => {}
-                    Err(err) => self.failed(py, Kind::Episode, hook, &err),
+                    Err(e) => self.failed(py, kind, hook, &e),
                 }
             }
         });

@@ -5,62 +5,11 @@
 
 mod common;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use common::*;
-use telemetry_core::pb::{
-    CancelRunRequest, RunInfo, RunState, StreamRequest, SubmitRunRequest, WatchRunsRequest,
-    WorkerCommand,
-};
+use telemetry_core::pb::{CancelRunRequest, RunState, StreamRequest, WatchRunsRequest};
 use tokio_stream::StreamExt;
-use tonic::Streaming;
-
-fn submit(run_id: &str, argv: &[&str]) -> SubmitRunRequest {
-    SubmitRunRequest {
-        run_id: run_id.into(),
-        command: Some(WorkerCommand {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: HashMap::new(),
-            working_dir: String::new(),
-            legacy_jsonl: false,
-        }),
-        agent_id: "a".into(),
-        control_mode: "agent".into(),
-        game_id: "Test-v0".into(),
-        seed: Some(3),
-        metadata_json: String::new(),
-    }
-}
-
-/// Reads WatchRuns until `run_id` reaches a final state; returns that state's info.
-async fn until_final(watch: &mut Streaming<RunInfo>, run_id: &str) -> RunInfo {
-    bounded(run_id, async {
-        loop {
-            let info = watch.next().await.unwrap().unwrap();
-            if info.run_id == run_id
-                && matches!(
-                    RunState::try_from(info.state),
-                    Ok(RunState::Completed | RunState::Failed | RunState::Cancelled)
-                )
-            {
-                return info;
-            }
-        }
-    })
-    .await
-}
-
-async fn until_state(watch: &mut Streaming<RunInfo>, run_id: &str, state: RunState) {
-    bounded(run_id, async {
-        loop {
-            let info = watch.next().await.unwrap().unwrap();
-            if info.run_id == run_id && info.state == state as i32 {
-                return;
-            }
-        }
-    })
-    .await
-}
 
 #[tokio::test]
 async fn submitted_workers_complete_fail_or_cannot_start() {
@@ -145,7 +94,7 @@ async fn cancel_stops_the_whole_process_group() {
         .submit_run(submit("long", &["sh", "-c", "sleep 300 & sleep 300"]))
         .await
         .unwrap();
-    until_state(&mut watch, "long", RunState::Running).await;
+    until(&mut watch, "long", |s| s == RunState::Running).await;
     // A live viewer of the run is closed by the completion the daemon records.
     let mut steps = query
         .stream_run_steps(StreamRequest {

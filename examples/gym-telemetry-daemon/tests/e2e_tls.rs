@@ -7,7 +7,6 @@
 mod common;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,12 +14,11 @@ use std::{
 use common::*;
 use gym_telemetry_daemon::{server::TlsFiles, RunningDaemon};
 use telemetry_core::pb::{
-    ingest_client::IngestClient, run_control_client::RunControlClient, RunInfo, RunState, RunStep,
-    SubmitRunRequest, WatchRunsRequest, WorkerCommand,
+    ingest_client::IngestClient, run_control_client::RunControlClient, RunState, RunStep,
+    WatchRunsRequest,
 };
 use telemetry_shim::{FlushOutcome, Shim, ShimConfig, ShimError};
 use telemetry_store::{Filter, StoreConfig, StoreReader};
-use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// A self-signed certificate for `names`, written as `<stem>.pem` / `<stem>.key` in `dir`.
@@ -175,43 +173,6 @@ async fn a_shim_with_the_ca_file_delivers_and_one_with_another_ca_does_not() {
     assert!(stored_steps(var.path(), "shim-untrusted").is_empty());
 }
 
-fn submit(run_id: &str, argv: &[&str], env: &[(&str, &str)]) -> SubmitRunRequest {
-    SubmitRunRequest {
-        run_id: run_id.into(),
-        command: Some(WorkerCommand {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<HashMap<_, _>>(),
-            working_dir: String::new(),
-            legacy_jsonl: false,
-        }),
-        agent_id: "a".into(),
-        control_mode: "agent".into(),
-        game_id: "Test-v0".into(),
-        seed: Some(3),
-        metadata_json: String::new(),
-    }
-}
-
-async fn until_final(watch: &mut tonic::Streaming<RunInfo>, run_id: &str) -> RunInfo {
-    bounded(run_id, async {
-        loop {
-            let info = watch.next().await.unwrap().unwrap();
-            if info.run_id == run_id
-                && matches!(
-                    RunState::try_from(info.state),
-                    Ok(RunState::Completed | RunState::Failed | RunState::Cancelled)
-                )
-            {
-                return info;
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn spawned_workers_get_the_https_endpoint_the_ca_and_the_name() {
     let var = tempfile::tempdir().unwrap();
@@ -236,7 +197,7 @@ async fn spawned_workers_get_the_https_endpoint_the_ca_and_the_name() {
         ca.display()
     );
     control
-        .submit_run(submit(
+        .submit_run(submit_with_env(
             "env",
             &["sh", "-c", &check],
             &[
@@ -252,7 +213,7 @@ async fn spawned_workers_get_the_https_endpoint_the_ca_and_the_name() {
     // (d) The built-in worker, a real shim in another process, stores its run over TLS.
     let exe = daemon_exe();
     control
-        .submit_run(submit(
+        .submit_run(submit_with_env(
             "demo",
             &[exe.to_str().unwrap(), "demo-worker", "--episodes", "2"],
             &[],

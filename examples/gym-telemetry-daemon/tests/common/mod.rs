@@ -118,3 +118,68 @@ pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// A submission of `argv` as run `run_id`, with extra environment `env`.
+pub fn submit_with_env(
+    run_id: &str,
+    argv: &[&str],
+    env: &[(&str, &str)],
+) -> telemetry_core::pb::SubmitRunRequest {
+    telemetry_core::pb::SubmitRunRequest {
+        run_id: run_id.into(),
+        command: Some(telemetry_core::pb::WorkerCommand {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            working_dir: String::new(),
+            legacy_jsonl: false,
+        }),
+        agent_id: "a".into(),
+        control_mode: "agent".into(),
+        game_id: "Test-v0".into(),
+        seed: Some(3),
+        metadata_json: String::new(),
+    }
+}
+
+/// A submission of `argv` as run `run_id`.
+pub fn submit(run_id: &str, argv: &[&str]) -> telemetry_core::pb::SubmitRunRequest {
+    submit_with_env(run_id, argv, &[])
+}
+
+/// Reads WatchRuns until `run_id` is reported in a state `accept` takes; returns that info.
+pub async fn until(
+    watch: &mut tonic::Streaming<telemetry_core::pb::RunInfo>,
+    run_id: &str,
+    accept: impl Fn(telemetry_core::pb::RunState) -> bool,
+) -> telemetry_core::pb::RunInfo {
+    use tokio_stream::StreamExt;
+    bounded(run_id, async {
+        loop {
+            let info = watch.next().await.unwrap().unwrap();
+            if info.run_id == run_id
+                && telemetry_core::pb::RunState::try_from(info.state).is_ok_and(&accept)
+            {
+                return info;
+            }
+        }
+    })
+    .await
+}
+
+/// Reads WatchRuns until `run_id` reaches a final state; returns that state's info.
+pub async fn until_final(
+    watch: &mut tonic::Streaming<telemetry_core::pb::RunInfo>,
+    run_id: &str,
+) -> telemetry_core::pb::RunInfo {
+    use telemetry_core::pb::RunState;
+    until(watch, run_id, |s| {
+        matches!(
+            s,
+            RunState::Completed | RunState::Failed | RunState::Cancelled
+        )
+    })
+    .await
+}
