@@ -40,7 +40,7 @@ pub mod error;
 #[cfg(feature = "fake-ingest")]
 pub mod fake_ingest;
 pub mod metadata;
-pub mod proxy;
+pub mod ratelimit;
 pub mod shim;
 pub mod stats;
 
@@ -48,7 +48,6 @@ mod backlog;
 mod backoff;
 mod dry_run;
 mod inbox;
-mod ratelimit;
 mod sender;
 mod tls;
 

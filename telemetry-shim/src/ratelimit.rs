@@ -10,7 +10,7 @@ use std::{
 
 /// One log site's budget.
 #[derive(Debug)]
-pub(crate) struct RateLimited {
+pub struct RateLimited {
     origin: Instant,
     interval_ms: u64,
     /// Milliseconds since `origin` of the last event let through, plus one (0: never).
@@ -19,6 +19,7 @@ pub(crate) struct RateLimited {
 }
 
 impl RateLimited {
+    /// A budget of one event per `interval`.
     pub fn new(interval: Duration) -> Self {
         RateLimited {
             origin: Instant::now(),

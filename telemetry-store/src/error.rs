@@ -83,9 +83,9 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
-    /// Another connection held the database lock through `busy_timeout` and every retry.
-    /// Nothing of the failed call was stored.
-    #[error("the telemetry store is busy: another connection held its lock through every retry")]
+    /// Another connection held the database lock through `busy_timeout`. Nothing of the
+    /// failed call was stored; it is worth another try ([`StoreError::is_retryable`]).
+    #[error("the telemetry store is busy: another connection held its lock through busy_timeout")]
     Busy,
     /// A file-system operation failed.
     #[error("I/O error on {path}: {source}")]
@@ -126,6 +126,14 @@ pub enum StoreError {
     /// Any other SQLite error.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if made again unchanged (a lock held by someone
+    /// else); every other error needs the data, the disk or an operator to change first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Busy)
+    }
 }
 
 /// True for errors that mean "someone else holds the lock, try again later".

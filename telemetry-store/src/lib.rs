@@ -34,14 +34,19 @@
 //!
 //! ## WAL size
 //!
-//! SQLite's automatic checkpoint (`wal_autocheckpoint`, see [`StoreConfig::wal_autocheckpoint_pages`])
-//! stays on as a safety net; the owner of the store is expected to call [`Store::checkpoint`]
-//! periodically, which copies the WAL back with `PASSIVE` (never waits for readers) and shrinks
-//! the file with `TRUNCATE` when no reader holds an old snapshot. `journal_size_limit` bounds
+//! A [`Store`] opened on its own keeps SQLite's automatic checkpoint (`wal_autocheckpoint`, see
+//! [`StoreConfig::wal_autocheckpoint_pages`]), which runs inside a commit. A server opens it
+//! through [`SqliteBackend`], which turns that off and hands out a [`Checkpointer`] (its own
+//! connection) to run periodically off the commit path: it copies the WAL back with `PASSIVE`
+//! (never waits for readers) and shrinks the file with `TRUNCATE` when no reader holds an old
+//! snapshot. `journal_size_limit` bounds
 //! the file left behind after a WAL reset. Checkpoints that keep being blocked by readers are
 //! counted and logged (see [`CheckpointStats`]).
 
+pub mod backend;
 mod checkpoint;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod dump;
 mod error;
 pub mod legacy_import;
@@ -58,6 +63,7 @@ use std::{
     time::Duration,
 };
 
+pub use backend::{Backend, BackendReader, BackendWriter, Maintenance, SqliteBackend};
 pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
 pub use reader::{EpisodeIter, StepIter, StoreReader};
@@ -87,9 +93,6 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// Rows per keyset page for readers (clamped to 1..=65536).
     pub page_size: usize,
-    /// How many times [`Store::append`] retries a whole transaction that failed with
-    /// `SQLITE_BUSY` after `busy_timeout` (with a short, growing pause in between).
-    pub busy_retries: u32,
     /// `PRAGMA wal_autocheckpoint`: pages in the WAL after which a commit runs a passive
     /// checkpoint itself (0 disables; the default is 4096 pages, 16 MiB with 4 KiB pages).
     pub wal_autocheckpoint_pages: u32,
@@ -110,7 +113,6 @@ impl StoreConfig {
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(5),
             page_size: 2048,
-            busy_retries: 3,
             wal_autocheckpoint_pages: 4096,
             journal_size_limit: 64 * 1024 * 1024,
             checkpoint_warn_after: 10,

@@ -8,7 +8,6 @@
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
-    time::Duration,
 };
 
 use prost::Message;
@@ -17,7 +16,7 @@ use telemetry_core::pb::{self, record::Kind, Record};
 
 use crate::{
     checkpoint::{self, CheckpointState, CheckpointStats},
-    error::{classify, is_busy},
+    error::classify,
     open,
     rows::{self, canonical_mode, u64_from_sql, u64_to_sql},
     AppendOutcome, AppendReport, StoreConfig, StoreError, StoreReader,
@@ -205,8 +204,10 @@ impl Store {
     /// always stored. A producer with no watermark yet has seen nothing, so its first
     /// `producer_seq` may be 0. `rejected` holds the stamps of records the caller refused: they only
     /// advance watermarks (after the records of this call are considered). On any error the
-    /// whole call rolls back and the records are unchanged. `SQLITE_BUSY` is retried up to
-    /// [`StoreConfig::busy_retries`] times before [`StoreError::Busy`].
+    /// whole call rolls back and the records are unchanged. The call makes one attempt (each
+    /// SQLite statement waits up to [`StoreConfig::busy_timeout`] for a lock): a lock held
+    /// longer is [`StoreError::Busy`], which [`StoreError::is_retryable`] says is worth another
+    /// try. The retry policy is the caller's (the server has one, for every backend).
     pub fn append(
         &mut self,
         records: &mut [Record],
@@ -215,20 +216,9 @@ impl Store {
         if let Some(index) = records.iter().position(|r| r.kind.is_none()) {
             return Err(StoreError::EmptyRecord { index });
         }
-        let mut attempt = 0u32;
-        let (outcomes, watermarks) = loop {
-            match self.try_append(records, rejected) {
-                Ok(done) => break done,
-                Err(e) if is_busy(&e) && attempt < self.cfg.busy_retries => {
-                    attempt += 1;
-                    let pause = Duration::from_millis(5u64 << attempt.min(6));
-                    tracing::warn!(attempt, ?pause, path = %self.cfg.path.display(),
-                        "telemetry store busy, retrying the batch");
-                    std::thread::sleep(pause);
-                }
-                Err(e) => return Err(classify(&self.cfg.path, e)),
-            }
-        };
+        let (outcomes, watermarks) = self
+            .try_append(records, rejected)
+            .map_err(|e| classify(&self.cfg.path, e))?;
         let mut stored = 0;
         for (record, outcome) in records.iter_mut().zip(&outcomes) {
             if let AppendOutcome::Stored { seq } = outcome {

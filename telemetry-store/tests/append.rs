@@ -275,16 +275,16 @@ fn a_failing_batch_rolls_back_entirely() {
 }
 
 #[test]
-fn a_locked_store_is_busy_after_bounded_retries_and_nothing_is_stored() {
+fn a_locked_store_is_busy_and_retryable_and_nothing_is_stored() {
     let mut ts = TempStore::with(|cfg| {
         cfg.busy_timeout = std::time::Duration::ZERO;
-        cfg.busy_retries = 2;
     });
     let other = rusqlite::Connection::open(ts.path()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut batch = stamped(steps("r", "a", 3), "p", 1);
     let err = ts.store.append(&mut batch, &[]).unwrap_err();
     assert!(matches!(err, StoreError::Busy), "{err}");
+    assert!(err.is_retryable());
     assert!(batch.iter().all(|r| r.seq_id() == 0));
     other.execute_batch("COMMIT").unwrap();
     assert_eq!(ts.store.watermark("p").unwrap(), 0);

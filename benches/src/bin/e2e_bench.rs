@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use gym_telemetry_daemon::{start, DaemonConfig, RunningDaemon};
 use telemetry_core::{
     pb::{
         ingest_client::IngestClient, query_client::QueryClient, stream_notice::Kind as Notice,
@@ -42,6 +41,7 @@ use telemetry_core::{
     },
     timestamp::{from_unix_nanos, to_unix_nanos},
 };
+use telemetry_server::{start, ServerConfig, ServerHandle};
 use telemetry_shim::{FlushOutcome, FullPolicy, Shim, ShimConfig};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -72,12 +72,12 @@ struct Sizes {
 
 // ---------------------------------------------------------------- daemon helpers
 
-async fn daemon(var_dir: &Path) -> AnyResult<RunningDaemon> {
-    Ok(start(DaemonConfig::ephemeral(var_dir)).await?)
+async fn daemon(var_dir: &Path) -> AnyResult<ServerHandle> {
+    Ok(start(ServerConfig::ephemeral(var_dir)).await?)
 }
 
 /// A new HTTP/2 connection (each client of a real deployment has its own).
-async fn connect(d: &RunningDaemon) -> AnyResult<Channel> {
+async fn connect(d: &ServerHandle) -> AnyResult<Channel> {
     Ok(Channel::from_shared(d.endpoint())?.connect().await?)
 }
 

@@ -1,4 +1,4 @@
-//! Command-line interface. Every flag can also be set by an environment variable with the
+//! Command-line interface of `gym-telemetry-daemon`. Every flag can also be set by an environment variable with the
 //! `GYM_TELEMETRY_` prefix (shown in `--help`).
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -43,13 +43,6 @@ pub enum Command {
     Dump(DumpArgs),
     /// Copy the predecessor's telemetry.sqlite into the store (idempotent).
     ImportLegacy(ImportArgs),
-    /// Start a daemon on a fresh var dir, run a two-agent demo worker, and open the viewer.
-    Demo(DemoArgs),
-    /// Run a legacy JSONL worker under the JSONL proxy (what SubmitRun uses for legacy workers).
-    #[command(hide = true)]
-    Proxy(telemetry_shim::proxy::ProxyArgs),
-    /// The built-in demo worker (what `demo` runs; also usable with SubmitRun).
-    DemoWorker(DemoWorkerArgs),
 }
 
 /// `serve`.
@@ -59,10 +52,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub var: VarDir,
     /// gRPC address. Anything but loopback requires --auth-token.
-    #[arg(long, env = "GYM_TELEMETRY_LISTEN", default_value = crate::DEFAULT_LISTEN)]
+    #[arg(long, env = "GYM_TELEMETRY_LISTEN", default_value = telemetry_server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Prometheus `/metrics` address, or `off`.
-    #[arg(long, env = "GYM_TELEMETRY_METRICS_LISTEN", default_value = crate::DEFAULT_METRICS_LISTEN)]
+    #[arg(long, env = "GYM_TELEMETRY_METRICS_LISTEN", default_value = telemetry_server::DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: String,
     /// Bearer token required on every RPC.
     #[arg(long, env = "GYM_TELEMETRY_AUTH_TOKEN", hide_env_values = true)]
@@ -90,6 +83,10 @@ pub struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when cancelling a worker.
     #[arg(long, env = "GYM_TELEMETRY_CANCEL_GRACE", default_value_t = 5)]
     pub cancel_grace: u64,
+    /// The `gym-telemetry-proxy` executable that runs legacy JSONL workers. Default: the one
+    /// beside this executable, else `gym-telemetry-proxy` on PATH.
+    #[arg(long, env = "GYM_TELEMETRY_PROXY_BIN")]
+    pub proxy_bin: Option<PathBuf>,
 }
 
 /// `dump`.
@@ -123,41 +120,4 @@ pub struct ImportArgs {
     pub var: VarDir,
     /// The predecessor's telemetry.sqlite.
     pub path: PathBuf,
-}
-
-/// `demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Print a summary and exit instead of opening the viewer.
-    #[arg(long)]
-    pub headless: bool,
-    /// Var dir of the demo (default: a fresh temporary directory).
-    #[arg(long, env = "GYM_TELEMETRY_DEMO_VAR_DIR")]
-    pub var_dir: Option<PathBuf>,
-    /// Episodes per agent.
-    #[arg(long, default_value_t = 60)]
-    pub episodes: u32,
-    /// Milliseconds between steps (0: as fast as possible), so the live view can be watched.
-    #[arg(long)]
-    pub step_delay_ms: Option<u64>,
-}
-
-/// `demo-worker`.
-#[derive(Debug, Args)]
-pub struct DemoWorkerArgs {
-    /// Episodes per agent.
-    #[arg(long, default_value_t = 60)]
-    pub episodes: u32,
-    /// Number of agents (each its own shim and agent id).
-    #[arg(long, default_value_t = 2)]
-    pub agents: u32,
-    /// Milliseconds between steps.
-    #[arg(long, default_value_t = 0)]
-    pub step_delay_ms: u64,
-    /// Run id (default: GYM_TELEMETRY_RUN_ID, else generated).
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Seed of the first agent (the others add 1, 2, ...).
-    #[arg(long, env = "GYM_TELEMETRY_SEED", default_value_t = 7)]
-    pub seed: u64,
 }

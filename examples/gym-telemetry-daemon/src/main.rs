@@ -1,14 +1,16 @@
-//! `gym-telemetry-daemon`: a thin shell over the `gym_telemetry_daemon` library.
+//! `gym-telemetry-daemon`: a command-line shell over the `telemetry-server` library (`serve`)
+//! and the store's offline tools (`dump`, `import-legacy`). The demo is its own binary,
+//! `gym-telemetry-demo`; the JSONL proxy is `gym-telemetry-proxy`.
+
+mod cli;
 
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use gym_telemetry_daemon::{
-    cli::{Cli, Command, DemoWorkerArgs, DumpArgs, DurabilityArg, ImportArgs, ServeArgs},
-    demo, server, DaemonConfig,
-};
+use cli::{Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ServeArgs};
 use telemetry_core::ControlMode;
+use telemetry_server::{ServerConfig, TlsFiles};
 use telemetry_store::{
     dump, legacy_import, Durability, Filter, ModeFilter, Store, StoreConfig, StoreReader,
 };
@@ -16,15 +18,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The TUI owns the terminal in `demo`: logs go to stderr only when headless or serving.
-    let quiet = matches!(&cli.command, Command::Demo(d) if !d.headless);
-    let filter = if quiet {
-        "warn".to_owned()
-    } else {
-        cli.log.clone()
-    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -49,28 +44,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Dump(a) => dump_cmd(a),
         Command::ImportLegacy(a) => import(a),
-        Command::Demo(a) => {
-            let headless = a.headless;
-            let summary = runtime()?.block_on(demo::run(a))?;
-            println!("{summary}");
-            if headless && summary.steps + summary.episodes != summary.produced {
-                bail!("the store does not hold every record the demo produced");
-            }
-            Ok(std::process::ExitCode::SUCCESS)
-        }
-        Command::Proxy(a) => {
-            let summary = telemetry_shim::proxy::run(&a).context("JSONL proxy")?;
-            eprintln!("{}", summary.line());
-            Ok(std::process::ExitCode::from(
-                u8::try_from(summary.exit_code.rem_euclid(256)).unwrap_or(1),
-            ))
-        }
-        Command::DemoWorker(a) => demo_worker(a),
     }
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut cfg = DaemonConfig::new(&a.var.var_dir);
+    let mut cfg = ServerConfig::new(&a.var.var_dir);
     cfg.listen = a.listen;
     cfg.metrics_listen = match a.metrics_listen.as_str() {
         "off" | "" => None,
@@ -81,7 +59,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     cfg.auth_token = a.auth_token;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
-        cfg.tls = Some(server::TlsFiles { cert, key });
+        cfg.tls = Some(TlsFiles { cert, key });
     }
     cfg.tls_client_ca = a.tls_client_ca;
     cfg.tls_client_domain = a.tls_client_domain;
@@ -91,7 +69,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     cfg.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout.max(1));
     cfg.cancel_grace = Duration::from_secs(a.cancel_grace);
-    let daemon = server::start(cfg).await?;
+    if let Some(proxy) = a.proxy_bin {
+        cfg.proxy_exe = proxy;
+    }
+    let daemon = telemetry_server::start(cfg).await?;
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
     if let Some(m) = daemon.metrics_addr {
         println!("metrics on http://{m}/metrics");
@@ -157,25 +138,5 @@ fn import(a: ImportArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = legacy_import::import_legacy(&mut store, &a.path)
         .with_context(|| format!("importing {}", a.path.display()))?;
     println!("{report:?}");
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-fn demo_worker(a: DemoWorkerArgs) -> anyhow::Result<std::process::ExitCode> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let cfg = demo::worker::WorkerConfig {
-        endpoint: env("GYM_TELEMETRY_ENDPOINT")
-            .unwrap_or_else(|| format!("http://{}", gym_telemetry_daemon::DEFAULT_LISTEN)),
-        run_id: a
-            .run_id
-            .or_else(|| env("GYM_TELEMETRY_RUN_ID"))
-            .unwrap_or_else(gym_telemetry_daemon::dispatch::new_run_id),
-        agents: a.agents.max(1),
-        episodes: a.episodes,
-        step_delay: Duration::from_millis(a.step_delay_ms),
-        seed: a.seed,
-        queue_dir: env("GYM_TELEMETRY_QUEUE_DIR").map(Into::into),
-    };
-    let report = demo::worker::run(&cfg)?;
-    eprintln!("demo worker done: {report:?}");
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use gym_telemetry_viewer::{once::run_once, tui::run_tui, Cli};
+use telemetry_viewer::{once::run_once, tui::run_tui, Cli};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

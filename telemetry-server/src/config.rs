@@ -1,0 +1,159 @@
+//! Everything a server can be told, with defaults that are safe on a shared machine.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use telemetry_hub::HubConfig;
+use telemetry_store::{Backend, Durability};
+
+use crate::{ingest_limits::IngestLimits, pipeline::RetryPolicy};
+
+/// The default gRPC address: loopback, port 50151.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50151";
+/// The default Prometheus address: loopback, port 50152.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:50152";
+/// How long a shutdown waits for clients to close their streams before closing connections.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// The JSONL proxy's executable name, looked up beside the running executable, then on `PATH`.
+pub const PROXY_EXE_NAME: &str = "gym-telemetry-proxy";
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Everything the server can be told. [`ServerConfig::new`] gives the defaults; set fields,
+/// then [`crate::start`].
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Lock, PID file, worker logs and queues live here (and the SQLite store, unless
+    /// [`ServerConfig::backend`] names another).
+    pub var_dir: PathBuf,
+    /// The store. `None` (default): SQLite at `<var_dir>/telemetry.sqlite` with
+    /// [`ServerConfig::durability`].
+    pub backend: Option<Arc<dyn Backend>>,
+    /// gRPC address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Prometheus address (`None`: no metrics endpoint).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token every RPC must carry; required for a non-loopback `listen`.
+    pub auth_token: Option<String>,
+    /// Serve TLS with these files. The endpoint the server reports and hands to the workers
+    /// it spawns is then `https://`.
+    pub tls: Option<TlsFiles>,
+    /// With TLS: the PEM CA file the workers it spawns trust (`GYM_TELEMETRY_TLS_CA_FILE` in
+    /// their environment). `None` (default): the served certificate file itself, which is
+    /// right for a self-signed certificate; set it when the certificate is issued by a CA.
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: the name the workers it spawns check the certificate against
+    /// (`GYM_TELEMETRY_TLS_DOMAIN`). `None` (default): the host of the endpoint they are
+    /// given, i.e. the listen address, so the certificate must name that IP address; set it
+    /// (for example to `localhost`) when the certificate names a host instead.
+    pub tls_client_domain: Option<String>,
+    /// SQLite durability (the default backend only).
+    pub durability: Durability,
+    /// A running run that sends nothing for this long is failed.
+    pub heartbeat_timeout: Duration,
+    /// SIGTERM-to-SIGKILL grace when cancelling a worker.
+    pub cancel_grace: Duration,
+    /// How often a health line is logged and metrics snapshots refreshed.
+    pub health_interval: Duration,
+    /// How often the backend's upkeep runs (SQLite: a WAL checkpoint on its own thread, off
+    /// the commit path).
+    pub checkpoint_interval: Duration,
+    /// The `gym-telemetry-proxy` executable that runs legacy JSONL workers for `SubmitRun`.
+    pub proxy_exe: PathBuf,
+    /// Hub limits.
+    pub hub: HubConfig,
+    /// Batch and record limits.
+    pub ingest: IngestLimits,
+    /// How a retryable store error is retried (the only retry of a write).
+    pub store_retry: RetryPolicy,
+    /// Largest gRPC message accepted.
+    pub max_message_bytes: usize,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("var_dir", &self.var_dir)
+            .field("backend", &self.backend.as_ref().map(|b| b.describe()))
+            .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls", &self.tls)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where `gym-telemetry-proxy` is: beside the running executable (or one directory up, which
+/// covers test binaries in `target/*/deps`), else the bare name, found on `PATH`.
+pub fn default_proxy_exe() -> PathBuf {
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        let dir = exe.parent()?.to_path_buf();
+        [
+            dir.clone(),
+            dir.parent().map(Path::to_path_buf).unwrap_or(dir),
+        ]
+        .into_iter()
+        .map(|d| d.join(PROXY_EXE_NAME))
+        .find(|p| p.is_file())
+    });
+    beside.unwrap_or_else(|| PROXY_EXE_NAME.into())
+}
+
+impl ServerConfig {
+    /// Defaults for a var dir, listening on the default loopback address.
+    pub fn new(var_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            var_dir: var_dir.into(),
+            backend: None,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50151),
+            metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50152)),
+            auth_token: None,
+            tls: None,
+            tls_client_ca: None,
+            tls_client_domain: None,
+            durability: Durability::Normal,
+            heartbeat_timeout: Duration::from_secs(120),
+            cancel_grace: Duration::from_secs(5),
+            health_interval: Duration::from_secs(30),
+            checkpoint_interval: Duration::from_millis(500),
+            proxy_exe: default_proxy_exe(),
+            hub: HubConfig {
+                subscriber_queue: crate::pipeline::MAX_GROUP_RECORDS,
+                ..HubConfig::default()
+            },
+            ingest: IngestLimits::default(),
+            store_retry: RetryPolicy::default(),
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+
+    /// For tests and embedding: an ephemeral loopback port, no metrics port.
+    pub fn ephemeral(var_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            metrics_listen: None,
+            ..Self::new(var_dir)
+        }
+    }
+
+    /// The same configuration on another store backend.
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+}

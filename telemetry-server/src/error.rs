@@ -1,0 +1,40 @@
+//! Why a server could not start or stopped with an error.
+
+use std::net::SocketAddr;
+
+use telemetry_store::StoreError;
+
+use crate::lock::LockError;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding a non-loopback address without a token.
+    #[error("refusing to listen on {0} without an auth token: only loopback addresses may be served without authentication")]
+    NeedsToken(SocketAddr),
+    /// Another server holds the var dir.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// A socket or file could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}

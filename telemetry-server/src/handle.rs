@@ -1,0 +1,105 @@
+//! A started server: where it listens, in-process publishing and subscribing, and shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use telemetry_hub::{Hub, SubscribeError, SubscribeOptions, Subscription};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{error::ServerError, publish::Publisher};
+
+/// A started server. Dropping it does not stop the server: call [`ServerHandle::shutdown`] (or
+/// cancel [`ServerHandle::stop_token`] and [`ServerHandle::wait`]).
+pub struct ServerHandle {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Runs the previous server left running, now failed as interrupted.
+    pub interrupted_runs: Vec<String>,
+    pub(crate) hub: Hub,
+    pub(crate) publisher: Publisher,
+    pub(crate) tls: bool,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) join: JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// `http://127.0.0.1:PORT` (or the bound address; `https://` when serving TLS), what shims
+    /// and viewers connect to.
+    pub fn endpoint(&self) -> String {
+        endpoint_for(self.addr, self.tls)
+    }
+
+    /// Publishes records in-process, through the same validation, commit, ack and publish as
+    /// the gRPC `Ingest` service.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// Subscribes to the hub in-process: stored records first (from the store), then live ones,
+    /// with no gap and no duplicate at the seam, and `Lagged`/`Gap` notices when records are
+    /// lost to a slow subscriber.
+    pub fn subscribe(&self, opts: SubscribeOptions) -> Result<Subscription, SubscribeError> {
+        self.hub.try_subscribe(opts)
+    }
+
+    /// Commands waiting in the store writer's queue now (at most
+    /// [`WRITER_QUEUE`](crate::WRITER_QUEUE); when full, publishers wait: backpressure). Also
+    /// exported as `gym_telemetry_writer_queue_depth`.
+    pub fn writer_queue_depth(&self) -> usize {
+        self.publisher.pipeline().queued()
+    }
+
+    /// The hub itself (metrics, and subscriptions that report refusal in-band).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Stops the server gracefully and waits for it: stops serving, stops workers, flushes,
+    /// checkpoints, releases the lock.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.cancel.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`ServerHandle::stop_token`] is cancelled or
+    /// [`ServerHandle::shutdown`]).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Io {
+                what: "server task".into(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// A token that stops the server when cancelled (for signal handlers).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// The URL clients use for a bound address: an unspecified address becomes loopback.
+pub(crate) fn endpoint_for(addr: SocketAddr, tls: bool) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        addr.ip()
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_scheme_follows_tls() {
+        let any: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        assert_eq!(endpoint_for(any, false), "http://127.0.0.1:7000");
+        assert_eq!(endpoint_for(any, true), "https://127.0.0.1:7000");
+    }
+}

@@ -1,0 +1,96 @@
+//! # telemetry-server
+//!
+//! gym-telemetry's server as a library: the ingest pipeline, durable catch-up, the gRPC services
+//! (ours and the predecessor's), run control, and everything a long-running process needs. The
+//! `gym-telemetry-daemon` binary is a command-line shell over [`start`]; a Rust application
+//! embeds the same server on its own runtime.
+//!
+//! ```text
+//! gRPC Ingest ─┐
+//! Publisher ───┴▶ validate ─▶ pipeline thread (one BackendWriter; group commit; fences)
+//!                                 │ commit, then ack, then publish (commit order)
+//!                                 ▼
+//!                    telemetry-hub ─▶ Query.StreamRun* / ServerHandle::subscribe
+//!                        ▲            (catch-up from the store, then live)
+//!                        └── StoreCatchUp (BackendReader)
+//! RunControl ─▶ registry + dispatcher (workers in their own process groups)
+//! gymgui.trainer.TrainerService ─▶ the same publisher, hub and registry
+//! ```
+//!
+//! ## Guarantees
+//!
+//! - **An ack means durable.** A batch is acknowledged, with each producer's durable watermark,
+//!   only after its transaction committed. A record at or below its producer's watermark is a
+//!   duplicate and is stored once ([`telemetry_store::backend`]).
+//! - **Nothing is published that is not stored**, and the hub sees records in commit order.
+//! - **No producer overtakes its own failure**: after a failed batch, no later batch of that
+//!   producer commits until the failed records are resent ([`WriteError::Fenced`]). The stream
+//!   fails with `UNAVAILABLE`, and the shim resends from its last ack.
+//! - **One retry policy** ([`RetryPolicy`]) for retryable store errors; backends try once.
+//! - **Bounded everywhere**: the writer queue, each stream's window, hub rings and subscriber
+//!   queues, fences, the run registry (docs/ARCHITECTURE.md lists each limit and full policy).
+//! - **Structural shutdown** ([`ServerHandle::shutdown`]): stop serving and close live streams,
+//!   stop workers, stop background tasks and upkeep, final checkpoint, release the lock.
+//!
+//! ## Embedding
+//!
+//! ```no_run
+//! use telemetry_server::{start, ServerConfig, SubscribeOptions, StreamKind, Delivery};
+//! use telemetry_core::pb::{IngestBatch, RunStep};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = start(ServerConfig::ephemeral("./var/embedded")).await?;
+//! let mut live = server.subscribe(SubscribeOptions::run("r1", StreamKind::Steps))?;
+//! let step = RunStep { run_id: "r1".into(), producer_id: "me".into(), producer_seq: 1,
+//!                      ..Default::default() };
+//! let ack = server.publisher()
+//!     .publish(IngestBatch { batch_id: 1, records: vec![step.into()] }).await?;
+//! assert_eq!(ack.stored, 1);
+//! if let Some(Delivery::Records(records)) = live.next().await { println!("{records:?}"); }
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `examples/embed.rs` is the same as a complete program.
+//!
+//! ## Layout
+//!
+//! Modules are private; imports point one way: `start` → services (`ingest`, `query`,
+//! `control`, `legacy`) → `publish` → `pipeline` (→ `fence`, `commit`) and `runs`/`dispatch` →
+//! `metrics`. Nothing below imports `start`.
+
+mod auth;
+mod catchup;
+mod checkpointer;
+mod config;
+mod control;
+mod dispatch;
+mod error;
+mod handle;
+mod housekeeping;
+mod ingest;
+mod ingest_limits;
+mod legacy;
+mod lock;
+mod metrics;
+mod pipeline;
+mod publish;
+mod query;
+mod runs;
+mod start;
+
+pub use config::{
+    default_proxy_exe, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
+    PROXY_EXE_NAME, SHUTDOWN_DRAIN,
+};
+pub use dispatch::new_run_id;
+pub use error::ServerError;
+pub use handle::ServerHandle;
+pub use ingest_limits::IngestLimits;
+pub use lock::LockError;
+pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
+pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
+pub use start::start;
+pub use telemetry_hub::{
+    CloseReason, Delivery, HubConfig, StreamKind, SubscribeError, SubscribeOptions, Subscription,
+};
+pub use telemetry_store::{Backend, SqliteBackend};

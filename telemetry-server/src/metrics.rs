@@ -1,0 +1,246 @@
+//! Prometheus metrics of the server, served as text on a separate loopback port.
+//!
+//! Counters on the hot path (ingest, rejects, commits) are updated inline: they are atomics.
+//! Everything that is a snapshot of another component (hub queues and drops, WAL checkpoint
+//! state, runs by status) is refreshed by the periodic health task, so a scrape never takes a
+//! lock on the ingest path. Label sets per run are bounded by the hub's run limit and are cleared
+//! and rebuilt at each refresh, so finished runs do not accumulate series forever.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use telemetry_store::CheckpointStats;
+
+type Labels = Vec<(String, String)>;
+
+/// Every metric of the daemon. Cloning shares the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Records stored.
+    pub ingested: Counter,
+    /// Records that were already stored (resends).
+    pub duplicates: Counter,
+    /// Batches acknowledged.
+    pub batches: Counter,
+    /// Records rejected by validation, by reason.
+    pub rejected: Family<Labels, Counter>,
+    /// Store transactions that failed and rolled back.
+    pub store_errors: Counter,
+    /// Retries of retryable store errors (the pipeline's retry policy).
+    pub store_retries: Counter,
+    /// Batches refused because an earlier batch of their producer failed (the fence).
+    pub fenced_batches: Counter,
+    /// Producers fenced now.
+    pub fenced_producers: Gauge,
+    /// Commands waiting in the store writer's queue.
+    pub writer_queue_depth: Gauge,
+    /// RPCs refused for a missing or wrong token.
+    pub unauthenticated: Counter,
+    /// Seconds per store commit (group).
+    pub commit_seconds: Histogram,
+    /// Records dropped per stage (`stage` = hub_subscriber | hub_ring | viewer ...), per run.
+    pub dropped: Family<Labels, Gauge>,
+    /// Subscriber queue depth and lag, per run.
+    pub subscriber_queue_depth: Family<Labels, Gauge>,
+    /// Subscriber lag in records, per run.
+    pub subscriber_lag_records: Family<Labels, Gauge>,
+    /// Runs in the registry by state.
+    pub runs_by_state: Family<Labels, Gauge>,
+    /// Last checkpoint: WAL frames in the log.
+    pub wal_log_frames: Gauge,
+    /// Last checkpoint: frames checkpointed.
+    pub wal_checkpointed_frames: Gauge,
+    /// Last checkpoint was blocked by readers (1) or not (0).
+    pub wal_checkpoint_busy: Gauge,
+    /// Checkpoints blocked in a row.
+    pub wal_checkpoints_blocked_in_a_row: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut reg = Registry::with_prefix("gym_telemetry");
+        let mut m = Metrics {
+            registry: Arc::new(Registry::default()),
+            ingested: Counter::default(),
+            duplicates: Counter::default(),
+            batches: Counter::default(),
+            rejected: Family::default(),
+            store_errors: Counter::default(),
+            store_retries: Counter::default(),
+            fenced_batches: Counter::default(),
+            fenced_producers: Gauge::default(),
+            writer_queue_depth: Gauge::default(),
+            unauthenticated: Counter::default(),
+            commit_seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            dropped: Family::default(),
+            subscriber_queue_depth: Family::default(),
+            subscriber_lag_records: Family::default(),
+            runs_by_state: Family::default(),
+            wal_log_frames: Gauge::default(),
+            wal_checkpointed_frames: Gauge::default(),
+            wal_checkpoint_busy: Gauge::default(),
+            wal_checkpoints_blocked_in_a_row: Gauge::default(),
+        };
+        reg.register("ingested_records", "Records stored", m.ingested.clone());
+        reg.register(
+            "duplicate_records",
+            "Resent records recognised and not stored again",
+            m.duplicates.clone(),
+        );
+        reg.register("ingest_batches", "Batches acknowledged", m.batches.clone());
+        reg.register(
+            "rejected_records",
+            "Records rejected by validation, by reason",
+            m.rejected.clone(),
+        );
+        reg.register(
+            "store_errors",
+            "Store transactions rolled back",
+            m.store_errors.clone(),
+        );
+        reg.register(
+            "store_retries",
+            "Store writes retried after a retryable error (a lock held elsewhere)",
+            m.store_retries.clone(),
+        );
+        reg.register(
+            "fenced_batches",
+            "Batches refused until their producer resends an earlier failed batch",
+            m.fenced_batches.clone(),
+        );
+        reg.register(
+            "fenced_producers",
+            "Producers that must resend a failed batch before later ones commit",
+            m.fenced_producers.clone(),
+        );
+        reg.register(
+            "writer_queue_depth",
+            "Commands waiting in the store writer's queue (publishers wait when it is full)",
+            m.writer_queue_depth.clone(),
+        );
+        reg.register(
+            "unauthenticated_requests",
+            "RPCs refused for a missing or wrong bearer token",
+            m.unauthenticated.clone(),
+        );
+        reg.register(
+            "commit_seconds",
+            "Seconds per store commit",
+            m.commit_seconds.clone(),
+        );
+        reg.register(
+            "dropped_records",
+            "Records dropped, by stage, run and kind",
+            m.dropped.clone(),
+        );
+        reg.register(
+            "subscriber_queue_depth",
+            "Records waiting in subscriber queues, by run",
+            m.subscriber_queue_depth.clone(),
+        );
+        reg.register(
+            "subscriber_lag_records",
+            "Largest subscriber lag in records, by run",
+            m.subscriber_lag_records.clone(),
+        );
+        reg.register(
+            "runs",
+            "Runs in the registry, by state",
+            m.runs_by_state.clone(),
+        );
+        reg.register(
+            "wal_log_frames",
+            "WAL frames at the last checkpoint",
+            m.wal_log_frames.clone(),
+        );
+        reg.register(
+            "wal_checkpointed_frames",
+            "Frames checkpointed at the last checkpoint",
+            m.wal_checkpointed_frames.clone(),
+        );
+        reg.register(
+            "wal_checkpoint_busy",
+            "1 when the last checkpoint was blocked by readers",
+            m.wal_checkpoint_busy.clone(),
+        );
+        reg.register(
+            "wal_checkpoints_blocked_in_a_row",
+            "Checkpoints blocked in a row",
+            m.wal_checkpoints_blocked_in_a_row.clone(),
+        );
+        m.registry = Arc::new(reg);
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts one rejected record.
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Records one commit.
+    pub fn observe_commit(&self, stored: usize, duplicates: usize, took: Duration) {
+        self.ingested.inc_by(stored as u64);
+        self.duplicates.inc_by(duplicates as u64);
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records the result of a checkpoint.
+    pub fn record_checkpoint(&self, s: &CheckpointStats) {
+        self.wal_log_frames.set(s.log_frames);
+        self.wal_checkpointed_frames.set(s.checkpointed_frames);
+        self.wal_checkpoint_busy.set(i64::from(s.busy != 0));
+        self.wal_checkpoints_blocked_in_a_row
+            .set(i64::try_from(s.consecutive_blocked).unwrap_or(i64::MAX));
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,243 @@
+//! One group's life on the writer thread: admission (the fence), the append under the retry
+//! policy, the split of the report back per caller, and the publish after the commit.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use telemetry_core::pb::{Record, RunInfo};
+use telemetry_hub::Hub;
+use telemetry_store::{AppendOutcome, AppendReport, BackendWriter, StoreError};
+use tokio::sync::oneshot;
+
+use super::{
+    fence::{Fences, Span},
+    Origin, Rejected, RetryPolicy, WriteError, MAX_FENCES,
+};
+use crate::metrics::Metrics;
+
+type Reply = oneshot::Sender<Result<AppendReport, WriteError>>;
+
+struct Member {
+    len: usize,
+    producers: Vec<String>,
+    reply: Reply,
+}
+
+/// Appends merged into one transaction.
+#[derive(Default)]
+pub(super) struct Group {
+    records: Vec<Record>,
+    rejected: Vec<Rejected>,
+    members: Vec<Member>,
+}
+
+impl Group {
+    /// Records in the group.
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// The writer thread's state.
+pub(super) struct Committer {
+    writer: Box<dyn BackendWriter>,
+    hub: Hub,
+    metrics: Metrics,
+    retry: RetryPolicy,
+    epochs: Arc<AtomicU64>,
+    fences: Fences,
+}
+
+/// Each producer's seq range in an append, in order of first appearance.
+fn spans(records: &[Record], rejected: &[Rejected]) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let stamps = records
+        .iter()
+        .map(Record::producer)
+        .chain(rejected.iter().map(|(p, s)| (p.as_str(), *s)));
+    for (p, seq) in stamps {
+        if p.is_empty() {
+            continue;
+        }
+        match index.get(p) {
+            Some(&i) => {
+                let s = &mut out[i];
+                s.first = s.first.min(seq);
+                s.last = s.last.max(seq);
+            }
+            None => {
+                index.insert(p, out.len());
+                out.push(Span {
+                    producer: p.to_owned(),
+                    first: seq,
+                    last: seq,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl Committer {
+    pub(super) fn new(
+        writer: Box<dyn BackendWriter>,
+        hub: Hub,
+        metrics: Metrics,
+        retry: RetryPolicy,
+        epochs: Arc<AtomicU64>,
+    ) -> Self {
+        Committer {
+            writer,
+            hub,
+            metrics,
+            retry,
+            epochs,
+            fences: Fences::new(MAX_FENCES),
+        }
+    }
+
+    /// Adds an append to the group, or refuses it at once when the fence says so.
+    pub(super) fn admit(
+        &mut self,
+        group: &mut Group,
+        records: Vec<Record>,
+        rejected: Vec<Rejected>,
+        origin: Origin,
+        reply: Reply,
+    ) {
+        let spans = spans(&records, &rejected);
+        if let Err((producer_id, durable_seq)) =
+            self.fences.admit(&spans, origin.epoch, Instant::now())
+        {
+            self.metrics.fenced_batches.inc();
+            tracing::warn!(%producer_id, durable_seq, records = records.len(),
+                "batch refused: an earlier batch of its producer was not stored");
+            let _ = reply.send(Err(WriteError::Fenced {
+                producer_id,
+                durable_seq,
+            }));
+            return;
+        }
+        group.members.push(Member {
+            len: records.len(),
+            producers: spans.into_iter().map(|s| s.producer).collect(),
+            reply,
+        });
+        group.records.extend(records);
+        group.rejected.extend(rejected);
+    }
+
+    /// Commits a group: every member gets its own report, or the error; stored records are
+    /// published after the commit, in commit order.
+    pub(super) fn commit(&mut self, group: Group) {
+        let Group {
+            mut records,
+            rejected,
+            members,
+        } = group;
+        if members.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let report = match self.append_with_retry(&mut records, &rejected) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, records = records.len(), "batch not stored (rolled back)");
+                let epoch = self.epochs.load(Ordering::SeqCst);
+                let writer = &self.writer;
+                self.fences.failed(
+                    members
+                        .iter()
+                        .flat_map(|m| m.producers.iter().map(String::as_str)),
+                    |p| writer.watermark(p).ok(),
+                    epoch,
+                    Instant::now(),
+                );
+                self.metrics
+                    .fenced_producers
+                    .set(i64::try_from(self.fences.len()).unwrap_or(i64::MAX));
+                let err = WriteError::Store(e.to_string());
+                for m in members {
+                    let _ = m.reply.send(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        self.fences.committed(&report.watermarks);
+        self.metrics
+            .observe_commit(report.stored, report.duplicates, started.elapsed());
+        // Split the merged report back per caller.
+        let mut outcomes = report.outcomes.into_iter();
+        let mut to_publish = Vec::with_capacity(report.stored);
+        let mut recs = records.into_iter();
+        for m in members {
+            let mine: Vec<AppendOutcome> = outcomes.by_ref().take(m.len).collect();
+            let stored = mine
+                .iter()
+                .filter(|o| matches!(o, AppendOutcome::Stored { .. }))
+                .count();
+            for (rec, outcome) in recs.by_ref().take(m.len).zip(&mine) {
+                if matches!(outcome, AppendOutcome::Stored { .. }) {
+                    to_publish.push(rec);
+                }
+            }
+            let sub = AppendReport {
+                stored,
+                duplicates: mine.len() - stored,
+                outcomes: mine,
+                watermarks: report
+                    .watermarks
+                    .iter()
+                    .filter(|(id, _)| m.producers.contains(id))
+                    .cloned()
+                    .collect(),
+            };
+            let _ = m.reply.send(Ok(sub));
+        }
+        self.hub.publish_batch(to_publish);
+    }
+
+    /// The one retry policy: retryable errors (a lock held elsewhere) are retried with a
+    /// doubling pause; every other error is final for this group.
+    fn append_with_retry(
+        &mut self,
+        records: &mut [Record],
+        rejected: &[Rejected],
+    ) -> Result<AppendReport, StoreError> {
+        let mut pause = self.retry.first_pause;
+        let mut attempt = 1;
+        loop {
+            match self.writer.append(records, rejected) {
+                Err(e) if e.is_retryable() && attempt < self.retry.attempts => {
+                    tracing::warn!(attempt, error = %e, ?pause, "store busy, retrying the batch");
+                    self.metrics.store_retries.inc();
+                    std::thread::sleep(pause);
+                    pause = pause.saturating_mul(2);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) fn put_run(&mut self, info: &RunInfo) {
+        if let Err(e) = self.writer.put_run_info(info) {
+            tracing::error!(run_id = %info.run_id, error = %e, "cannot persist run state");
+        }
+    }
+
+    pub(super) fn final_checkpoint(&mut self) {
+        match self.writer.checkpoint() {
+            Ok(stats) => tracing::info!(?stats, "final checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "final checkpoint failed"),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Publishing into the server: validation, the commit through the pipeline, the ack.
+//!
+//! Each batch is validated record by record (an invalid record is rejected on its own, with its
+//! index and reason in the ack, and counted; the valid records of the same batch are stored, and
+//! the rejected record's stamp still advances its producer's watermark), appended through the
+//! pipeline, and acknowledged only after the commit, with each producer's durable watermark. A
+//! resent batch is recognised by the watermark and stored once. Batches larger than
+//! [`IngestLimits::max_batch_records`] are refused whole, before any work.
+//!
+//! [`Publisher`] is the public, in-process entry; the gRPC `Ingest` service (`ingest.rs`) is a
+//! thin layer over it.
+
+use std::collections::HashMap;
+
+use telemetry_core::{
+    pb::{record::Kind, IngestAck, IngestBatch, ProducerWatermark, Record, RejectedRecord},
+    validate,
+};
+use telemetry_store::AppendOutcome;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::{
+    ingest_limits::IngestLimits,
+    metrics::Metrics,
+    pipeline::{Origin, PendingAppend, Pipeline, WriteError},
+    runs::Registry,
+};
+
+/// Batches of one stream queued with the writer and not yet acknowledged. A stream that sends
+/// ahead (the shim keeps several batches in flight) has them committed together (group
+/// commit) instead of one transaction and one round trip at a time.
+pub const PUBLISH_WINDOW: usize = 8;
+
+/// A pipelined publish stream (see [`Publisher::open_stream`]).
+pub struct PublishStream {
+    batches: mpsc::Sender<IngestBatch>,
+    acks: mpsc::Receiver<Result<IngestAck, PublishError>>,
+}
+
+impl PublishStream {
+    /// Queues a batch (waits while [`PUBLISH_WINDOW`] batches are unacknowledged).
+    pub async fn send(&self, batch: IngestBatch) -> Result<(), PublishError> {
+        self.batches
+            .send(batch)
+            .await
+            .map_err(|_| PublishError::Closed)
+    }
+
+    /// The next ack, in send order; `None` once the stream has ended (after its error, or
+    /// after [`PublishStream::finish`] and the last ack).
+    pub async fn next_ack(&mut self) -> Option<Result<IngestAck, PublishError>> {
+        self.acks.recv().await
+    }
+
+    /// No more batches will be sent; acks of those sent still arrive.
+    pub fn finish(self) -> mpsc::Receiver<Result<IngestAck, PublishError>> {
+        self.acks
+    }
+
+    /// The two halves, for a forwarding task.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        mpsc::Sender<IngestBatch>,
+        mpsc::Receiver<Result<IngestAck, PublishError>>,
+    ) {
+        (self.batches, self.acks)
+    }
+}
+
+/// Publishes records into a running server in-process: the same validation, commit, ack and
+/// publish as the gRPC `Ingest` service (which is a thin layer over this), with no network.
+///
+/// Get one from [`ServerHandle::publisher`](crate::ServerHandle::publisher). Cloning is cheap.
+#[derive(Clone)]
+pub struct Publisher {
+    pipeline: Pipeline,
+    registry: Registry,
+    metrics: Metrics,
+    limits: IngestLimits,
+}
+
+/// Why a batch was not acknowledged. Nothing of it was stored, except where said.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// The batch holds more records than [`IngestLimits::max_batch_records`]; refused whole.
+    #[error("batch {batch_id} holds {records} records, the limit is {limit}")]
+    TooLarge {
+        /// The batch.
+        batch_id: u64,
+        /// Records in it.
+        records: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The store did not take the batch; resend it (from the last acknowledged watermark).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The stream was closed before the batch was taken.
+    #[error("the publish stream is closed")]
+    Closed,
+}
+
+impl PublishError {
+    /// Whether resending (from the producer's last acknowledged watermark) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PublishError::TooLarge { .. } => false,
+            PublishError::Write(e) => e.is_retryable(),
+            PublishError::Closed => true,
+        }
+    }
+}
+
+impl From<PublishError> for Status {
+    fn from(e: PublishError) -> Status {
+        match &e {
+            PublishError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            // UNAVAILABLE: the standard retryable code; the shim resends from its last ack.
+            PublishError::Write(_) | PublishError::Closed => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(
+        pipeline: Pipeline,
+        registry: Registry,
+        metrics: Metrics,
+        limits: IngestLimits,
+    ) -> Self {
+        Publisher {
+            pipeline,
+            registry,
+            metrics,
+            limits,
+        }
+    }
+
+    pub(crate) fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Validates, stores and acknowledges one batch (a unary call: it never counts as a new
+    /// stream for the producer fence).
+    pub async fn publish(&self, batch: IngestBatch) -> Result<IngestAck, PublishError> {
+        let mut prepared = self.prepare(batch)?;
+        let pending = self.submit(&mut prepared, Origin::default()).await?;
+        self.finish(prepared, pending).await
+    }
+
+    /// Opens a pipelined stream, as a gRPC `Publish` stream is: batches sent on it are
+    /// committed in order, up to [`PUBLISH_WINDOW`] queued ahead of their acks. The first error
+    /// ends the stream (every later batch of it is refused): open a new one and resend from the
+    /// last acknowledged watermark.
+    pub fn open_stream(&self) -> PublishStream {
+        let origin = self.pipeline.open_stream();
+        let (batch_tx, mut batch_rx) = mpsc::channel::<IngestBatch>(PUBLISH_WINDOW);
+        let (ack_tx, ack_rx) = mpsc::channel(PUBLISH_WINDOW);
+        // Reader: validates and queues batches in arrival order (the writer commits them in
+        // that order, so a producer's records are never reordered). Acker: waits for each
+        // commit in the same order and answers. The window between them bounds what one
+        // stream may have queued.
+        let (pending_tx, mut pending_rx) =
+            mpsc::channel::<Result<(Prepared, PendingAppend), PublishError>>(PUBLISH_WINDOW);
+        let reader = self.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = batch_rx.recv().await {
+                let queued = match reader.prepare(batch) {
+                    Ok(mut p) => reader
+                        .submit(&mut p, origin)
+                        .await
+                        .map(|pending| (p, pending)),
+                    Err(e) => Err(e),
+                };
+                let failed = queued.is_err();
+                if pending_tx.send(queued).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let acker = self.clone();
+        tokio::spawn(async move {
+            while let Some(queued) = pending_rx.recv().await {
+                let ack = match queued {
+                    Ok((prepared, pending)) => acker.finish(prepared, pending).await,
+                    Err(e) => Err(e),
+                };
+                let failed = ack.is_err();
+                if ack_tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        PublishStream {
+            batches: batch_tx,
+            acks: ack_rx,
+        }
+    }
+
+    /// Validates a batch record by record: the valid records to store, the rejected ones with
+    /// their reasons, and the facts the run registry needs. Refuses an oversized batch whole.
+    fn prepare(&self, batch: IngestBatch) -> Result<Prepared, PublishError> {
+        let IngestBatch { batch_id, records } = batch;
+        if records.len() > self.limits.max_batch_records {
+            return Err(PublishError::TooLarge {
+                batch_id,
+                records: records.len(),
+                limit: self.limits.max_batch_records,
+            });
+        }
+        let mut valid: Vec<Record> = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
+        let mut rejected_stamps = Vec::new();
+        for (index, mut record) in records.into_iter().enumerate() {
+            match validate::normalize(&mut record, &self.limits.record) {
+                Ok(()) => valid.push(record),
+                Err(e) => {
+                    self.metrics.reject(e.label());
+                    let (pid, pseq) = record.producer();
+                    if !pid.is_empty() {
+                        rejected_stamps.push((pid.to_owned(), pseq));
+                    }
+                    tracing::debug!(batch_id, index, reason = %e, "record rejected");
+                    rejected.push(RejectedRecord {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        reason: e.to_string(),
+                        producer_id: pid.to_owned(),
+                        producer_seq: pseq,
+                    });
+                }
+            }
+        }
+        let mut runs: HashMap<String, (String, String)> = HashMap::new();
+        let mut completions = Vec::new();
+        for r in &valid {
+            let (run, agent, mode) = match &r.kind {
+                Some(Kind::Step(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
+                Some(Kind::Episode(e)) => (&e.run_id, &e.agent_id, &e.control_mode),
+                Some(Kind::RunStarted(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
+                Some(Kind::RunCompleted(c)) => {
+                    completions.push(c.clone());
+                    continue;
+                }
+                _ => continue,
+            };
+            runs.entry(run.clone())
+                .or_insert_with(|| (agent.clone(), mode.clone()));
+        }
+        Ok(Prepared {
+            batch_id,
+            valid,
+            rejected,
+            rejected_stamps,
+            runs,
+            completions,
+        })
+    }
+
+    /// Hands the batch's valid records to the writer (queued in call order).
+    async fn submit(
+        &self,
+        prepared: &mut Prepared,
+        origin: Origin,
+    ) -> Result<PendingAppend, PublishError> {
+        Ok(self
+            .pipeline
+            .submit(
+                std::mem::take(&mut prepared.valid),
+                std::mem::take(&mut prepared.rejected_stamps),
+                origin,
+            )
+            .await?)
+    }
+
+    /// Waits for the commit and builds the ack; updates the run registry.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        pending: PendingAppend,
+    ) -> Result<IngestAck, PublishError> {
+        let report = pending.wait().await?;
+        self.metrics.batches.inc();
+        for (run_id, (agent, mode)) in prepared.runs {
+            self.registry
+                .observe_telemetry(&run_id, &agent, &mode)
+                .await;
+        }
+        if report
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, AppendOutcome::Stored { .. }))
+        {
+            for c in &prepared.completions {
+                self.registry.set_completion_recorded(&c.run_id);
+                self.registry.observe_completion(c).await;
+            }
+        }
+        Ok(IngestAck {
+            batch_id: prepared.batch_id,
+            watermarks: report
+                .watermarks
+                .into_iter()
+                .map(|(producer_id, durable_seq)| ProducerWatermark {
+                    producer_id,
+                    durable_seq,
+                })
+                .collect(),
+            stored: u32::try_from(report.stored).unwrap_or(u32::MAX),
+            duplicates: u32::try_from(report.duplicates).unwrap_or(u32::MAX),
+            rejected: prepared.rejected,
+        })
+    }
+}
+
+/// A validated batch on its way to the store.
+struct Prepared {
+    batch_id: u64,
+    valid: Vec<Record>,
+    rejected: Vec<RejectedRecord>,
+    rejected_stamps: Vec<(String, u64)>,
+    runs: HashMap<String, (String, String)>,
+    completions: Vec<telemetry_core::pb::RunCompleted>,
+}

@@ -1,0 +1,428 @@
+//! The run registry: every run the daemon knows, its state, and the worker processes it started.
+//!
+//! A run enters the registry when it is submitted (`SubmitRun`, the daemon spawns the worker) or
+//! when telemetry for an unknown run arrives (a worker started by hand). States move
+//! `pending -> running -> completed | failed | cancelled` and never back. Every change is persisted
+//! through the store writer (so a restart knows what was running) and broadcast to `WatchRuns`
+//! subscribers. When a worker the daemon started exits, the daemon records a `RunCompleted`
+//! (unless the worker reported its own), which ends every live view of the run.
+//!
+//! Limits: the in-memory registry keeps at most [`MAX_TRACKED_RUNS`] runs, evicting the oldest
+//! finished ones first (they stay in the store); the change broadcast holds
+//! [`WATCH_BUFFER`] changes per subscriber, and a subscriber that falls further behind is sent a
+//! fresh snapshot instead of the changes it missed.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use telemetry_core::{
+    pb::{RunCompleted, RunInfo, RunState},
+    timestamp,
+};
+use tokio::sync::{broadcast, Notify};
+
+use crate::pipeline::Pipeline;
+
+/// Runs kept in memory at most.
+pub const MAX_TRACKED_RUNS: usize = 10_000;
+/// Changes buffered per `WatchRuns` subscriber.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// Is this state final?
+pub fn is_final(state: i32) -> bool {
+    matches!(
+        RunState::try_from(state),
+        Ok(RunState::Completed | RunState::Failed | RunState::Cancelled)
+    )
+}
+
+pub(crate) struct ProcessControl {
+    pub cancel: Arc<Notify>,
+    /// Why the process is being stopped: `None` for a user cancel.
+    pub stop_reason: Option<String>,
+    pub stop_requested: bool,
+}
+
+struct Entry {
+    info: RunInfo,
+    process: Option<ProcessControl>,
+    completion_recorded: bool,
+    last_beat: Instant,
+    order: u64,
+}
+
+struct Inner {
+    runs: HashMap<String, Entry>,
+    next_order: u64,
+}
+
+/// Shared registry; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+    changes: broadcast::Sender<RunInfo>,
+    writer: Pipeline,
+    /// Where workers' logs and queues live.
+    pub var_dir: PathBuf,
+}
+
+impl Registry {
+    /// An empty registry persisting through `writer`.
+    pub fn new(writer: Pipeline, var_dir: PathBuf) -> Self {
+        let (changes, _) = broadcast::channel(WATCH_BUFFER);
+        Registry {
+            inner: Arc::new(Mutex::new(Inner {
+                runs: HashMap::new(),
+                next_order: 0,
+            })),
+            changes,
+            writer,
+            var_dir,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the runs a previous daemon persisted. Runs it left pending or running were
+    /// interrupted by its death: they are marked failed. Returns the ids so marked.
+    pub async fn restore(&self, stored: Vec<RunInfo>) -> Vec<String> {
+        let mut interrupted = Vec::new();
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            for mut info in stored {
+                if !is_final(info.state) {
+                    info.state = RunState::Failed as i32;
+                    info.failure_reason =
+                        "interrupted: the daemon stopped while the run was active".into();
+                    info.updated_at = Some(timestamp::now());
+                    interrupted.push(info.run_id.clone());
+                    changed.push(info.clone());
+                }
+                let order = inner.next_order;
+                inner.next_order += 1;
+                inner.runs.insert(
+                    info.run_id.clone(),
+                    Entry {
+                        info,
+                        process: None,
+                        completion_recorded: true,
+                        last_beat: Instant::now(),
+                        order,
+                    },
+                );
+            }
+            evict(&mut inner);
+        }
+        for info in changed {
+            self.persist(info).await;
+        }
+        interrupted
+    }
+
+    async fn persist(&self, info: RunInfo) {
+        let _ = self.changes.send(info.clone());
+        if let Err(e) = self.writer.put_run(info).await {
+            tracing::warn!(error = %e, "run state not persisted");
+        }
+    }
+
+    /// Adds a new run in state pending. Fails if the id exists.
+    pub async fn insert_pending(&self, mut info: RunInfo) -> Result<(), String> {
+        {
+            let mut inner = self.lock();
+            if inner.runs.contains_key(&info.run_id) {
+                return Err(format!("run {:?} already exists", info.run_id));
+            }
+            let now = timestamp::now();
+            info.state = RunState::Pending as i32;
+            info.created_at = Some(now);
+            info.updated_at = Some(now);
+            info.last_heartbeat = Some(now);
+            let order = inner.next_order;
+            inner.next_order += 1;
+            inner.runs.insert(
+                info.run_id.clone(),
+                Entry {
+                    info: info.clone(),
+                    process: None,
+                    completion_recorded: false,
+                    last_beat: Instant::now(),
+                    order,
+                },
+            );
+            evict(&mut inner);
+        }
+        self.persist(info).await;
+        Ok(())
+    }
+
+    /// Applies `f` to a run's info and persists the result when `f` returns true.
+    async fn update(&self, run_id: &str, f: impl FnOnce(&mut Entry) -> bool) -> Option<RunInfo> {
+        let changed = {
+            let mut inner = self.lock();
+            let entry = inner.runs.get_mut(run_id)?;
+            if f(entry) {
+                entry.info.updated_at = Some(timestamp::now());
+                Some(entry.info.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(info) = &changed {
+            self.persist(info.clone()).await;
+        }
+        changed
+    }
+
+    /// The worker was spawned.
+    pub(crate) async fn mark_running(&self, run_id: &str, control: ProcessControl) {
+        self.update(run_id, |e| {
+            e.process = Some(control);
+            e.last_beat = Instant::now();
+            e.info.state = RunState::Running as i32;
+            true
+        })
+        .await;
+    }
+
+    /// The worker could not be started or has exited: sets the final state.
+    pub async fn finish(
+        &self,
+        run_id: &str,
+        state: RunState,
+        reason: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    ) -> Option<RunInfo> {
+        self.update(run_id, |e| {
+            if is_final(e.info.state) {
+                return false;
+            }
+            e.process = None;
+            e.info.state = state as i32;
+            e.info.failure_reason = reason;
+            e.info.exit_code = exit_code;
+            e.info.signal = signal;
+            true
+        })
+        .await
+    }
+
+    /// The reason a stop was requested (`None`: a user cancel), if one was.
+    pub(crate) fn stop_request(&self, run_id: &str) -> Option<Option<String>> {
+        let inner = self.lock();
+        let p = inner.runs.get(run_id)?.process.as_ref()?;
+        p.stop_requested.then(|| p.stop_reason.clone())
+    }
+
+    /// Asks a running worker to stop (`reason` None: a user cancel). Returns false when the run
+    /// is unknown or has no live process.
+    pub fn request_stop(&self, run_id: &str, reason: Option<String>) -> bool {
+        let mut inner = self.lock();
+        let Some(p) = inner.runs.get_mut(run_id).and_then(|e| e.process.as_mut()) else {
+            return false;
+        };
+        if !p.stop_requested {
+            p.stop_requested = true;
+            p.stop_reason = reason;
+            p.cancel.notify_one();
+        }
+        true
+    }
+
+    /// Cancels a run: a live worker is stopped (SIGTERM then SIGKILL); a pending run without a
+    /// process is marked cancelled. Returns false when the run had already ended.
+    pub async fn cancel(&self, run_id: &str) -> Result<bool, String> {
+        let state = {
+            let inner = self.lock();
+            match inner.runs.get(run_id) {
+                None => return Err(format!("unknown run {run_id:?}")),
+                Some(e) => e.info.state,
+            }
+        };
+        if is_final(state) {
+            return Ok(false);
+        }
+        if self.request_stop(run_id, None) {
+            return Ok(true);
+        }
+        Ok(self
+            .finish(
+                run_id,
+                RunState::Cancelled,
+                "cancelled by request".into(),
+                None,
+                None,
+            )
+            .await
+            .is_some())
+    }
+
+    /// A heartbeat (explicit, or telemetry arriving) for a run. Returns false when unknown.
+    pub fn heartbeat(&self, run_id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.runs.get_mut(run_id) {
+            Some(e) => {
+                e.last_beat = Instant::now();
+                e.info.last_heartbeat = Some(timestamp::now());
+                !is_final(e.info.state)
+            }
+            None => false,
+        }
+    }
+
+    /// Telemetry arrived for `run_id`: counts as a heartbeat; an unknown run (a worker started
+    /// by hand) is registered as running.
+    pub async fn observe_telemetry(&self, run_id: &str, agent_id: &str, control_mode: &str) {
+        if self.heartbeat(run_id) {
+            return;
+        }
+        let known = self.lock().runs.contains_key(run_id);
+        if known {
+            return;
+        }
+        let info = RunInfo {
+            run_id: run_id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            control_mode: control_mode.to_owned(),
+            ..Default::default()
+        };
+        if self.insert_pending(info).await.is_ok() {
+            self.update(run_id, |e| {
+                e.info.state = RunState::Running as i32;
+                true
+            })
+            .await;
+        }
+    }
+
+    /// A `RunCompleted` was stored for this run. A run without a process of ours takes its
+    /// final state from it; a run with one waits for the process to exit.
+    pub async fn observe_completion(&self, done: &RunCompleted) {
+        use telemetry_core::pb::CompletionStatus as C;
+        let state = match C::try_from(done.status) {
+            Ok(C::Succeeded | C::Skipped) => RunState::Completed,
+            Ok(C::Cancelled) => RunState::Cancelled,
+            _ => RunState::Failed,
+        };
+        let reason = if !done.error.is_empty() {
+            done.error.clone()
+        } else {
+            done.reason.clone()
+        };
+        self.update(&done.run_id, |e| {
+            e.completion_recorded = true;
+            if e.process.is_some() || is_final(e.info.state) {
+                return false;
+            }
+            e.info.state = state as i32;
+            e.info.failure_reason = reason;
+            e.info.exit_code = done.exit_code;
+            e.info.signal = done.signal;
+            true
+        })
+        .await;
+    }
+
+    /// Whether a `RunCompleted` is already stored for the run (then the daemon adds none).
+    pub fn completion_recorded(&self, run_id: &str) -> bool {
+        self.lock()
+            .runs
+            .get(run_id)
+            .is_some_and(|e| e.completion_recorded)
+    }
+
+    /// Notes that a `RunCompleted` for the run is stored.
+    pub fn set_completion_recorded(&self, run_id: &str) {
+        if let Some(e) = self.lock().runs.get_mut(run_id) {
+            e.completion_recorded = true;
+        }
+    }
+
+    /// Running runs whose last heartbeat is older than `timeout` at `now`.
+    pub fn stale_runs(&self, now: Instant, timeout: Duration) -> Vec<String> {
+        self.lock()
+            .runs
+            .values()
+            .filter(|e| e.info.state == RunState::Running as i32)
+            .filter(|e| now.saturating_duration_since(e.last_beat) > timeout)
+            .map(|e| e.info.run_id.clone())
+            .collect()
+    }
+
+    /// Fails runs that stopped heartbeating (stopping their workers, if ours).
+    pub async fn enforce_heartbeats(&self, now: Instant, timeout: Duration) -> Vec<String> {
+        let stale = self.stale_runs(now, timeout);
+        for run_id in &stale {
+            let reason = format!("no heartbeat for {}s", timeout.as_secs());
+            tracing::warn!(run_id = %run_id, %reason, "failing run");
+            if !self.request_stop(run_id, Some(reason.clone())) {
+                self.finish(run_id, RunState::Failed, reason, None, None)
+                    .await;
+            }
+        }
+        stale
+    }
+
+    /// Every run, oldest first.
+    pub fn snapshot(&self) -> Vec<RunInfo> {
+        let inner = self.lock();
+        let mut v: Vec<(&u64, &RunInfo)> =
+            inner.runs.values().map(|e| (&e.order, &e.info)).collect();
+        v.sort_by_key(|(o, _)| **o);
+        v.into_iter().map(|(_, i)| i.clone()).collect()
+    }
+
+    /// One run.
+    pub fn get(&self, run_id: &str) -> Option<RunInfo> {
+        self.lock().runs.get(run_id).map(|e| e.info.clone())
+    }
+
+    /// The current runs and a receiver of every later change.
+    pub fn watch(&self) -> (Vec<RunInfo>, broadcast::Receiver<RunInfo>) {
+        // Subscribe first so no change between the snapshot and the subscription is lost
+        // (a change may then be seen twice, which is harmless: it is a state, not a delta).
+        let rx = self.changes.subscribe();
+        (self.snapshot(), rx)
+    }
+
+    /// Ids of runs with a live worker process.
+    pub fn live_processes(&self) -> Vec<String> {
+        self.lock()
+            .runs
+            .values()
+            .filter(|e| e.process.is_some())
+            .map(|e| e.info.run_id.clone())
+            .collect()
+    }
+
+    /// The pipeline (to record lifecycle events).
+    pub fn writer(&self) -> &Pipeline {
+        &self.writer
+    }
+}
+
+fn evict(inner: &mut Inner) {
+    while inner.runs.len() > MAX_TRACKED_RUNS {
+        let oldest_final = inner
+            .runs
+            .values()
+            .filter(|e| is_final(e.info.state))
+            .min_by_key(|e| e.order)
+            .map(|e| e.info.run_id.clone());
+        match oldest_final {
+            Some(id) => {
+                inner.runs.remove(&id);
+            }
+            None => break,
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Starting a server: the one place that knows every component, in the order they depend on
+//! each other, and the shutdown that undoes it in reverse.
+//!
+//! Start: check the listen address → take the var dir's lock → open the store (writer, reader,
+//! upkeep) → hub over the store → pipeline thread → bind → recover the run registry and warm
+//! the hub → services → serve. Shutdown: stop accepting and close live streams → stop workers
+//! → background tasks → upkeep → pipeline (final checkpoint) → lock.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use telemetry_core::pb::{
+    ingest_server::IngestServer, legacy::trainer_service_server::TrainerServiceServer,
+    query_server::QueryServer, run_control_server::RunControlServer, CompletionStatus,
+    FILE_DESCRIPTOR_SET,
+};
+use telemetry_hub::Hub;
+use telemetry_store::{Backend, BackendReader, BackendWriter, SqliteBackend, StoreConfig};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::Router, Server},
+};
+
+use crate::{
+    auth::AuthInterceptor,
+    catchup::{self, StoreCatchUp},
+    checkpointer::CheckpointThread,
+    config::{ServerConfig, SHUTDOWN_DRAIN},
+    control::ControlService,
+    dispatch::{self, DispatchConfig, WorkerTls},
+    error::{io, ServerError},
+    handle::{endpoint_for, ServerHandle},
+    housekeeping::{housekeeping, stop_workers},
+    ingest::IngestService,
+    legacy::LegacyService,
+    lock::InstanceLock,
+    metrics::{self, Metrics},
+    pipeline::{self, Pipeline},
+    publish::Publisher,
+    query::QueryService,
+    runs::Registry,
+};
+
+/// Starts a server on the caller's tokio runtime: takes the lock, opens the store, recovers,
+/// binds and serves in the background. Returns once it accepts connections.
+pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let has_token = cfg.auth_token.as_deref().is_some_and(|t| !t.is_empty());
+    if !cfg.listen.ip().is_loopback() && !has_token {
+        return Err(ServerError::NeedsToken(cfg.listen));
+    }
+    let lock = InstanceLock::acquire(&cfg.var_dir, &cfg.listen.to_string())?;
+    if let Some(stale) = &lock.recovered_stale_pid {
+        tracing::warn!(previous = %stale, "a previous server did not stop cleanly; its PID file was replaced");
+    }
+    let metrics = Metrics::new();
+    let backend = backend_of(&cfg);
+    let writer: Box<dyn BackendWriter> = backend.open_writer()?;
+    let reader = backend.reader()?;
+    let upkeep = match backend.maintenance()? {
+        Some(m) => Some(
+            CheckpointThread::spawn(m, metrics.clone(), cfg.checkpoint_interval)
+                .map_err(io("starting the checkpoint thread"))?,
+        ),
+        None => None,
+    };
+    tracing::info!(store = %backend.describe(), "store open");
+
+    let hub = Hub::new(cfg.hub.clone(), Arc::new(StoreCatchUp::new(reader.clone())));
+    let (pipeline, writer_thread) =
+        pipeline::spawn(writer, hub.clone(), metrics.clone(), cfg.store_retry)
+            .map_err(io("starting the store writer"))?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(io("local address"))?;
+    let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr)?);
+
+    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone());
+    let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(io(format!("cannot listen for metrics on {a}")))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(io("metrics address"))?),
+        None => None,
+    };
+
+    let cancel = CancellationToken::new();
+    let publisher = Publisher::new(
+        pipeline.clone(),
+        registry.clone(),
+        metrics.clone(),
+        cfg.ingest,
+    );
+    let router = services(
+        &cfg,
+        &publisher,
+        &hub,
+        reader,
+        &registry,
+        &dispatch_cfg,
+        &metrics,
+        &cancel,
+    )
+    .await?;
+    tracing::info!(%addr, var_dir = %cfg.var_dir.display(), "gym-telemetry server serving");
+
+    let tasks = TaskTracker::new();
+    if let (Some(l), Some(maddr)) = (metrics_listener, metrics_addr) {
+        tracing::info!(addr = %maddr, "Prometheus metrics at /metrics");
+        let m = metrics.clone();
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(l, m, async move { c.cancelled().await }).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    tasks.spawn(housekeeping(
+        cfg.clone(),
+        registry.clone(),
+        hub.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+
+    let stopped = Stopped {
+        lock,
+        registry,
+        tasks,
+        upkeep,
+        pipeline,
+        writer_thread,
+        grace: cfg.cancel_grace,
+    };
+    let join = tokio::spawn(serve(
+        router,
+        listener,
+        hub.clone(),
+        cancel.clone(),
+        stopped,
+    ));
+    Ok(ServerHandle {
+        addr,
+        metrics_addr,
+        interrupted_runs: interrupted,
+        hub,
+        publisher,
+        tls: cfg.tls.is_some(),
+        cancel,
+        join,
+    })
+}
+
+/// The configured backend, or SQLite in the var dir.
+fn backend_of(cfg: &ServerConfig) -> Arc<dyn Backend> {
+    match &cfg.backend {
+        Some(b) => b.clone(),
+        None => {
+            let mut store_cfg = StoreConfig::in_var_dir(&cfg.var_dir);
+            store_cfg.durability = cfg.durability;
+            Arc::new(SqliteBackend::new(store_cfg))
+        }
+    }
+}
+
+/// What the workers it spawns need to trust a TLS server: the CA file as an absolute path
+/// (workers may run in another directory), checked to exist now rather than in every worker.
+fn worker_tls(cfg: &ServerConfig) -> Result<Option<WorkerTls>, ServerError> {
+    let Some(tls) = &cfg.tls else {
+        return Ok(None);
+    };
+    let ca = cfg.tls_client_ca.as_ref().unwrap_or(&tls.cert);
+    let ca_file = std::fs::canonicalize(ca)
+        .map_err(io(format!("the CA file for workers {}", ca.display())))?;
+    Ok(Some(WorkerTls {
+        ca_file,
+        domain: cfg.tls_client_domain.clone().filter(|d| !d.is_empty()),
+    }))
+}
+
+fn dispatch_config(cfg: &ServerConfig, addr: SocketAddr) -> Result<DispatchConfig, ServerError> {
+    let tls = worker_tls(cfg)?;
+    Ok(DispatchConfig {
+        endpoint: endpoint_for(addr, tls.is_some()),
+        tls,
+        auth_token: cfg.auth_token.clone().filter(|t| !t.is_empty()),
+        proxy_exe: cfg.proxy_exe.clone(),
+        grace: cfg.cancel_grace,
+        max_log_bytes: 8 * 1024 * 1024,
+    })
+}
+
+/// Restart recovery: runs a dead server left active are failed (their live views end with a
+/// stored `RunCompleted`), and the hub's recent-past buffers are warmed from the store.
+async fn recover(
+    registry: &Registry,
+    reader: &dyn BackendReader,
+    hub: &Hub,
+    cfg: &ServerConfig,
+) -> Result<Vec<String>, ServerError> {
+    let interrupted = registry.restore(reader.run_infos()?).await;
+    for run_id in &interrupted {
+        tracing::warn!(run_id = %run_id, "run was active when the previous server stopped; marked failed");
+        dispatch::record_completion(
+            registry,
+            run_id,
+            CompletionStatus::Failed,
+            "interrupted: the daemon stopped while the run was active".into(),
+            None,
+            None,
+        )
+        .await;
+    }
+    catchup::warm_hub(reader, hub, cfg.hub.ring_records)?;
+    Ok(interrupted)
+}
+
+/// The gRPC router: health and reflection open, our services and the predecessor's behind the
+/// auth interceptor, with message size limits.
+#[allow(clippy::too_many_arguments)]
+async fn services(
+    cfg: &ServerConfig,
+    publisher: &Publisher,
+    hub: &Hub,
+    reader: Arc<dyn BackendReader>,
+    registry: &Registry,
+    dispatch_cfg: &Arc<DispatchConfig>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Result<Router, ServerError> {
+    let auth = AuthInterceptor::new(cfg.auth_token.clone(), metrics.unauthenticated.clone());
+    let ingest = IngestService::new(publisher.clone());
+    let query = QueryService::new(hub.clone(), reader, registry.clone());
+    let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
+    let legacy = LegacyService::new(
+        publisher.clone(),
+        query.clone(),
+        registry.clone(),
+        dispatch_cfg.clone(),
+        cancel.clone(),
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IngestServer<IngestService>>()
+        .await;
+    health_reporter
+        .set_serving::<QueryServer<QueryService>>()
+        .await;
+    health_reporter
+        .set_serving::<RunControlServer<ControlService>>()
+        .await;
+    health_reporter
+        .set_serving::<TrainerServiceServer<LegacyService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let max = cfg.max_message_bytes;
+    let mut builder = Server::builder();
+    if let Some(tls) = &cfg.tls {
+        let cert =
+            std::fs::read(&tls.cert).map_err(io(format!("reading {}", tls.cert.display())))?;
+        let key = std::fs::read(&tls.key).map_err(io(format!("reading {}", tls.key.display())))?;
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+    }
+    Ok(builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(
+            IngestServer::new(ingest).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            QueryServer::new(query).max_encoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            RunControlServer::new(control),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            TrainerServiceServer::new(legacy)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            auth,
+        )))
+}
+
+/// What shutdown stops, in order, after serving ends.
+struct Stopped {
+    lock: InstanceLock,
+    registry: Registry,
+    tasks: TaskTracker,
+    upkeep: Option<CheckpointThread>,
+    pipeline: Pipeline,
+    writer_thread: std::thread::JoinHandle<()>,
+    grace: Duration,
+}
+
+/// Serves until cancelled, then shuts down in dependency order.
+async fn serve(
+    router: Router,
+    listener: TcpListener,
+    hub: Hub,
+    cancel: CancellationToken,
+    s: Stopped,
+) -> Result<(), ServerError> {
+    // Long-lived streams (live views, WatchRuns) would hold a graceful shutdown open forever: on
+    // cancel, the hub closes every subscription and the WatchRuns forwarders end (they watch
+    // the same token), then the server drains. A bound covers clients that still do not let go.
+    // TCP_NODELAY: acks and live records are small; Nagle + delayed ACK would add ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let drained = cancel.clone();
+    let serve_cancel = cancel.clone();
+    let serve = router.serve_with_incoming_shutdown(incoming, async move {
+        serve_cancel.cancelled().await;
+        hub.shutdown().await;
+    });
+    let result = tokio::select! {
+        r = serve => r,
+        () = async {
+            drained.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        } => {
+            tracing::warn!("clients did not close their streams in time; closing connections");
+            Ok(())
+        }
+    };
+    // Then, in dependency order: workers (their shims keep unsent telemetry in their queues
+    // for the next server), background tasks, upkeep, the pipeline (final checkpoint); the
+    // lock goes last.
+    stop_workers(&s.registry, s.grace).await;
+    s.tasks.close();
+    s.tasks.wait().await;
+    if let Some(upkeep) = s.upkeep {
+        let _ = tokio::task::spawn_blocking(move || upkeep.stop()).await;
+    }
+    s.pipeline.shutdown().await;
+    drop(s.registry);
+    let writer_thread = s.writer_thread;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    drop(s.lock);
+    tracing::info!("gym-telemetry server stopped");
+    result.map_err(ServerError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TlsFiles;
+
+    #[test]
+    fn workers_trust_the_served_certificate_unless_told_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&cert, "cert").expect("write");
+        std::fs::write(&ca, "ca").expect("write");
+        let mut cfg = ServerConfig::ephemeral(dir.path());
+        assert_eq!(worker_tls(&cfg).expect("no TLS"), None);
+
+        // An indirect path is made absolute: workers may run in another directory.
+        cfg.tls = Some(TlsFiles {
+            cert: dir.path().join("sub/../cert.pem"),
+            key: dir.path().join("key.pem"),
+        });
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        let canonical = |p: &std::path::Path| std::fs::canonicalize(p).expect("exists");
+        let w = worker_tls(&cfg).expect("valid").expect("TLS");
+        assert_eq!(w.ca_file, canonical(&cert));
+        assert_eq!(w.domain, None);
+
+        cfg.tls_client_ca = Some(ca.clone());
+        cfg.tls_client_domain = Some("localhost".into());
+        let w = worker_tls(&cfg).expect("valid").expect("TLS");
+        assert_eq!(w.ca_file, canonical(&ca));
+        assert_eq!(w.domain.as_deref(), Some("localhost"));
+
+        cfg.tls_client_ca = Some(dir.path().join("missing.pem"));
+        let err = worker_tls(&cfg).expect_err("missing CA");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The shim against the real daemon: daemon down -> worker runs -> daemon up -> every record
+//! stored exactly once; a worker killed with SIGKILL mid-run and its queue drained by a new
+//! shim -> exactly once, nothing synced lost; the headless demo stores all it produces.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{net::TcpListener, path::Path, time::Duration};
+
+use common::*;
+use telemetry_core::pb::RunStep;
+use telemetry_shim::{Shim, ShimConfig};
+use telemetry_store::{Filter, StoreConfig, StoreReader};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn shim(endpoint: &str, queue: &Path) -> Shim {
+    Shim::new(ShimConfig {
+        endpoint: endpoint.into(),
+        run_id: Some("offline".into()),
+        agent_id: Some("a0".into()),
+        queue_dir: Some(queue.to_path_buf()),
+        reconnect_max: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn stored_steps(var: &Path, run: &str) -> Vec<RunStep> {
+    let reader = StoreReader::open(&StoreConfig::in_var_dir(var).path).unwrap();
+    reader
+        .stream_steps_since(0, &Filter::run(run))
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Producer seqs of every record of `run` (steps, episodes, lifecycle: one producer counter).
+fn stored_producer_seqs(var: &Path, run: &str) -> Vec<u64> {
+    let reader = StoreReader::open(&StoreConfig::in_var_dir(var).path).unwrap();
+    let filter = Filter::run(run);
+    let mut seqs: Vec<u64> = reader
+        .stream_steps_since(0, &filter)
+        .map(|s| s.unwrap().producer_seq)
+        .collect();
+    seqs.extend(
+        reader
+            .stream_episodes_since(0, &filter)
+            .map(|e| e.unwrap().producer_seq),
+    );
+    seqs.extend(
+        reader
+            .events_since(0, Some(run), 10_000)
+            .unwrap()
+            .iter()
+            .map(|r| r.producer().1),
+    );
+    seqs
+}
+
+fn assert_exactly_once_and_contiguous(mut seqs: Vec<u64>) {
+    seqs.sort_unstable();
+    let n = seqs.len() as u64;
+    assert!(n > 0);
+    let mut dedup = seqs.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), seqs.len(), "no record stored twice");
+    assert_eq!(
+        seqs,
+        (seqs[0]..seqs[0] + n).collect::<Vec<_>>(),
+        "no hole: nothing synced was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_then_online_stores_every_record_exactly_once() {
+    let var = tempfile::tempdir().unwrap();
+    let queue = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+
+    // Daemon down: the worker runs anyway and its records go to the disk queue.
+    let s = shim(&endpoint, queue.path());
+    for i in 0..500u64 {
+        s.step(RunStep {
+            step_index: i,
+            reward: 1.0,
+            action_json: "0".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let report = tokio::task::block_in_place(|| s.flush(Duration::from_secs(10))).unwrap();
+    assert!(
+        format!("{report:?}").to_lowercase().contains("disk") || s.stats().spilled > 0,
+        "{report:?}"
+    );
+
+    // Daemon up on that port: the shim reconnects and delivers.
+    let mut cfg = config(var.path());
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = telemetry_server::start(cfg).await.unwrap();
+    tokio::task::block_in_place(|| {
+        // A flush that meets a failing connection attempt reports OnDisk; the next continues.
+        let deadline = std::time::Instant::now() + WAIT;
+        while s.flush(WAIT).unwrap().outcome != telemetry_shim::FlushOutcome::Acked {
+            assert!(std::time::Instant::now() < deadline, "never acknowledged");
+        }
+        let r = s.close(WAIT).unwrap();
+        assert_eq!(r.outcome, telemetry_shim::FlushOutcome::Acked, "{r:?}");
+    });
+    d.shutdown().await.unwrap();
+    assert_eq!(stored_steps(var.path(), "offline").len(), 500);
+    assert_exactly_once_and_contiguous(stored_producer_seqs(var.path(), "offline"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing_it_synced_and_duplicates_nothing() {
+    let var = tempfile::tempdir().unwrap();
+    let queue = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut cfg = config(var.path());
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let d = telemetry_server::start(cfg).await.unwrap();
+
+    // A real worker process, killed with SIGKILL while it sends.
+    let mut child = std::process::Command::new(demo_exe())
+        .args([
+            "worker",
+            "--episodes",
+            "100000",
+            "--agents",
+            "1",
+            "--run-id",
+            "killed",
+        ])
+        .env("GYM_TELEMETRY_ENDPOINT", &endpoint)
+        .env("GYM_TELEMETRY_QUEUE_DIR", queue.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until some of its telemetry is stored, then kill it.
+    bounded("first records", async {
+        loop {
+            let n = tokio::task::spawn_blocking({
+                let p = var.path().to_path_buf();
+                move || stored_steps(&p, "killed").len()
+            })
+            .await
+            .unwrap();
+            if n >= 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A restarted worker on the same queue dir sends what the killed one left.
+    let agent_queue = queue.path().join("agent-0");
+    let s = Shim::new(ShimConfig {
+        endpoint: endpoint.clone(),
+        queue_dir: Some(agent_queue),
+        ..Default::default()
+    })
+    .unwrap();
+    tokio::task::block_in_place(|| s.close(WAIT).unwrap());
+    d.shutdown().await.unwrap();
+    assert!(stored_steps(var.path(), "killed").len() >= 200);
+    assert_exactly_once_and_contiguous(stored_producer_seqs(var.path(), "killed"));
+}

@@ -1,0 +1,405 @@
+//! The conformance suite every [`Backend`] must pass (feature `conformance`).
+//!
+//! Each check takes a fresh, empty backend and panics with a message naming the broken clause
+//! of the contract in [`crate::backend`]. A backend's test file runs them all with one macro:
+//!
+//! ```text
+//! telemetry_store::conformance_tests!(|| my_fresh_backend());
+//! ```
+//!
+//! which expands to one `#[test]` per check, so a failure names the check.
+
+use std::sync::Arc;
+
+use telemetry_core::pb::{self, Record, RunCompleted, RunEpisode, RunInfo, RunStep};
+
+use crate::{AppendOutcome, Backend, Filter, ModeFilter};
+
+/// One conformance check: panics when the backend breaks a clause of the contract.
+pub type Check = fn(&dyn Backend);
+
+/// Every check, by name.
+pub const CHECKS: &[(&str, Check)] = &[
+    ("seqs_increase_per_stream", seqs_increase_per_stream),
+    ("resends_are_duplicates", resends_are_duplicates),
+    (
+        "a_first_seq_of_zero_is_stored",
+        a_first_seq_of_zero_is_stored,
+    ),
+    (
+        "rejected_stamps_advance_watermarks",
+        rejected_stamps_advance_watermarks,
+    ),
+    (
+        "a_failed_append_leaves_nothing",
+        a_failed_append_leaves_nothing,
+    ),
+    ("keyset_pages_never_skip", keyset_pages_never_skip),
+    (
+        "filters_select_run_agent_and_mode",
+        filters_select_run_agent_and_mode,
+    ),
+    ("the_run_registry_round_trips", the_run_registry_round_trips),
+    ("run_stats_and_completion", run_stats_and_completion),
+    (
+        "watermarks_survive_a_new_writer",
+        watermarks_survive_a_new_writer,
+    ),
+    (
+        "tails_are_the_latest_in_seq_order",
+        tails_are_the_latest_in_seq_order,
+    ),
+];
+
+/// Runs every check, each on its own fresh backend from `fresh`.
+pub fn run_all(fresh: &mut dyn FnMut() -> Arc<dyn Backend>) {
+    for (name, check) in CHECKS {
+        let backend = fresh();
+        eprintln!("conformance: {name} on {}", backend.describe());
+        check(backend.as_ref());
+    }
+}
+
+/// One `#[test]` per conformance check, each on a backend made by `$fresh` (an expression
+/// callable as `$fresh() -> Arc<dyn Backend>`; keep whatever owns its files alive inside it,
+/// e.g. by leaking a temporary directory into the backend's path).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@each $fresh;
+            seqs_increase_per_stream, resends_are_duplicates, a_first_seq_of_zero_is_stored,
+            rejected_stamps_advance_watermarks, a_failed_append_leaves_nothing,
+            keyset_pages_never_skip, filters_select_run_agent_and_mode,
+            the_run_registry_round_trips, run_stats_and_completion,
+            watermarks_survive_a_new_writer, tails_are_the_latest_in_seq_order);
+    };
+    (@each $fresh:expr; $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                let backend: ::std::sync::Arc<dyn $crate::Backend> = ($fresh)();
+                $crate::conformance::$name(backend.as_ref());
+            }
+        )*
+    };
+}
+
+fn step(run: &str, agent: &str, mode: &str, producer: &str, pseq: u64, i: u64) -> Record {
+    RunStep {
+        run_id: run.into(),
+        agent_id: agent.into(),
+        episode_index: i / 10,
+        step_index: i % 10,
+        action_json: "1".into(),
+        observation_json: format!("{{\"i\":{i}}}"),
+        reward: i as f64 * 0.5,
+        control_mode: mode.into(),
+        producer_id: producer.into(),
+        producer_seq: pseq,
+        timestamp: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000 + i as i64,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+    .into()
+}
+
+fn episode(run: &str, agent: &str, producer: &str, pseq: u64, i: u64) -> Record {
+    RunEpisode {
+        run_id: run.into(),
+        agent_id: agent.into(),
+        episode_index: i,
+        total_reward: i as f64,
+        steps: 10,
+        terminated: true,
+        control_mode: "agent".into(),
+        producer_id: producer.into(),
+        producer_seq: pseq,
+        ..Default::default()
+    }
+    .into()
+}
+
+fn steps_of(producer: &str, from: u64, n: u64) -> Vec<Record> {
+    (from..from + n)
+        .map(|s| step("r", "a", "agent", producer, s, s))
+        .collect()
+}
+
+fn stored_seqs(outcomes: &[AppendOutcome]) -> Vec<u64> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            AppendOutcome::Stored { seq } => Some(*seq),
+            AppendOutcome::Duplicate => None,
+        })
+        .collect()
+}
+
+fn all_steps(b: &dyn Backend, filter: &Filter) -> Vec<RunStep> {
+    let reader = b.reader().expect("reader");
+    let mut out = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = reader.steps_page(since, filter, 7).expect("steps page");
+        let Some(last) = page.last() else { break };
+        since = last.seq_id;
+        out.extend(page);
+    }
+    out
+}
+
+/// Steps, episodes and lifecycle events each get their own strictly increasing seq, written
+/// back into the records.
+pub fn seqs_increase_per_stream(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let mut batch = steps_of("p", 1, 3);
+    batch.push(episode("r", "a", "p", 4, 0));
+    batch.push(
+        RunCompleted {
+            run_id: "r".into(),
+            status: pb::CompletionStatus::Succeeded as i32,
+            ..Default::default()
+        }
+        .into(),
+    );
+    let report = w.append(&mut batch, &[]).expect("append");
+    assert_eq!(report.stored, 5, "every new record is stored");
+    let mut more = steps_of("p", 5, 2);
+    let again = w.append(&mut more, &[]).expect("append");
+    let first = stored_seqs(&report.outcomes);
+    let second = stored_seqs(&again.outcomes);
+    assert!(
+        first[0] < first[1] && first[1] < first[2],
+        "steps: {first:?}"
+    );
+    assert!(
+        second[0] > first[2] && second[1] > second[0],
+        "steps continue: {second:?}"
+    );
+    assert_eq!(
+        batch[0].seq_id(),
+        first[0],
+        "seq written back into the record"
+    );
+    let reader = b.reader().expect("reader");
+    assert_eq!(
+        reader.events_page(0, Some("r"), 10).expect("events").len(),
+        1
+    );
+    assert_eq!(
+        reader
+            .episodes_page(0, &Filter::default(), 10)
+            .expect("episodes")
+            .len(),
+        1
+    );
+}
+
+/// A record at or below its producer's watermark is a duplicate and is not stored again; the
+/// report carries the watermark.
+pub fn resends_are_duplicates(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    w.append(&mut steps_of("p", 1, 5), &[]).expect("append");
+    let mut resend = steps_of("p", 3, 5); // 3..=7: 3 duplicates, 2 new
+    let report = w.append(&mut resend, &[]).expect("append");
+    assert_eq!((report.stored, report.duplicates), (2, 3));
+    assert_eq!(report.watermarks, vec![("p".to_owned(), 7)]);
+    assert_eq!(w.watermark("p").expect("watermark"), 7);
+    assert_eq!(
+        all_steps(b, &Filter::default()).len(),
+        7,
+        "stored once each"
+    );
+    // Records without a producer are always stored.
+    let mut anon = vec![
+        step("r", "a", "agent", "", 0, 1),
+        step("r", "a", "agent", "", 0, 1),
+    ];
+    assert_eq!(w.append(&mut anon, &[]).expect("append").stored, 2);
+}
+
+/// A producer with no watermark yet has seen nothing, so its first seq may be 0.
+pub fn a_first_seq_of_zero_is_stored(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    assert_eq!(w.watermark("z").expect("watermark"), 0);
+    let report = w.append(&mut steps_of("z", 0, 2), &[]).expect("append");
+    assert_eq!(report.stored, 2, "seq 0 and 1 stored");
+    let again = w.append(&mut steps_of("z", 0, 2), &[]).expect("append");
+    assert_eq!(again.duplicates, 2, "and only once");
+}
+
+/// A rejected stamp advances its producer's watermark (so a resend of it is a duplicate) and
+/// never moves it back.
+pub fn rejected_stamps_advance_watermarks(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let report = w
+        .append(
+            &mut steps_of("p", 1, 2),
+            &[("p".into(), 3), ("q".into(), 9)],
+        )
+        .expect("append");
+    assert_eq!(report.stored, 2);
+    assert_eq!(w.watermark("p").expect("watermark"), 3);
+    assert_eq!(w.watermark("q").expect("watermark"), 9);
+    w.append(&mut [], &[("q".into(), 4)]).expect("append");
+    assert_eq!(w.watermark("q").expect("watermark"), 9, "never backwards");
+    let resend = w.append(&mut steps_of("p", 3, 2), &[]).expect("append");
+    assert_eq!((resend.stored, resend.duplicates), (1, 1));
+}
+
+/// A failed append stores nothing, moves no watermark, leaves the records unchanged, and the
+/// backend keeps working.
+pub fn a_failed_append_leaves_nothing(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    w.append(&mut steps_of("p", 1, 2), &[]).expect("append");
+    let mut bad = steps_of("p", 3, 3);
+    bad.insert(1, Record::default());
+    let before = bad.clone();
+    let err = w
+        .append(&mut bad, &[])
+        .expect_err("an empty record fails the call");
+    assert!(!err.is_retryable(), "bad data is not worth retrying: {err}");
+    assert_eq!(bad, before, "records untouched");
+    assert_eq!(w.watermark("p").expect("watermark"), 2);
+    assert_eq!(all_steps(b, &Filter::default()).len(), 2);
+    let ok = w.append(&mut steps_of("p", 3, 3), &[]).expect("append");
+    assert_eq!(ok.stored, 3, "the backend keeps working");
+}
+
+/// Keyset pages from any `since_seq` return every later row once, in seq order.
+pub fn keyset_pages_never_skip(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    for chunk in 0..10 {
+        w.append(&mut steps_of("p", 1 + chunk * 25, 25), &[])
+            .expect("append");
+    }
+    let all = all_steps(b, &Filter::default());
+    assert_eq!(all.len(), 250);
+    assert!(
+        all.windows(2).all(|p| p[0].seq_id < p[1].seq_id),
+        "seq order"
+    );
+    let middle = all[99].seq_id;
+    let reader = b.reader().expect("reader");
+    let page = reader
+        .steps_page(middle, &Filter::default(), 1000)
+        .expect("page");
+    assert_eq!(page.len(), 150);
+    assert_eq!(page[0].seq_id, all[100].seq_id);
+}
+
+/// Filters select by run, agent and control mode.
+pub fn filters_select_run_agent_and_mode(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let mut batch = vec![
+        step("r1", "a", "agent", "p", 1, 1),
+        step("r1", "b", "human", "p", 2, 2),
+        step("r2", "a", "agent", "p", 3, 3),
+        step("r1", "a", "human", "p", 4, 4),
+    ];
+    w.append(&mut batch, &[]).expect("append");
+    let count = |f: Filter| all_steps(b, &f).len();
+    assert_eq!(count(Filter::run("r1")), 3);
+    assert_eq!(
+        count(Filter {
+            run_id: Some("r1".into()),
+            agent_id: Some("a".into()),
+            ..Filter::default()
+        }),
+        2
+    );
+    assert_eq!(
+        count(Filter {
+            control_mode: ModeFilter::Exact(crate::ControlMode::Human),
+            ..Filter::default()
+        }),
+        2
+    );
+}
+
+/// The run registry keeps the last info put for each run.
+pub fn the_run_registry_round_trips(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let mut info = RunInfo {
+        run_id: "r".into(),
+        state: pb::RunState::Running as i32,
+        agent_id: "a".into(),
+        ..Default::default()
+    };
+    w.put_run_info(&info).expect("put");
+    info.state = pb::RunState::Completed as i32;
+    w.put_run_info(&info).expect("put again");
+    w.put_run_info(&RunInfo {
+        run_id: "s".into(),
+        ..Default::default()
+    })
+    .expect("put");
+    let infos = b.reader().expect("reader").run_infos().expect("run infos");
+    assert_eq!(infos.len(), 2);
+    let r = infos.iter().find(|i| i.run_id == "r").expect("r");
+    assert_eq!(r.state, pb::RunState::Completed as i32, "the last put wins");
+}
+
+/// Run statistics count what was stored; the last completion is found.
+pub fn run_stats_and_completion(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let mut batch = steps_of("p", 1, 4);
+    batch.push(episode("r", "a", "p", 5, 0));
+    w.append(&mut batch, &[]).expect("append");
+    let reader = b.reader().expect("reader");
+    assert_eq!(reader.run_completion("r").expect("completion"), None);
+    let done = RunCompleted {
+        run_id: "r".into(),
+        status: pb::CompletionStatus::Failed as i32,
+        error: "boom".into(),
+        ..Default::default()
+    };
+    w.append(&mut [done.clone().into()], &[]).expect("append");
+    let runs = reader.list_runs().expect("list runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].step_count, runs[0].episode_count), (4, 1));
+    assert_eq!(runs[0].agent_ids, vec!["a".to_owned()]);
+    let stored = reader
+        .run_completion("r")
+        .expect("completion")
+        .expect("stored");
+    assert_eq!(stored.error, "boom");
+}
+
+/// A new writer of the same store (a restart) sees the watermarks and continues the seqs.
+pub fn watermarks_survive_a_new_writer(b: &dyn Backend) {
+    let last = {
+        let mut w = b.open_writer().expect("open writer");
+        let mut batch = steps_of("p", 1, 3);
+        w.append(&mut batch, &[]).expect("append");
+        batch[2].seq_id()
+    };
+    let mut w = b.open_writer().expect("reopen writer");
+    assert_eq!(w.watermark("p").expect("watermark"), 3);
+    let mut batch = steps_of("p", 3, 2);
+    let report = w.append(&mut batch, &[]).expect("append");
+    assert_eq!((report.stored, report.duplicates), (1, 1));
+    assert!(batch[1].seq_id() > last, "seqs continue after a restart");
+}
+
+/// `tail_steps` and `run_agent_episodes` return the latest rows, oldest first.
+pub fn tails_are_the_latest_in_seq_order(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let mut batch = steps_of("p", 1, 20);
+    batch.extend((0..6).map(|i| episode("r", if i % 2 == 0 { "a" } else { "b" }, "p", 21 + i, i)));
+    w.append(&mut batch, &[]).expect("append");
+    let reader = b.reader().expect("reader");
+    let tail = reader.tail_steps("r", 5).expect("tail");
+    let idx: Vec<u64> = tail
+        .iter()
+        .map(|s| s.episode_index * 10 + s.step_index)
+        .collect();
+    assert_eq!(idx, vec![16, 17, 18, 19, 20]);
+    let eps = reader
+        .run_agent_episodes("r", Some("a"), 2)
+        .expect("episodes");
+    let got: Vec<u64> = eps.iter().map(|e| e.episode_index).collect();
+    assert_eq!(got, vec![2, 4]);
+}
