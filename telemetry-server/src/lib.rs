@@ -34,20 +34,25 @@
 //!
 //! ## Embedding
 //!
-//! ```no_run
-//! use telemetry_server::{start, ServerConfig, SubscribeOptions, StreamKind, Delivery};
+//! ```
+//! use telemetry_server::{start, Delivery, ServerConfig, StreamKind, SubscribeOptions};
 //! use telemetry_core::pb::{IngestBatch, RunStep};
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = start(ServerConfig::ephemeral("./var/embedded")).await?;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # let var = tempfile::tempdir().unwrap();
+//! let server = start(ServerConfig::ephemeral(var.path())).await?;
+//! // Follow run "r1" live (add `.since(0)` to catch up from the store first).
 //! let mut live = server.subscribe(SubscribeOptions::run("r1", StreamKind::Steps))?;
 //! let step = RunStep { run_id: "r1".into(), producer_id: "me".into(), producer_seq: 1,
 //!                      ..Default::default() };
 //! let ack = server.publisher()
 //!     .publish(IngestBatch { batch_id: 1, records: vec![step.into()] }).await?;
-//! assert_eq!(ack.stored, 1);
-//! if let Some(Delivery::Records(records)) = live.next().await { println!("{records:?}"); }
+//! assert_eq!(ack.stored, 1); // durable before it is acknowledged ...
+//! match live.next().await {  // ... and published after
+//!     Some(Delivery::Records(records)) => assert_eq!(records[0].seq_id(), 1),
+//!     other => panic!("{other:?}"),
+//! }
 //! server.shutdown().await?;
-//! # Ok(()) }
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
 //! `examples/embed.rs` is the same as a complete program.

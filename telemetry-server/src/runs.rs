@@ -98,7 +98,10 @@ impl Registry {
         {
             let mut inner = self.lock();
             for mut info in stored {
-                if !is_final(info.state) {
+                // An interrupted run has no stored completion unless its worker sent one (the
+                // caller checks the store): the server must store one, or live views never end.
+                let interrupted_now = !is_final(info.state);
+                if interrupted_now {
                     info.state = RunState::Failed as i32;
                     info.failure_reason =
                         "interrupted: the daemon stopped while the run was active".into();
@@ -113,7 +116,7 @@ impl Registry {
                     Entry {
                         info,
                         process: None,
-                        completion_recorded: true,
+                        completion_recorded: !interrupted_now,
                         last_beat: Instant::now(),
                         order,
                     },

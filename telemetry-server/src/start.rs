@@ -54,17 +54,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         tracing::warn!(previous = %stale, "a previous server did not stop cleanly; its PID file was replaced");
     }
     let metrics = Metrics::new();
-    let backend = backend_of(&cfg);
-    let writer: Box<dyn BackendWriter> = backend.open_writer()?;
-    let reader = backend.reader()?;
-    let upkeep = match backend.maintenance()? {
-        Some(m) => Some(
-            CheckpointThread::spawn(m, metrics.clone(), cfg.checkpoint_interval)
-                .map_err(io("starting the checkpoint thread"))?,
-        ),
-        None => None,
-    };
-    tracing::info!(store = %backend.describe(), "store open");
+    let (writer, reader, upkeep) = open_store(&cfg, &metrics)?;
 
     let hub = Hub::new(cfg.hub.clone(), Arc::new(StoreCatchUp::new(reader.clone())));
     let (pipeline, writer_thread) =
@@ -112,24 +102,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     .await?;
     tracing::info!(%addr, var_dir = %cfg.var_dir.display(), "gym-telemetry server serving");
 
-    let tasks = TaskTracker::new();
-    if let (Some(l), Some(maddr)) = (metrics_listener, metrics_addr) {
-        tracing::info!(addr = %maddr, "Prometheus metrics at /metrics");
-        let m = metrics.clone();
-        let c = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(e) = metrics::serve(l, m, async move { c.cancelled().await }).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
-            }
-        });
-    }
-    tasks.spawn(housekeeping(
-        cfg.clone(),
-        registry.clone(),
-        hub.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    ));
+    let tasks = background_tasks(&cfg, metrics_listener, &registry, &hub, &metrics, &cancel);
 
     let stopped = Stopped {
         lock,
@@ -157,6 +130,61 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         cancel,
         join,
     })
+}
+
+type OpenedStore = (
+    Box<dyn BackendWriter>,
+    Arc<dyn BackendReader>,
+    Option<CheckpointThread>,
+);
+
+/// Opens the configured backend (SQLite in the var dir by default): its one writer, its shared
+/// reader, and its upkeep on its own thread.
+fn open_store(cfg: &ServerConfig, metrics: &Metrics) -> Result<OpenedStore, ServerError> {
+    let backend = backend_of(cfg);
+    let writer = backend.open_writer()?;
+    let reader = backend.reader()?;
+    let upkeep = match backend.maintenance()? {
+        Some(m) => Some(
+            CheckpointThread::spawn(m, metrics.clone(), cfg.checkpoint_interval)
+                .map_err(io("starting the checkpoint thread"))?,
+        ),
+        None => None,
+    };
+    tracing::info!(store = %backend.describe(), "store open");
+    Ok((writer, reader, upkeep))
+}
+
+/// The metrics endpoint and the housekeeping loop, tracked so shutdown can wait for them.
+fn background_tasks(
+    cfg: &ServerConfig,
+    metrics_listener: Option<TcpListener>,
+    registry: &Registry,
+    hub: &Hub,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> TaskTracker {
+    let tasks = TaskTracker::new();
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "Prometheus metrics at /metrics");
+        }
+        let m = metrics.clone();
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(l, m, async move { c.cancelled().await }).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    tasks.spawn(housekeeping(
+        cfg.clone(),
+        registry.clone(),
+        hub.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+    tasks
 }
 
 /// The configured backend, or SQLite in the var dir.
@@ -208,6 +236,9 @@ async fn recover(
 ) -> Result<Vec<String>, ServerError> {
     let interrupted = registry.restore(reader.run_infos()?).await;
     for run_id in &interrupted {
+        if reader.run_completion(run_id)?.is_some() {
+            registry.set_completion_recorded(run_id); // the worker's own is stored
+        }
         tracing::warn!(run_id = %run_id, "run was active when the previous server stopped; marked failed");
         dispatch::record_completion(
             registry,
