@@ -2,7 +2,7 @@
 //!
 //! Everything here is argument handling: Python values become the protobuf records of
 //! `telemetry_core::pb` (observations and actions encoded to JSON by [`crate::encode`]), episode
-//! and step indices come from [`crate::tracker`] when not given, and the shim does the rest.
+//! and step indices come from [`telemetry_shim::Tracker`] when not given, and the shim does the rest.
 //! Its promises carry over: a record call never waits for the network (it releases the GIL when
 //! the `block` full-policy may make it wait), `flush` and `close` wait at most their timeout with
 //! the GIL released, and failures of the background sender never raise in a record call: they
@@ -16,7 +16,6 @@ use crate::{
     encode,
     hooks::{Hooks, Kind},
     logbridge,
-    tracker::{StepInput, Tracker},
 };
 use pyo3::{
     create_exception,
@@ -38,7 +37,8 @@ use telemetry_core::{
     ControlMode,
 };
 use telemetry_shim::{
-    FlushOutcome, FlushReport, FullPolicy, Metadata, Mode, Shim, ShimConfig, ShimError, ShimStats,
+    tracker::StepInput, FlushOutcome, FlushReport, FullPolicy, Metadata, Mode, Shim, ShimConfig,
+    ShimError, ShimStats, Tracker,
 };
 
 create_exception!(
@@ -147,20 +147,10 @@ fn closed_error() -> PyErr {
     TelemetryError::new_err("this Telemetry is closed")
 }
 
+/// A completion-status word, parsed by the core's one parser (the words legacy JSONL accepts).
 fn status(text: &str) -> PyResult<CompletionStatus> {
-    Ok(match text.trim().to_ascii_lowercase().as_str() {
-        "succeeded" | "success" | "completed" | "ok" | "done" | "finished" => {
-            CompletionStatus::Succeeded
-        }
-        "failed" | "failure" | "error" => CompletionStatus::Failed,
-        "cancelled" | "canceled" | "aborted" | "interrupted" => CompletionStatus::Cancelled,
-        "skipped" => CompletionStatus::Skipped,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "status must be 'succeeded', 'failed', 'cancelled' or 'skipped', got {text:?}"
-            )))
-        }
-    })
+    text.parse::<CompletionStatus>()
+        .map_err(|e| PyValueError::new_err(format!("status must be a completion status: {e}")))
 }
 
 /// `render_hint`: JSON text, a `Json`, or a dict to encode ("" for none).
@@ -861,7 +851,7 @@ impl Telemetry {
         d.set_item("hook_errors", self.hooks.errors.load(Relaxed))?;
         d.set_item("invalid_calls", self.counters.invalid_calls.load(Relaxed))?;
         d.set_item("call_errors", self.counters.call_errors.load(Relaxed))?;
-        d.set_item("trackers_evicted", lock(&self.tracker).evicted)?;
+        d.set_item("trackers_evicted", lock(&self.tracker).evicted())?;
         d.set_item("log_events_dropped", logbridge::dropped_total())?;
         Ok(d)
     }

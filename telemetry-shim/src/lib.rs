@@ -32,7 +32,8 @@
 //!
 //! Modules: [`config`] (settings and `GYM_TELEMETRY_*` variables), [`shim`] (the facade),
 //! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`proxy`] (the
-//! `gym-telemetry-proxy` binary's logic for legacy JSONL workers).
+//! `gym-telemetry-proxy` binary's logic for legacy JSONL workers), [`tracker`] (episode and step
+//! numbering for callers that do not count).
 
 pub mod config;
 pub mod disk_queue;
@@ -43,6 +44,7 @@ pub mod metadata;
 pub mod proxy;
 pub mod shim;
 pub mod stats;
+pub mod tracker;
 
 mod backlog;
 mod backoff;
@@ -58,3 +60,4 @@ pub use metadata::Metadata;
 pub use shim::{FlushOutcome, FlushReport, Shim};
 pub use stats::ShimStats;
 pub use telemetry_core::{pb, ControlMode};
+pub use tracker::Tracker;
