@@ -40,10 +40,16 @@
 //! the file with `TRUNCATE` when no reader holds an old snapshot. `journal_size_limit` bounds
 //! the file left behind after a WAL reset. Checkpoints that keep being blocked by readers are
 //! counted and logged (see [`CheckpointStats`]).
+//!
+//! Layering (a module imports only modules to its right): `legacy_import`, `dump` → `writer` →
+//! `iter` → `reader` → `open` → `migrate` → `identity` → `rows` → `pages` → `schema`,
+//! `checkpoint` → `error`.
 
 mod checkpoint;
 pub mod dump;
 mod error;
+mod identity;
+mod iter;
 pub mod legacy_import;
 mod migrate;
 mod open;
@@ -60,7 +66,8 @@ use std::{
 
 pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
-pub use reader::{EpisodeIter, StepIter, StoreReader};
+pub use iter::{EpisodeIter, StepIter};
+pub use reader::StoreReader;
 pub use schema::SCHEMA_VERSION;
 pub use telemetry_core::ControlMode;
 pub use writer::Store;
