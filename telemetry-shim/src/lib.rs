@@ -34,6 +34,10 @@
 //! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`proxy`] (the
 //! `gym-telemetry-proxy` binary's logic for legacy JSONL workers), [`tracker`] (episode and step
 //! numbering for callers that do not count).
+//!
+//! Layering (a module imports only modules to its right): `proxy` → `shim` → `sender` →
+//! `dry_run` → `backlog` → `tls` → `inbox` → `metadata` → `error` → `config` → `disk_queue` →
+//! `policy`, `flush`, `stats`, `ratelimit`, `backoff`, `tracker`.
 
 pub mod config;
 pub mod disk_queue;
@@ -49,15 +53,18 @@ pub mod tracker;
 mod backlog;
 mod backoff;
 mod dry_run;
+mod flush;
 mod inbox;
+mod policy;
 mod ratelimit;
 mod sender;
 mod tls;
 
 pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimConfig};
 pub use error::ShimError;
+pub use flush::{FlushOutcome, FlushReport};
 pub use metadata::Metadata;
-pub use shim::{FlushOutcome, FlushReport, Shim};
+pub use shim::Shim;
 pub use stats::ShimStats;
 pub use telemetry_core::{pb, ControlMode};
 pub use tracker::Tracker;

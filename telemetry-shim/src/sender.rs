@@ -12,9 +12,9 @@ use crate::{
     backlog::Backlog,
     backoff,
     disk_queue::{AppendOutcome, QueueError},
+    flush::{FlushOutcome, FlushReport},
     inbox::{Inbox, Pending},
     ratelimit::RateLimited,
-    shim::{FlushOutcome, FlushReport},
     stats::Counters,
     ShimConfig, ShimError,
 };

@@ -54,7 +54,7 @@ mod state;
 
 pub use frame::{frame_len, MAX_FRAME_BYTES};
 
-use crate::{FsyncPolicy, FullPolicy};
+use crate::policy::{FsyncPolicy, FullPolicy};
 use frame::FrameRead;
 use state::{io_err, State};
 use std::{
