@@ -13,6 +13,8 @@
 //!   afresh; an explicit `step_index` sets where counting continues;
 //! - `episode_end` for the current episode reports what was tracked and moves to the next
 //!   index; for another episode it reports zeros and changes nothing.
+//! - [`EpisodeCounter::begin`] (an environment reset, for callers that see them) starts the
+//!   next episode when the current one has steps, and otherwise begins the current one again.
 //!
 //! At most [`MAX_AGENTS`] agents are tracked; beyond that an arbitrary one is forgotten (its
 //! next step starts at episode 0 again) and counted in [`Tracker::evicted`].
@@ -22,9 +24,11 @@ use std::collections::HashMap;
 /// Most agents whose episodes are tracked at once.
 pub const MAX_AGENTS: usize = 4096;
 
-/// The episode in progress for one agent.
+/// One agent's episode in progress: the numbering rules of the [module docs](self) for a single
+/// agent. [`Tracker`] keeps one per agent id; a caller that tracks one agent (the Python
+/// binding's per-wrapper `EpisodeRecorder`) can hold one directly.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Episode {
+pub struct EpisodeCounter {
     index: u64,
     next_step: u64,
     total_reward: f64,
@@ -33,14 +37,86 @@ struct Episode {
     truncated: bool,
     /// The last step ended the episode (terminated or truncated).
     done: bool,
+    /// A step or [`begin`](Self::begin) has happened.
+    started: bool,
 }
 
-impl Episode {
+impl EpisodeCounter {
+    /// No episode yet: the first step (or [`begin`](Self::begin)) starts episode 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     fn fresh(index: u64) -> Self {
-        Episode {
+        EpisodeCounter {
             index,
-            ..Episode::default()
+            started: true,
+            ..EpisodeCounter::default()
         }
+    }
+
+    /// The current episode's index, `None` before the first step or `begin`.
+    pub fn current(&self) -> Option<u64> {
+        self.started.then_some(self.index)
+    }
+
+    /// What has been tracked of the current episode so far (zeros before its first step).
+    pub fn summary(&self) -> Summary {
+        Summary {
+            index: self.index,
+            total_reward: self.total_reward,
+            length: self.length,
+            terminated: self.terminated,
+            truncated: self.truncated,
+        }
+    }
+
+    /// Starts the next episode explicitly (an environment reset): the first one when none was
+    /// started, the next index when the current one has steps, and otherwise the current
+    /// (empty) one again.
+    pub fn begin(&mut self) {
+        if !self.started {
+            *self = EpisodeCounter::fresh(0);
+        } else if self.length > 0 {
+            *self = EpisodeCounter::fresh(self.index + 1);
+        }
+    }
+
+    /// Records a step; returns its `(episode_index, step_index)`.
+    pub fn step(&mut self, s: &StepInput) -> (u64, u64) {
+        match s.episode_index {
+            Some(i) if i != self.index || !self.started => *self = EpisodeCounter::fresh(i),
+            Some(_) => self.done = false,
+            None if self.done => *self = EpisodeCounter::fresh(self.index + 1),
+            None => self.started = true,
+        }
+        let step = s.step_index.unwrap_or(self.next_step);
+        self.next_step = step + 1;
+        self.total_reward += s.reward;
+        self.length += 1;
+        self.terminated = s.terminated;
+        self.truncated = s.truncated;
+        self.done = s.terminated || s.truncated;
+        (self.index, step)
+    }
+
+    /// Closes an episode (`index`: the caller's, or the current one): returns what was tracked
+    /// for it (zeros for an episode it did not see) and moves on to the next episode when it
+    /// was the current one.
+    pub fn end(&mut self, index: Option<u64>) -> Summary {
+        let index = index.unwrap_or(self.index);
+        if index != self.index {
+            return Summary {
+                index,
+                total_reward: 0.0,
+                length: 0,
+                terminated: false,
+                truncated: false,
+            };
+        }
+        let summary = self.summary();
+        *self = EpisodeCounter::fresh(index + 1);
+        summary
     }
 }
 
@@ -77,7 +153,7 @@ pub struct StepInput {
 /// Per-agent episode and step numbering; see the [module docs](self) for the rules.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    agents: HashMap<String, Episode>,
+    agents: HashMap<String, EpisodeCounter>,
     evicted: u64,
 }
 
@@ -103,29 +179,17 @@ impl Tracker {
                 self.evicted += 1;
             }
         }
-        self.agents.insert(agent.to_owned(), Episode::default());
+        self.agents
+            .insert(agent.to_owned(), EpisodeCounter::default());
     }
 
     /// Records a step of `agent`; returns its `(episode_index, step_index)`.
     pub fn step(&mut self, agent: &str, s: &StepInput) -> (u64, u64) {
         self.ensure(agent);
-        let Some(e) = self.agents.get_mut(agent) else {
-            return (s.episode_index.unwrap_or(0), s.step_index.unwrap_or(0));
-        };
-        match s.episode_index {
-            Some(i) if i != e.index => *e = Episode::fresh(i),
-            Some(_) => e.done = false,
-            None if e.done => *e = Episode::fresh(e.index + 1),
-            None => {}
+        match self.agents.get_mut(agent) {
+            Some(e) => e.step(s),
+            None => (s.episode_index.unwrap_or(0), s.step_index.unwrap_or(0)),
         }
-        let step = s.step_index.unwrap_or(e.next_step);
-        e.next_step = step + 1;
-        e.total_reward += s.reward;
-        e.length += 1;
-        e.terminated = s.terminated;
-        e.truncated = s.truncated;
-        e.done = s.terminated || s.truncated;
-        (e.index, step)
     }
 
     /// Closes an episode of `agent` (`index`: the caller's, or the current one): returns what
@@ -133,29 +197,16 @@ impl Tracker {
     /// episode when it was the current one.
     pub fn episode_end(&mut self, agent: &str, index: Option<u64>) -> Summary {
         self.ensure(agent);
-        let untracked = |index| Summary {
-            index,
-            total_reward: 0.0,
-            length: 0,
-            terminated: false,
-            truncated: false,
-        };
-        let Some(e) = self.agents.get_mut(agent) else {
-            return untracked(index.unwrap_or(0));
-        };
-        let index = index.unwrap_or(e.index);
-        if index != e.index {
-            return untracked(index);
+        match self.agents.get_mut(agent) {
+            Some(e) => e.end(index),
+            None => Summary {
+                index: index.unwrap_or(0),
+                total_reward: 0.0,
+                length: 0,
+                terminated: false,
+                truncated: false,
+            },
         }
-        let summary = Summary {
-            index,
-            total_reward: e.total_reward,
-            length: e.length,
-            terminated: e.terminated,
-            truncated: e.truncated,
-        };
-        *e = Episode::fresh(index + 1);
-        summary
     }
 }
 
@@ -305,5 +356,58 @@ mod tests {
         // A known agent does not evict.
         t.step("one-more", &plain(0.0));
         assert_eq!(t.evicted(), 1);
+    }
+
+    #[test]
+    fn a_counter_has_no_episode_until_its_first_step_or_begin() {
+        let mut c = EpisodeCounter::new();
+        assert_eq!(c.current(), None);
+        assert_eq!(c.summary().length, 0);
+        assert_eq!(c.step(&plain(1.0)), (0, 0));
+        assert_eq!(c.current(), Some(0));
+        let mut b = EpisodeCounter::new();
+        b.begin();
+        assert_eq!(b.current(), Some(0));
+        assert_eq!(b.step(&plain(1.0)), (0, 0));
+    }
+
+    #[test]
+    fn begin_moves_on_only_from_an_episode_with_steps() {
+        let mut c = EpisodeCounter::new();
+        c.begin();
+        c.begin();
+        assert_eq!(
+            c.current(),
+            Some(0),
+            "an empty episode is begun again, not skipped"
+        );
+        c.step(&plain(1.0));
+        c.step(&plain(2.0));
+        assert_eq!((c.summary().length, c.summary().total_reward), (2, 3.0));
+        c.begin();
+        assert_eq!(c.current(), Some(1));
+        assert_eq!(c.summary().length, 0);
+        assert_eq!(c.step(&plain(1.0)), (1, 0));
+    }
+
+    #[test]
+    fn a_reset_after_a_terminal_step_and_autoreset_number_alike() {
+        // Gymnasium reset after the end...
+        let mut reset = EpisodeCounter::new();
+        reset.begin();
+        reset.step(&plain(1.0));
+        assert_eq!(reset.step(&ending(1.0)), (0, 1));
+        assert_eq!(
+            reset.summary().length,
+            2,
+            "the ended episode is still current"
+        );
+        reset.begin();
+        // ...or a vector env's autoreset (no begin): the next step starts episode 1 either way.
+        let mut auto = EpisodeCounter::new();
+        auto.step(&plain(1.0));
+        auto.step(&ending(1.0));
+        assert_eq!(reset.step(&plain(0.0)), (1, 0));
+        assert_eq!(auto.step(&plain(0.0)), (1, 0));
     }
 }
