@@ -495,7 +495,9 @@ impl Telemetry {
         self.counted(py, r)
     }
 
-    /// Records how the run ended: status is "succeeded", "failed", "cancelled" or "skipped".
+    /// Records how the run ended: status is "succeeded", "failed", "cancelled" or "skipped"
+    /// (any case; the synonyms a legacy JSONL worker may use, such as "completed" or "error",
+    /// are accepted too).
     #[pyo3(signature = (status=None, error=None, *, exit_code=None, reason=None, info=None),
         text_signature = "(self, status='succeeded', error=None, *, exit_code=None, reason=None, info=None)")]
     fn run_completed(
