@@ -11,10 +11,7 @@ use pyo3::{
     types::{PyInt, PyString},
 };
 use std::{path::PathBuf, time::Duration};
-use telemetry_core::ControlMode;
-
-/// Longest id (`run_id`, `agent_id`) accepted, as the daemon's validation.
-const MAX_ID_LEN: usize = 256;
+use telemetry_core::{ids, ControlMode};
 
 /// A number (int, float, numpy scalar).
 pub fn float(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
@@ -106,27 +103,15 @@ pub fn opt_path(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<P
     }
 }
 
-/// An id: non-empty, at most 256 bytes, no control characters (the daemon's rule).
-pub fn id(value: String, name: &str) -> PyResult<String> {
-    if value.is_empty() {
-        return Err(PyValueError::new_err(format!("{name} must not be empty")));
-    }
-    if value.len() > MAX_ID_LEN {
-        return Err(PyValueError::new_err(format!(
-            "{name} is {} bytes, the limit is {MAX_ID_LEN}",
-            value.len()
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(PyValueError::new_err(format!(
-            "{name} must not contain control characters"
-        )));
-    }
+/// An id: [`ids::check_id`], the daemon's rule (non-empty, at most [`ids::MAX_ID_LEN`] bytes,
+/// no control characters). A refusal is a `ValueError` naming the argument.
+pub fn id(value: String, name: &'static str) -> PyResult<String> {
+    ids::check_id(name, &value).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(value)
 }
 
 /// An optional id.
-pub fn opt_id(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<String>> {
+pub fn opt_id(obj: Option<&Bound<'_, PyAny>>, name: &'static str) -> PyResult<Option<String>> {
     opt_str(obj, name)?.map(|v| id(v, name)).transpose()
 }
 

@@ -22,6 +22,9 @@
 //! Anything else is a `TypeError` naming the argument and the path to the bad value
 //! (`observation['pos'][2]: cannot encode an object of type 'Foo' as JSON`). Nesting deeper than
 //! [`MAX_DEPTH`] or output longer than the record limit is a `ValueError`.
+//!
+//! numpy's element and scalar types are in `encode/np_types.rs`, the dict-key cache in
+//! `encode/key_cache.rs`.
 
 use numpy::{
     ndarray::{ArrayViewD, Axis},
@@ -32,10 +35,15 @@ use pyo3::{
     exceptions::{PyTypeError, PyValueError},
     intern,
     prelude::*,
-    sync::PyOnceLock,
-    types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType},
+    types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple},
 };
-use std::{fmt::Write as _, sync::Mutex};
+use std::fmt::Write as _;
+
+mod key_cache;
+mod np_types;
+
+use key_cache::KEYS;
+use np_types::{numpy_types, Elem, Scalar};
 
 /// Deepest nesting accepted (a cycle hits it too).
 pub const MAX_DEPTH: usize = 64;
@@ -415,161 +423,10 @@ impl Encoder {
     }
 }
 
-/// Encoded dict keys, by identity. The same few key objects (interned literals such as
-/// `"prob"`) come back at every step, and under the stable ABI of Python 3.9 reading a str's
-/// UTF-8 costs an allocation; a small direct-mapped cache skips that. Each slot holds a strong
-/// reference, so an address cannot be reused by another object while it is cached.
-struct KeyCache {
-    slots: Mutex<Vec<Option<CachedKey>>>,
-}
-
-/// A key object and its JSON text.
-type CachedKey = (Py<PyString>, Box<[u8]>);
-
-/// Keys longer than this are not cached.
-const KEY_CACHE_MAX_LEN: usize = 64;
-const KEY_CACHE_SLOTS: usize = 256;
-
-static KEYS: KeyCache = KeyCache {
-    slots: Mutex::new(Vec::new()),
-};
-
-impl KeyCache {
-    fn slot(s: &Bound<'_, PyString>) -> usize {
-        (s.as_ptr() as usize >> 4) % KEY_CACHE_SLOTS
-    }
-
-    /// Appends the cached JSON of `s` to `out`; false if it is not cached.
-    fn write(&self, s: &Bound<'_, PyString>, out: &mut Vec<u8>) -> bool {
-        let Ok(slots) = self.slots.lock() else {
-            return false;
-        };
-        match slots.get(Self::slot(s)) {
-            Some(Some((k, json))) if k.as_ptr() == s.as_ptr() => {
-                out.extend_from_slice(json);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn put(&self, s: &Bound<'_, PyString>, json: &[u8]) {
-        if json.len() > KEY_CACHE_MAX_LEN + 2 {
-            return;
-        }
-        let Ok(mut slots) = self.slots.lock() else {
-            return;
-        };
-        if slots.is_empty() {
-            slots.resize_with(KEY_CACHE_SLOTS, || None);
-        }
-        // The evicted key is released with the GIL held (we are called with it).
-        if let Some(slot) = slots.get_mut(Self::slot(s)) {
-            *slot = Some((s.clone().unbind(), json.into()));
-        }
-    }
-}
-
 fn key_label(k: &Bound<'_, PyAny>) -> String {
     k.str()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "?".to_owned())
-}
-
-/// A numpy element written as JSON.
-trait Elem: Copy {
-    fn write(self, out: &mut Vec<u8>);
-}
-
-macro_rules! elem_via_serde {
-    ($($t:ty),*) => {$(
-        impl Elem for $t {
-            fn write(self, out: &mut Vec<u8>) {
-                // Writing a number into a Vec cannot fail; NaN and infinities become `null`.
-                let _ = serde_json::to_writer(&mut *out, &self);
-            }
-        }
-    )*};
-}
-elem_via_serde!(f64, f32, i64, i32, i16, i8, u64, u32, u16, u8);
-
-impl Elem for bool {
-    fn write(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(if self { b"true" } else { b"false" });
-    }
-}
-
-impl<T: Elem> Elem for &T {
-    fn write(self, out: &mut Vec<u8>) {
-        (*self).write(out);
-    }
-}
-
-/// How a numpy scalar type is written.
-#[derive(Clone, Copy)]
-enum Scalar {
-    Bool,
-    Int,
-    Float32,
-    Float,
-}
-
-/// numpy's scalar types, looked up once numpy is imported.
-struct NumpyTypes {
-    generic: Py<PyType>,
-    scalars: Vec<(Py<PyType>, Scalar)>,
-}
-
-/// numpy's types once numpy has been imported by someone; `None` while it has not (we never
-/// import numpy ourselves: a worker without numpy pays nothing for it).
-fn numpy_types(py: Python<'_>) -> PyResult<Option<&NumpyTypes>> {
-    static TYPES: PyOnceLock<NumpyTypes> = PyOnceLock::new();
-    if let Some(t) = TYPES.get(py) {
-        return Ok(Some(t));
-    }
-    let modules = py
-        .import(intern!(py, "sys"))?
-        .getattr(intern!(py, "modules"))?;
-    if !modules.contains(intern!(py, "numpy"))? {
-        return Ok(None);
-    }
-    let t = TYPES.get_or_try_init(py, || -> PyResult<NumpyTypes> {
-        let np = py.import(intern!(py, "numpy"))?;
-        let ty = |name: &str| -> PyResult<Py<PyType>> {
-            Ok(np.getattr(name)?.cast_into::<PyType>()?.unbind())
-        };
-        let mut scalars = vec![
-            (ty("bool_")?, Scalar::Bool),
-            (ty("float32")?, Scalar::Float32),
-        ];
-        scalars.push((ty("float16")?, Scalar::Float));
-        for name in [
-            "int64",
-            "int32",
-            "uint8",
-            "int8",
-            "int16",
-            "uint16",
-            "uint32",
-            "uint64",
-            "intc",
-            "uintc",
-            "longlong",
-            "ulonglong",
-            "intp",
-            "uintp",
-        ] {
-            // Aliases of one another on most platforms, distinct types on some.
-            if let Ok(t) = ty(name) {
-                scalars.push((t, Scalar::Int));
-            }
-        }
-        Ok(NumpyTypes {
-            generic: ty("generic")?,
-            scalars,
-        })
-    })?;
-    Ok(Some(t))
 }
 
 /// A payload encoded once, reused as is: pass it wherever a payload goes (observation, action,

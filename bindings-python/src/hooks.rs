@@ -310,7 +310,7 @@ fn apply_step(s: &mut RunStep, c: &Bound<'_, PyDict>, max: usize) -> PyResult<()
     for (k, v) in c.iter() {
         let key = key_of(&k)?;
         match key.as_str() {
-            "run_id" => s.run_id = args::id(string(&v, &key)?, &key)?,
+            "run_id" => s.run_id = args::id(string(&v, &key)?, "run_id")?,
             "agent_id" => s.agent_id = string(&v, &key)?,
             "episode_index" => s.episode_index = index(&v, &key)?,
             "step_index" => s.step_index = index(&v, &key)?,
@@ -344,7 +344,7 @@ fn apply_episode(e: &mut RunEpisode, c: &Bound<'_, PyDict>, max: usize) -> PyRes
     for (k, v) in c.iter() {
         let key = key_of(&k)?;
         match key.as_str() {
-            "run_id" => e.run_id = args::id(string(&v, &key)?, &key)?,
+            "run_id" => e.run_id = args::id(string(&v, &key)?, "run_id")?,
             "agent_id" => e.agent_id = string(&v, &key)?,
             "episode_index" => e.episode_index = index(&v, &key)?,
             "total_reward" => e.total_reward = args::finite(&v, &key)?,

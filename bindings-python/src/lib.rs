@@ -5,9 +5,9 @@
 //! bindings: the Rust crates know nothing of Python, and this crate only converts.
 //!
 //! - [`telemetry`]: the `Telemetry` class over `telemetry_shim::Shim` (records, flush, close,
-//!   stats), `from_env()`, and `TelemetryError`.
+//!   stats), `from_env()`, and `TelemetryError`; indices the worker did not give come from
+//!   `telemetry_shim::Tracker`.
 //! - [`encode`]: Python values (numpy included) to compact JSON, walked in Rust.
-//! - [`tracker`]: episode/step indices the worker did not give.
 //! - [`hooks`]: Python callables as the shim's step/episode hooks.
 //! - [`recorder`]: the Gymnasium wrappers' per-agent episode bookkeeping (one call per step).
 //! - [`logbridge`]: the shim's `tracing` events into Python `logging`.
@@ -25,7 +25,6 @@ mod hooks;
 mod logbridge;
 mod recorder;
 mod telemetry;
-mod tracker;
 
 /// Encodes a value to compact JSON text exactly as record payloads are encoded (numpy arrays
 /// and scalars included; NaN and infinities become null). Raises TypeError / ValueError.

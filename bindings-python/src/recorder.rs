@@ -2,7 +2,8 @@
 //!
 //! A wrapper's `step` runs once per environment step, so the Python it executes is most of
 //! what telemetry costs a training loop. The recorder keeps that to one call: it numbers the
-//! steps and episodes, sums the return, records the step, and records the episode when the
+//! steps and episodes (with the shim's `tracker::EpisodeCounter`, the numbering rules shared
+//! with `Telemetry.step`), sums the return, records the step, and records the episode when the
 //! step ends it. Semantics (the wrappers' documented ones):
 //!
 //! - `begin(metadata)` (on `reset`) starts the next episode if the current one has steps (or
@@ -34,29 +35,14 @@ use telemetry_core::{
     pb::{RunEpisode, RunStep},
     ControlMode,
 };
+use telemetry_shim::tracker::{EpisodeCounter, StepInput};
 
 #[derive(Default)]
 struct State {
-    /// The current episode; `None` before the first.
-    episode: Option<u64>,
-    steps: u64,
-    total: f64,
-    done: bool,
+    /// Episode and step numbering, the shim's rules (`telemetry_shim::tracker`).
+    counter: EpisodeCounter,
     /// The JSON object for the current episode's record.
     metadata_json: String,
-}
-
-impl State {
-    fn begin(&mut self) {
-        self.episode = Some(match self.episode {
-            None => 0,
-            Some(e) if self.steps > 0 => e + 1,
-            Some(e) => e,
-        });
-        self.steps = 0;
-        self.total = 0.0;
-        self.done = false;
-    }
 }
 
 /// Most cached toy-text render hints per recorder (a grid has states x actions keys).
@@ -224,24 +210,26 @@ impl EpisodeRecorder {
         step.render_hint_json = hint;
         let (episode_index, step_index, episode) = {
             let mut st = self.state();
-            if st.done || st.episode.is_none() {
-                st.begin();
-            }
-            let episode_index = st.episode.unwrap_or(0);
-            let step_index = st.steps;
-            st.steps += 1;
-            st.total += reward;
-            st.done = ended;
-            let episode = ended.then(|| RunEpisode {
-                episode_index,
-                total_reward: st.total,
-                steps: st.steps,
+            let (episode_index, step_index) = st.counter.step(&StepInput {
+                episode_index: None,
+                step_index: None,
+                reward,
                 terminated,
                 truncated,
-                metadata_json: st.metadata_json.clone(),
-                agent_id: self.agent_id.clone(),
-                control_mode: self.control_mode.to_owned(),
-                ..RunEpisode::default()
+            });
+            let episode = ended.then(|| {
+                let tracked = st.counter.summary();
+                RunEpisode {
+                    episode_index,
+                    total_reward: tracked.total_reward,
+                    steps: tracked.length,
+                    terminated,
+                    truncated,
+                    metadata_json: st.metadata_json.clone(),
+                    agent_id: self.agent_id.clone(),
+                    control_mode: self.control_mode.to_owned(),
+                    ..RunEpisode::default()
+                }
             });
             (episode_index, step_index, episode)
         };
@@ -352,14 +340,15 @@ impl EpisodeRecorder {
     #[getter]
     fn episode_index(&self) -> i64 {
         self.state()
-            .episode
+            .counter
+            .current()
             .map_or(-1, |e| i64::try_from(e).unwrap_or(i64::MAX))
     }
 
     /// Steps recorded in the current episode.
     #[getter]
     fn steps(&self) -> u64 {
-        self.state().steps
+        self.state().counter.summary().length
     }
 
     /// Starts the next episode (see the module docs); `metadata` (a dict, or a `Json` of one)
@@ -375,7 +364,7 @@ impl EpisodeRecorder {
             None => String::new(),
         };
         let mut st = self.state();
-        st.begin();
+        st.counter.begin();
         st.metadata_json = metadata_json;
         Ok(())
     }

@@ -2,13 +2,16 @@
 //!
 //! Everything here is argument handling: Python values become the protobuf records of
 //! `telemetry_core::pb` (observations and actions encoded to JSON by [`crate::encode`]), episode
-//! and step indices come from [`crate::tracker`] when not given, and the shim does the rest.
+//! and step indices come from [`telemetry_shim::Tracker`] when not given, and the shim does the rest.
 //! Its promises carry over: a record call never waits for the network (it releases the GIL when
 //! the `block` full-policy may make it wait), `flush` and `close` wait at most their timeout with
 //! the GIL released, and failures of the background sender never raise in a record call: they
 //! are counted in `stats()` and logged to the `"gym_telemetry"` logger. Bad arguments raise
 //! `TypeError` / `ValueError` naming the argument; a call on a closed `Telemetry` raises
 //! `TelemetryError`.
+//!
+//! The record calls' argument conversion is in `telemetry/records.rs`, closing and the flush
+//! report in `telemetry/lifecycle.rs`; this file holds the class and its Python methods.
 
 use crate::{
     args,
@@ -16,29 +19,28 @@ use crate::{
     encode,
     hooks::{Hooks, Kind},
     logbridge,
-    tracker::{StepInput, Tracker},
 };
 use pyo3::{
     create_exception,
     exceptions::{PyException, PyTypeError, PyValueError},
     gc::PyVisit,
     prelude::*,
-    types::{PyDict, PyString},
+    types::PyDict,
     PyTraverseError,
 };
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, MutexGuard,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 use telemetry_core::{
-    pb::{Artifact, CompletionStatus, RunCompleted, RunEpisode, RunStarted, RunStep},
+    pb::{Artifact, RunCompleted, RunStarted, RunStep},
     ControlMode,
 };
 use telemetry_shim::{
-    FlushOutcome, FlushReport, FullPolicy, Metadata, Mode, Shim, ShimConfig, ShimError, ShimStats,
+    FlushOutcome, FullPolicy, Metadata, Mode, Shim, ShimConfig, ShimError, Tracker,
 };
 
 create_exception!(
@@ -49,60 +51,16 @@ create_exception!(
      cannot be opened."
 );
 
+mod lifecycle;
+mod records;
+
+pub use lifecycle::_close_all;
+use lifecycle::{report, Core, Outcome, LIVE};
+pub(crate) use records::render_hint;
+use records::status;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The shim and what remains of it after `close`. Shared with the exit handler.
-struct Core {
-    shim: Mutex<Option<Arc<Shim>>>,
-    final_stats: Mutex<Option<ShimStats>>,
-}
-
-/// What a flush or close achieved, or why it did not.
-type Outcome = Result<FlushReport, ShimError>;
-
-impl Core {
-    fn shim(&self) -> Option<Arc<Shim>> {
-        lock(&self.shim).clone()
-    }
-
-    /// Flushes, keeps the counters, stops the shim. `None` if it was already closed. Call it
-    /// without the GIL.
-    fn close(&self, timeout: Duration) -> Option<Outcome> {
-        let shim = lock(&self.shim).take()?;
-        let started = Instant::now();
-        let flushed = shim.flush(timeout);
-        *lock(&self.final_stats) = Some(shim.stats());
-        match Arc::try_unwrap(shim) {
-            Ok(shim) => {
-                // Everything is flushed (or cannot be): closing only stops the sender.
-                let rest = timeout.saturating_sub(started.elapsed());
-                let closed = shim.close(rest);
-                Some(match (&flushed, closed) {
-                    (Err(_), Ok(_)) => flushed,
-                    (_, closed) => closed,
-                })
-            }
-            // A record call on another thread holds it for a moment; the last holder's drop
-            // stops it (what it still has to send was just flushed).
-            Err(_) => Some(flushed),
-        }
-    }
-}
-
-/// Every live `Telemetry`, for the interpreter-exit flush.
-static LIVE: Mutex<Vec<Weak<Core>>> = Mutex::new(Vec::new());
-
-/// Closes every `Telemetry` still open (registered with `atexit` by `gym_telemetry`).
-#[pyfunction]
-#[pyo3(signature = (timeout=5.0))]
-pub fn _close_all(py: Python<'_>, timeout: f64) -> PyResult<usize> {
-    let t = args::seconds(timeout, "timeout")?;
-    let cores: Vec<Arc<Core>> = lock(&LIVE).drain(..).filter_map(|w| w.upgrade()).collect();
-    let closed = py.detach(|| cores.iter().filter_map(|c| c.close(t)).count());
-    logbridge::drain(py);
-    Ok(closed)
 }
 
 /// Counters of the binding itself (the shim counts the rest).
@@ -145,84 +103,6 @@ pub struct Telemetry {
 
 fn closed_error() -> PyErr {
     TelemetryError::new_err("this Telemetry is closed")
-}
-
-fn status(text: &str) -> PyResult<CompletionStatus> {
-    Ok(match text.trim().to_ascii_lowercase().as_str() {
-        "succeeded" | "success" | "completed" | "ok" | "done" | "finished" => {
-            CompletionStatus::Succeeded
-        }
-        "failed" | "failure" | "error" => CompletionStatus::Failed,
-        "cancelled" | "canceled" | "aborted" | "interrupted" => CompletionStatus::Cancelled,
-        "skipped" => CompletionStatus::Skipped,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "status must be 'succeeded', 'failed', 'cancelled' or 'skipped', got {text:?}"
-            )))
-        }
-    })
-}
-
-/// `render_hint`: JSON text, a `Json`, or a dict to encode ("" for none).
-pub(crate) fn render_hint(obj: Option<&Bound<'_, PyAny>>, max: usize) -> PyResult<String> {
-    let Some(h) = obj.filter(|h| !h.is_none()) else {
-        return Ok(String::new());
-    };
-    if let Ok(s) = h.cast::<PyString>() {
-        let text = s.to_cow()?.into_owned();
-        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
-            PyValueError::new_err(format!("render_hint is not valid JSON text: {e}"))
-        })?;
-        return Ok(text);
-    }
-    if let Ok(j) = h.cast_exact::<encode::Json>() {
-        return Ok(j.get().text().to_owned());
-    }
-    if h.is_instance_of::<PyDict>() {
-        return encode::to_json(h, "render_hint", max);
-    }
-    Err(PyTypeError::new_err(format!(
-        "render_hint must be a dict, JSON text, a Json or None, not {}",
-        encode::type_name(h)
-    )))
-}
-
-fn outcome_name(o: FlushOutcome) -> &'static str {
-    match o {
-        FlushOutcome::Acked => "acked",
-        FlushOutcome::OnDisk => "on_disk",
-        FlushOutcome::Written => "written",
-        FlushOutcome::Disabled => "disabled",
-    }
-}
-
-/// A flush/close result as the dict Python gets.
-fn report<'py>(py: Python<'py>, res: Option<&Outcome>) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    let (outcome, accepted, acked, pending, error): (&str, u64, u64, u64, Option<String>) =
-        match res {
-            None => ("closed", 0, 0, 0, None),
-            Some(Ok(r)) => (
-                outcome_name(r.outcome),
-                r.accepted_through,
-                r.acked_through,
-                r.pending_records,
-                None,
-            ),
-            Some(Err(e @ ShimError::FlushTimeout { pending })) => {
-                ("timeout", 0, 0, *pending, Some(e.to_string()))
-            }
-            Some(Err(e @ ShimError::NotDelivered { pending, .. })) => {
-                ("not_delivered", 0, 0, *pending, Some(e.to_string()))
-            }
-            Some(Err(e)) => ("error", 0, 0, 0, Some(e.to_string())),
-        };
-    d.set_item("outcome", outcome)?;
-    d.set_item("accepted_through", accepted)?;
-    d.set_item("acked_through", acked)?;
-    d.set_item("pending_records", pending)?;
-    d.set_item("error", error)?;
-    Ok(d)
 }
 
 impl Telemetry {
@@ -378,97 +258,6 @@ impl Telemetry {
     /// Counts an argument error of a record call made through a recorder.
     pub(crate) fn count<T>(&self, py: Python<'_>, r: PyResult<T>) -> PyResult<T> {
         self.counted(py, r)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn step_inner(
-        &self,
-        py: Python<'_>,
-        observation: &Bound<'_, PyAny>,
-        action: &Bound<'_, PyAny>,
-        reward: &Bound<'_, PyAny>,
-        terminated: Option<&Bound<'_, PyAny>>,
-        truncated: Option<&Bound<'_, PyAny>>,
-        info: Option<&Bound<'_, PyAny>>,
-        episode_index: Option<&Bound<'_, PyAny>>,
-        step_index: Option<&Bound<'_, PyAny>>,
-        agent_id: Option<&Bound<'_, PyAny>>,
-        control_mode: Option<&Bound<'_, PyAny>>,
-        hint: Option<&Bound<'_, PyAny>>,
-        frame_ref: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let reward = args::finite(reward, "reward")?;
-        let terminated = args::opt_bool(terminated, "terminated")?.unwrap_or(false);
-        let truncated = args::opt_bool(truncated, "truncated")?.unwrap_or(false);
-        let episode_index = args::opt_index(episode_index, "episode_index")?;
-        let step_index = args::opt_index(step_index, "step_index")?;
-        let agent = args::opt_id(agent_id, "agent_id")?;
-        let mode = args::opt_control_mode(control_mode, "control_mode")?;
-        let mut step = self.payloads(observation, action, info)?;
-        step.render_hint_json = render_hint(hint, self.max_record_bytes)?;
-        step.frame_ref = args::opt_str(frame_ref, "frame_ref")?.unwrap_or_default();
-        let shim = self.live()?;
-        let (episode_index, step_index) = lock(&self.tracker).step(
-            agent.as_deref().unwrap_or(""),
-            &StepInput {
-                episode_index,
-                step_index,
-                reward,
-                terminated,
-                truncated,
-            },
-        );
-        step.episode_index = episode_index;
-        step.step_index = step_index;
-        step.reward = reward;
-        step.terminated = terminated;
-        step.truncated = truncated;
-        step.agent_id = agent.unwrap_or_default();
-        step.control_mode = mode.map(|m| m.as_str().to_owned()).unwrap_or_default();
-        self.submit(py, shim, step.into())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn episode_inner(
-        &self,
-        py: Python<'_>,
-        total_reward: Option<&Bound<'_, PyAny>>,
-        length: Option<&Bound<'_, PyAny>>,
-        terminated: Option<&Bound<'_, PyAny>>,
-        truncated: Option<&Bound<'_, PyAny>>,
-        metadata: Option<&Bound<'_, PyAny>>,
-        episode_index: Option<&Bound<'_, PyAny>>,
-        agent_id: Option<&Bound<'_, PyAny>>,
-        control_mode: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let total = match total_reward.filter(|t| !t.is_none()) {
-            Some(t) => Some(args::finite(t, "total_reward")?),
-            None => None,
-        };
-        let length = args::opt_index(length, "length")?;
-        let terminated = args::opt_bool(terminated, "terminated")?;
-        let truncated = args::opt_bool(truncated, "truncated")?;
-        let metadata_json = match metadata {
-            Some(m) => encode::object_to_json(m, "metadata", self.max_record_bytes)?,
-            None => String::new(),
-        };
-        let index = args::opt_index(episode_index, "episode_index")?;
-        let agent = args::opt_id(agent_id, "agent_id")?;
-        let mode = args::opt_control_mode(control_mode, "control_mode")?;
-        let shim = self.live()?;
-        let tracked = lock(&self.tracker).episode_end(agent.as_deref().unwrap_or(""), index);
-        let episode = RunEpisode {
-            episode_index: tracked.index,
-            total_reward: total.unwrap_or(tracked.total_reward),
-            steps: length.unwrap_or(tracked.length),
-            terminated: terminated.unwrap_or(tracked.terminated),
-            truncated: truncated.unwrap_or(tracked.truncated),
-            metadata_json,
-            agent_id: agent.unwrap_or_default(),
-            control_mode: mode.map(|m| m.as_str().to_owned()).unwrap_or_default(),
-            ..RunEpisode::default()
-        };
-        self.submit(py, shim, episode.into())
     }
 }
 
@@ -706,7 +495,9 @@ impl Telemetry {
         self.counted(py, r)
     }
 
-    /// Records how the run ended: status is "succeeded", "failed", "cancelled" or "skipped".
+    /// Records how the run ended: status is "succeeded", "failed", "cancelled" or "skipped"
+    /// (any case; the synonyms a legacy JSONL worker may use, such as "completed" or "error",
+    /// are accepted too).
     #[pyo3(signature = (status=None, error=None, *, exit_code=None, reason=None, info=None),
         text_signature = "(self, status='succeeded', error=None, *, exit_code=None, reason=None, info=None)")]
     fn run_completed(
@@ -861,7 +652,7 @@ impl Telemetry {
         d.set_item("hook_errors", self.hooks.errors.load(Relaxed))?;
         d.set_item("invalid_calls", self.counters.invalid_calls.load(Relaxed))?;
         d.set_item("call_errors", self.counters.call_errors.load(Relaxed))?;
-        d.set_item("trackers_evicted", lock(&self.tracker).evicted)?;
+        d.set_item("trackers_evicted", lock(&self.tracker).evicted())?;
         d.set_item("log_events_dropped", logbridge::dropped_total())?;
         Ok(d)
     }

@@ -123,6 +123,7 @@ def test_metadata_is_applied_and_merged(out: Path) -> None:
         (lambda t: t.step(0, 0, 1.0, episode_index=True), TypeError, "episode_index must be an int"),
         (lambda t: t.step(0, 0, 1.0, agent_id=""), ValueError, "agent_id must not be empty"),
         (lambda t: t.step(0, 0, 1.0, agent_id="a\nb"), ValueError, "agent_id must not contain control"),
+        (lambda t: t.step(0, 0, 1.0, agent_id="x" * 129), ValueError, "agent_id is 129 bytes, the limit is 128"),
         (lambda t: t.step(0, 0, 1.0, agent_id=3), TypeError, "agent_id must be a str"),
         (lambda t: t.step(0, 0, 1.0, control_mode="robot"), ValueError, "control_mode: unknown control_mode"),
         (lambda t: t.step(0, 0, 1.0, render_hint="not json"), ValueError, "render_hint is not valid JSON"),
@@ -177,6 +178,7 @@ def test_records_larger_than_the_limit_are_refused(out: Path) -> None:
     [
         ({"endpoint": "not a url"}, "endpoint"),
         ({"run_id": ""}, "run_id must not be empty"),
+        ({"run_id": "r" * 129}, "run_id is 129 bytes, the limit is 128"),
         ({"control_mode": "robot"}, "control_mode"),
         ({"full_policy": "sometimes"}, "full_policy must be"),
         ({"queue_max_bytes": 0}, "queue_max_bytes must be at least 1"),
@@ -352,3 +354,26 @@ def test_exit_handler_closes_open_telemetries(out: Path) -> None:
     assert gym_telemetry._close_all(1.0) >= 1
     assert tel.closed and len(read_jsonl(out)) == 1
     assert os.path.getsize(out) > 0
+
+
+def test_status_words_are_the_jsonl_contracts(out: Path) -> None:
+    """`run_completed` accepts the same words as a legacy worker's JSONL (one parser in core)."""
+    words = {"successful": "succeeded", "Completed": "succeeded", "errored": "failed",
+             "canceled": "cancelled", "skipped": "skipped"}
+    for word, canonical in words.items():
+        tel = Telemetry(dry_run=str(out), run_id="run-1")
+        tel.run_completed(word)
+        tel.close()
+        assert of_type(read_jsonl(out), "run_completed")[-1]["status"] == canonical, word
+    tel = dry(out)
+    with pytest.raises(ValueError, match=r'status must be a completion status: unknown status "meh"'):
+        tel.run_completed("meh")
+    tel.close()
+
+
+def test_ids_up_to_128_bytes_are_accepted(out: Path) -> None:
+    tel = Telemetry(dry_run=str(out), run_id="r" * 128)
+    tel.step(0, 0, 1.0, agent_id="a" * 128)
+    tel.close()
+    (step,) = read_jsonl(out)
+    assert (len(step["run_id"]), len(step["agent_id"])) == (128, 128)

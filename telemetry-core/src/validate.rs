@@ -4,8 +4,9 @@
 //! records of the same batch are still stored); the shim runs the same checks in dry-run mode so
 //! a worker author sees the error before any daemon exists. Rules:
 //!
-//! - `run_id` is non-empty, at most [`Limits::max_id_len`] bytes, with no control characters;
-//!   `agent_id` and `producer_id` obey the same length and character rule (they may be empty).
+//! - `run_id` obeys [`ids::check_id`] (non-empty, at most [`ids::MAX_ID_LEN`] bytes, no
+//!   control characters); `agent_id` and `producer_id` obey the same length and character rule
+//!   ([`ids::check_id_chars`]: they may be empty).
 //! - Every `*_json` field is empty or parses as JSON.
 //! - The encoded record is at most [`Limits::max_record_bytes`] (default 1 MiB).
 //! - Rewards are finite: NaN and infinities are rejected, never stored (a NaN would poison every
@@ -17,18 +18,18 @@
 //!   to the canonical spelling.
 
 use crate::{
+    ids::{self, IdError},
     pb::{record::Kind, Record},
     ControlMode, ControlModeError,
 };
 use prost::Message;
 
-/// Size limits applied to records. The defaults suit RL telemetry; all are configurable.
+/// Size limits applied to records. The defaults suit RL telemetry; all are configurable. (The
+/// id length is not: it is [`ids::MAX_ID_LEN`] everywhere.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest encoded record (protobuf bytes).
     pub max_record_bytes: usize,
-    /// Longest run, agent or producer id.
-    pub max_id_len: usize,
     /// Longest `frame_ref`.
     pub max_frame_ref_len: usize,
     /// Largest `render_hint_json`.
@@ -39,7 +40,6 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_record_bytes: 1024 * 1024,
-            max_id_len: 256,
             max_frame_ref_len: 4096,
             max_render_hint_bytes: 256 * 1024,
         }
@@ -52,25 +52,9 @@ pub enum ValidationError {
     /// The record has no payload.
     #[error("record has no payload")]
     EmptyRecord,
-    /// `run_id` is empty.
-    #[error("run_id is empty")]
-    EmptyRunId,
-    /// An id is longer than allowed.
-    #[error("{field} is {len} bytes, the limit is {max}")]
-    IdTooLong {
-        /// Which id.
-        field: &'static str,
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// An id holds a control character.
-    #[error("{field} contains a control character")]
-    IdControlChar {
-        /// Which id.
-        field: &'static str,
-    },
+    /// An id breaks the [`ids`] rules (empty `run_id`, too long, control characters).
+    #[error(transparent)]
+    Id(#[from] IdError),
     /// A JSON field does not parse.
     #[error("{field} is not valid JSON: {reason}")]
     InvalidJson {
@@ -113,9 +97,10 @@ impl ValidationError {
     pub fn label(&self) -> &'static str {
         match self {
             ValidationError::EmptyRecord => "empty_record",
-            ValidationError::EmptyRunId => "empty_run_id",
-            ValidationError::IdTooLong { .. } => "id_too_long",
-            ValidationError::IdControlChar { .. } => "id_control_char",
+            ValidationError::Id(IdError::Empty { .. }) => "empty_run_id",
+            ValidationError::Id(IdError::TooLong { .. }) => "id_too_long",
+            ValidationError::Id(IdError::ControlChar { .. }) => "id_control_char",
+            ValidationError::Id(IdError::NotPathSafe { .. }) => "id_not_path_safe",
             ValidationError::InvalidJson { .. } => "invalid_json",
             ValidationError::RecordTooLarge { .. } => "too_large",
             ValidationError::NonFiniteReward { .. } => "non_finite_reward",
@@ -123,20 +108,6 @@ impl ValidationError {
             ValidationError::ControlMode(_) => "control_mode",
         }
     }
-}
-
-fn check_id(field: &'static str, value: &str, limits: &Limits) -> Result<(), ValidationError> {
-    if value.len() > limits.max_id_len {
-        return Err(ValidationError::IdTooLong {
-            field,
-            len: value.len(),
-            max: limits.max_id_len,
-        });
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ValidationError::IdControlChar { field });
-    }
-    Ok(())
 }
 
 fn check_json(field: &'static str, value: &str) -> Result<(), ValidationError> {
@@ -172,12 +143,8 @@ fn check_frame_ref(value: &str, limits: &Limits) -> Result<(), ValidationError> 
 /// Checks a record against `limits`. Does not modify it.
 pub fn validate(record: &Record, limits: &Limits) -> Result<(), ValidationError> {
     let kind = record.kind.as_ref().ok_or(ValidationError::EmptyRecord)?;
-    let run_id = record.run_id();
-    if run_id.is_empty() {
-        return Err(ValidationError::EmptyRunId);
-    }
-    check_id("run_id", run_id, limits)?;
-    check_id("producer_id", record.producer().0, limits)?;
+    ids::check_id("run_id", record.run_id())?;
+    ids::check_id_chars("producer_id", record.producer().0)?;
     let size = record.encoded_len();
     if size > limits.max_record_bytes {
         return Err(ValidationError::RecordTooLarge {
@@ -187,7 +154,7 @@ pub fn validate(record: &Record, limits: &Limits) -> Result<(), ValidationError>
     }
     match kind {
         Kind::Step(s) => {
-            check_id("agent_id", &s.agent_id, limits)?;
+            ids::check_id_chars("agent_id", &s.agent_id)?;
             check_reward("reward", s.reward)?;
             check_json("action_json", &s.action_json)?;
             check_json("observation_json", &s.observation_json)?;
@@ -203,13 +170,13 @@ pub fn validate(record: &Record, limits: &Limits) -> Result<(), ValidationError>
             ControlMode::from_wire(&s.control_mode)?;
         }
         Kind::Episode(e) => {
-            check_id("agent_id", &e.agent_id, limits)?;
+            ids::check_id_chars("agent_id", &e.agent_id)?;
             check_reward("total_reward", e.total_reward)?;
             check_json("metadata_json", &e.metadata_json)?;
             ControlMode::from_wire(&e.control_mode)?;
         }
         Kind::RunStarted(r) => {
-            check_id("agent_id", &r.agent_id, limits)?;
+            ids::check_id_chars("agent_id", &r.agent_id)?;
             check_json("config_json", &r.config_json)?;
             ControlMode::from_wire(&r.control_mode)?;
         }
@@ -288,7 +255,15 @@ mod tests {
             ),
             (
                 RunStep {
-                    run_id: "x".repeat(300),
+                    run_id: "x".repeat(ids::MAX_ID_LEN + 1),
+                    ..step()
+                }
+                .into(),
+                "id_too_long",
+            ),
+            (
+                RunStep {
+                    producer_id: "p".repeat(ids::MAX_ID_LEN + 1),
                     ..step()
                 }
                 .into(),

@@ -127,11 +127,17 @@
 //! per tracked run and one [`SubscriberMetrics`] per subscription (queue depth, lag in records
 //! and time, published/offered, delivered, dropped by kind, throughput since the previous
 //! snapshot).
+//!
+//! Layering (a module imports only modules to its right): `hub` → `subscription` → `catchup`
+//! → `metrics` → `inner` → `run` → `ring`, `queue` → `delivery` → `source`, `config` →
+//! `options` → `filter`.
 
+mod catchup;
 mod config;
 mod delivery;
 pub mod filter;
 mod hub;
+mod inner;
 mod metrics;
 mod options;
 mod queue;

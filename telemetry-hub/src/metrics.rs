@@ -10,7 +10,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio::time::Instant;
 
 use crate::{
-    hub::HubInner,
+    inner::HubInner,
     options::StreamKind,
     queue::{lock, Mode},
 };

@@ -6,8 +6,8 @@
 //! and the store's importer read back.
 
 use crate::{
+    flush::{FlushOutcome, FlushReport},
     metadata::Decorator,
-    shim::{FlushOutcome, FlushReport},
     stats::Counters,
     DryRunTarget, ShimConfig, ShimError,
 };

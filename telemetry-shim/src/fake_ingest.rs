@@ -2,8 +2,10 @@
 //! tests and benchmarks of anything that links the shim (feature `fake-ingest`).
 //!
 //! Exactly-once cannot be tested against a server that stores whatever arrives: this one keeps a
-//! durable watermark per producer exactly as docs/ARCHITECTURE.md states (a record at or below
-//! its producer's watermark is a duplicate; a rejected record still advances it), validates with
+//! durable [`Watermark`] per producer, the same rule the daemon's store applies
+//! (`telemetry_core::watermark`: a record at or below its producer's watermark is a duplicate, a
+//! producer's first record is admitted whatever its seq, a rejected record still advances it),
+//! validates with
 //! `telemetry_core::validate`, and acks each batch with the watermarks of its producers. It can
 //! be stopped like a crashed daemon (every connection dropped at once) and restarted on the same
 //! port with its store intact, and it can withhold acks (a daemon that stored a batch but died
@@ -25,6 +27,7 @@ use telemetry_core::{
         IngestAck, IngestBatch, ProducerWatermark, Record, RejectedRecord,
     },
     validate::{self, Limits},
+    Watermark,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{
@@ -37,7 +40,7 @@ use tonic::{Request, Response, Status, Streaming};
 struct Store {
     records: Vec<Record>,
     stored: u64,
-    watermarks: HashMap<String, u64>,
+    watermarks: HashMap<String, Watermark>,
     duplicates: u64,
     rejected: u64,
     batches: u64,
@@ -102,12 +105,14 @@ impl FakeState {
                 if !producers.contains(&pid) {
                     producers.push(pid.clone());
                 }
-                if seq <= s.watermarks.get(&pid).copied().unwrap_or(0) {
+                let watermark = s.watermarks.entry(pid.clone()).or_default();
+                if watermark.is_duplicate(seq) {
                     ack.duplicates += 1;
                     s.duplicates += 1;
                     continue;
                 }
-                s.watermarks.insert(pid.clone(), seq);
+                // Advanced before validation: a rejected record advances it too.
+                watermark.advance(seq);
             }
             let valid = if self.faithful {
                 validate::validate(&r, &Limits::default())
@@ -136,7 +141,12 @@ impl FakeState {
         ack.watermarks = producers
             .into_iter()
             .map(|p| ProducerWatermark {
-                durable_seq: s.watermarks.get(&p).copied().unwrap_or(0),
+                durable_seq: s
+                    .watermarks
+                    .get(&p)
+                    .copied()
+                    .unwrap_or_default()
+                    .durable_seq(),
                 producer_id: p,
             })
             .collect();
@@ -180,13 +190,14 @@ impl FakeState {
         self.lock().streams
     }
 
-    /// A producer's durable watermark.
+    /// A producer's durable watermark (`0` for a producer not seen yet, as acks report it).
     pub fn watermark(&self, producer_id: &str) -> u64 {
         self.lock()
             .watermarks
             .get(producer_id)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or_default()
+            .durable_seq()
     }
 
     /// The `authorization` header of every stream, in order.
@@ -366,5 +377,56 @@ impl FakeIngest {
 impl Drop for FakeIngest {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telemetry_core::pb::RunStep;
+
+    fn step(producer_seq: u64) -> Record {
+        RunStep {
+            run_id: "run-1".into(),
+            producer_id: "p".into(),
+            producer_seq,
+            ..RunStep::default()
+        }
+        .into()
+    }
+
+    fn batch(batch_id: u64, records: Vec<Record>) -> IngestBatch {
+        IngestBatch { batch_id, records }
+    }
+
+    #[test]
+    fn a_first_record_with_seq_zero_is_stored_once() {
+        let state = FakeState::new();
+        let ack = state.apply(batch(1, vec![step(0)]));
+        assert_eq!((ack.stored, ack.duplicates), (1, 0));
+        assert_eq!(state.stored(), 1);
+        let again = state.apply(batch(2, vec![step(0), step(1)]));
+        assert_eq!((again.stored, again.duplicates), (1, 1));
+        assert_eq!(state.watermark("p"), 1);
+        assert_eq!(state.records().len(), 2);
+    }
+
+    #[test]
+    fn rejected_records_advance_the_watermark() {
+        let state = FakeState::new();
+        let mut bad = RunStep {
+            run_id: "run-1".into(),
+            producer_id: "p".into(),
+            producer_seq: 3,
+            reward: f64::NAN,
+            ..RunStep::default()
+        };
+        let ack = state.apply(batch(1, vec![bad.clone().into()]));
+        assert_eq!((ack.stored, ack.rejected.len()), (0, 1));
+        assert_eq!(ack.watermarks[0].durable_seq, 3);
+        bad.reward = 1.0;
+        let resend = state.apply(batch(2, vec![bad.into(), step(2), step(4)]));
+        assert_eq!((resend.stored, resend.duplicates), (1, 2));
+        assert_eq!(state.watermark("p"), 4);
     }
 }

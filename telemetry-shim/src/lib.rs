@@ -31,8 +31,14 @@
 //! host). An unreadable CA file is a [`ConfigError::TlsCaFile`] from [`Shim::new`].
 //!
 //! Modules: [`config`] (settings and `GYM_TELEMETRY_*` variables), [`shim`] (the facade),
-//! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`proxy`] (the
-//! `gym-telemetry-proxy` binary's logic for legacy JSONL workers).
+//! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`tracker`] (episode and
+//! step numbering for callers that do not count). The JSONL proxy for legacy workers is its own
+//! crate, `telemetry-proxy`, so workers that link the shim (the Python package among them) carry
+//! no CLI or process-group code.
+//!
+//! Layering (a module imports only modules to its right): `shim` → `sender` →
+//! `dry_run` → `backlog` → `tls` → `inbox` → `metadata` → `error` → `config` → `disk_queue` →
+//! `policy`, `flush`, `stats`, `ratelimit`, `backoff`, `tracker`.
 
 pub mod config;
 pub mod disk_queue;
@@ -43,17 +49,22 @@ pub mod metadata;
 pub mod ratelimit;
 pub mod shim;
 pub mod stats;
+pub mod tracker;
 
 mod backlog;
 mod backoff;
 mod dry_run;
+mod flush;
 mod inbox;
+mod policy;
 mod sender;
 mod tls;
 
 pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimConfig};
 pub use error::ShimError;
+pub use flush::{FlushOutcome, FlushReport};
 pub use metadata::Metadata;
-pub use shim::{FlushOutcome, FlushReport, Shim};
+pub use shim::Shim;
 pub use stats::ShimStats;
 pub use telemetry_core::{pb, ControlMode};
+pub use tracker::Tracker;

@@ -7,14 +7,16 @@
 //! the daemon's durable ack watermark: the backlog is trimmed to it, and after any reconnect the
 //! stream restarts right after it (the daemon drops what it already has). Reconnects back off
 //! exponentially with jitter. Everything it meets is counted and logged at a bounded rate.
+//! The connection states are in `sender/link.rs`, the answering of flushes and closes in
+//! `sender/flushes.rs`.
 
 use crate::{
     backlog::Backlog,
     backoff,
     disk_queue::{AppendOutcome, QueueError},
+    flush::FlushReport,
     inbox::{Inbox, Pending},
     ratelimit::RateLimited,
-    shim::{FlushOutcome, FlushReport},
     stats::Counters,
     ShimConfig, ShimError,
 };
@@ -24,13 +26,19 @@ use std::{
     time::{Duration, Instant},
 };
 use telemetry_core::pb::{ingest_client::IngestClient, IngestAck, IngestBatch};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
     Status,
 };
+
+mod flushes;
+mod link;
+
+use flushes::PendingFlush;
+use link::{describe, Event, Link, Up};
 
 /// How long a failed disk write waits before it is retried.
 const IO_RETRY: Duration = Duration::from_secs(1);
@@ -134,73 +142,6 @@ pub(crate) fn spawn(
 
 struct InFlight {
     last_seq: u64,
-}
-
-struct Up {
-    batch_tx: mpsc::Sender<IngestBatch>,
-    ack_rx: mpsc::Receiver<Result<IngestAck, Status>>,
-    task: JoinHandle<()>,
-}
-
-enum Link {
-    Down,
-    Connecting(JoinHandle<Result<Channel, tonic::transport::Error>>),
-    Up(Up),
-}
-
-enum Event {
-    Cmd(Option<Command>),
-    Wake,
-    Timer,
-    Connected(Result<Channel, String>),
-    Ack(Result<IngestAck, Status>),
-}
-
-impl Link {
-    async fn event(&mut self) -> Event {
-        match self {
-            Link::Down => std::future::pending().await,
-            Link::Connecting(handle) => Event::Connected(match handle.await {
-                Ok(Ok(ch)) => Ok(ch),
-                Ok(Err(e)) => Err(describe(&e)),
-                Err(e) => Err(e.to_string()),
-            }),
-            Link::Up(up) => Event::Ack(
-                up.ack_rx
-                    .recv()
-                    .await
-                    .unwrap_or_else(|| Err(Status::unavailable("ack stream task ended"))),
-            ),
-        }
-    }
-
-    fn shut(&mut self) {
-        match std::mem::replace(self, Link::Down) {
-            Link::Up(up) => up.task.abort(),
-            Link::Connecting(h) => h.abort(),
-            Link::Down => {}
-        }
-    }
-}
-
-/// An error with its sources (tonic's transport errors say little at the top level).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
-struct PendingFlush {
-    upto: u64,
-    deadline: Instant,
-    reply: Reply,
-    link_failed: bool,
-    close: bool,
 }
 
 struct Logs {
@@ -311,20 +252,6 @@ impl Sender {
                 self.finish(Some(close));
                 return;
             }
-        }
-    }
-
-    fn add_flush(&mut self, upto: u64, deadline: Instant, reply: Reply, close: bool) {
-        self.flushes.push(PendingFlush {
-            upto,
-            deadline,
-            reply,
-            link_failed: false,
-            close,
-        });
-        if matches!(self.link, Link::Down) {
-            // A flush wants to know now whether the daemon is there.
-            self.retry_at = Instant::now();
         }
     }
 
@@ -633,112 +560,6 @@ impl Sender {
                 acked_total = self.counters.acked.load(Relaxed),
                 duplicates_total = self.counters.duplicates.load(Relaxed),
                 acks_since_last_log = held, "telemetry acked");
-        }
-    }
-
-    fn pending_upto(&self, upto: u64) -> bool {
-        let staged = self
-            .staged
-            .front()
-            .is_some_and(|p| p.record.producer().1 <= upto);
-        let queued = self
-            .backlog
-            .as_ref()
-            .and_then(Backlog::first_unacked_seq)
-            .is_some_and(|s| s <= upto);
-        staged || queued
-    }
-
-    fn report(&self, upto: u64, outcome: FlushOutcome) -> FlushReport {
-        FlushReport {
-            outcome,
-            accepted_through: upto,
-            acked_through: self.acked,
-            pending_records: self.backlog.as_ref().map_or(0, Backlog::unacked)
-                + self.staged.len() as u64,
-        }
-    }
-
-    /// Answers the flushes that are done; returns a completed close.
-    fn check_flushes(
-        &mut self,
-        now: Instant,
-    ) -> Option<(PendingFlush, Result<FlushReport, ShimError>)> {
-        let mut i = 0;
-        while i < self.flushes.len() {
-            let f = &self.flushes[i];
-            let drained = self
-                .staged
-                .front()
-                .is_none_or(|p| p.record.producer().1 > f.upto);
-            let result = if !self.pending_upto(f.upto) {
-                Some(Ok(self.report(f.upto, FlushOutcome::Acked)))
-            } else if drained && (f.link_failed || now >= f.deadline) {
-                let durable = self.backlog.as_ref().is_some_and(Backlog::is_durable);
-                if durable {
-                    let synced = self.backlog.as_mut().map_or(Ok(()), Backlog::sync);
-                    Some(match synced {
-                        Ok(()) => Ok(self.report(f.upto, FlushOutcome::OnDisk)),
-                        Err(e) => Err(ShimError::Queue(e)),
-                    })
-                } else if f.link_failed {
-                    Some(Err(ShimError::NotDelivered {
-                        pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
-                        reason: self.last_link_error.clone(),
-                    }))
-                } else {
-                    None
-                }
-            } else {
-                None
-            };
-            let result = result.or_else(|| {
-                (now >= f.deadline).then(|| {
-                    Err(ShimError::FlushTimeout {
-                        pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
-                    })
-                })
-            });
-            match result {
-                Some(r) => {
-                    let f = self.flushes.swap_remove(i);
-                    if f.close {
-                        return Some((f, r));
-                    }
-                    let _ = f.reply.send(r);
-                }
-                None => i += 1,
-            }
-        }
-        None
-    }
-
-    /// Stops: queues what is left in the inbox, closes the backlog cleanly, then answers.
-    fn finish(&mut self, close: Option<(PendingFlush, Result<FlushReport, ShimError>)>) {
-        self.inbox.close();
-        self.drain();
-        self.link.shut();
-        let closed = self.backlog.take().map_or(Ok(()), Backlog::close);
-        if let Err(e) = &closed {
-            tracing::error!(error = %e, "closing the telemetry queue failed");
-        }
-        let left = self.staged.len();
-        if left > 0 {
-            Counters::add(&self.counters.dropped, left as u64);
-            tracing::warn!(
-                records = left,
-                "telemetry records could not be queued before close"
-            );
-        }
-        for f in self.flushes.drain(..) {
-            let _ = f.reply.send(Err(ShimError::Closed));
-        }
-        if let Some((f, result)) = close {
-            let result = match (result, closed) {
-                (Ok(r), Err(e)) if r.outcome == FlushOutcome::OnDisk => Err(ShimError::Queue(e)),
-                (r, _) => r,
-            };
-            let _ = f.reply.send(result);
         }
     }
 }

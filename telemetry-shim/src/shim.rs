@@ -5,6 +5,7 @@
 //! background sender (module `sender`) does everything slow. `flush`/`close` are the only calls
 //! that wait, and never longer than the timeout they are given.
 
+pub use crate::flush::{FlushOutcome, FlushReport};
 use crate::{
     backlog::{Backlog, MemQueue},
     disk_queue::{DiskQueue, QueueOptions},
@@ -30,44 +31,6 @@ use telemetry_core::{
 const REPLY_GRACE: Duration = Duration::from_secs(2);
 /// Bytes the producer stamp adds to a record's encoded size (id + seq), for accounting.
 const STAMP_BYTES: usize = 48;
-
-/// How a flush ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushOutcome {
-    /// Every record accepted before the flush is durably stored by the daemon.
-    Acked,
-    /// The daemon did not ack them all in time (it is down or slow); the rest are synced to the
-    /// queue directory and will be sent by this shim, or by the next one on the same directory.
-    OnDisk,
-    /// Dry run: every record is written to the JSONL output.
-    Written,
-    /// Telemetry is disabled: nothing to do.
-    Disabled,
-}
-
-/// What a flush (or close) achieved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlushReport {
-    /// How it ended.
-    pub outcome: FlushOutcome,
-    /// The last `producer_seq` accepted before the flush (what it covered).
-    pub accepted_through: u64,
-    /// The daemon's durable watermark for this producer when it ended.
-    pub acked_through: u64,
-    /// Records still queued and not acked (0 after `Acked` unless more arrived meanwhile).
-    pub pending_records: u64,
-}
-
-impl FlushReport {
-    fn trivial(outcome: FlushOutcome) -> Self {
-        FlushReport {
-            outcome,
-            accepted_through: 0,
-            acked_through: 0,
-            pending_records: 0,
-        }
-    }
-}
 
 struct Live {
     decorator: Decorator,

@@ -12,26 +12,14 @@
 //! variable and the path, not a worker that retries a failing handshake for its whole run.
 //! `http://` endpoints never touch any of this.
 
-use crate::{ConfigError, ShimConfig};
-use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName, TrustAnchor};
+use crate::{config::is_https, ConfigError, ShimConfig};
+use rustls_pki_types::{pem::PemObject, CertificateDer, TrustAnchor};
 use std::{io::Read, path::Path};
 use tonic::transport::ClientTlsConfig;
 
 /// Largest CA file read (a bundle of a few hundred certificates fits; anything larger is not a
 /// CA file).
 pub(crate) const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
-
-/// Whether `endpoint` asks for TLS.
-pub(crate) fn is_https(endpoint: &str) -> bool {
-    endpoint.starts_with("https://")
-}
-
-/// Checks `tls_domain` is a DNS name or an IP address a certificate can be checked against.
-pub(crate) fn check_domain(domain: &str) -> Result<(), String> {
-    ServerName::try_from(domain)
-        .map(|_| ())
-        .map_err(|e| format!("{domain:?} is not a DNS name or IP address: {e}"))
-}
 
 /// The TLS settings of an `https://` endpoint; `None` for `http://` (plaintext, as before).
 pub(crate) fn client_config(c: &ShimConfig) -> Result<Option<ClientTlsConfig>, ConfigError> {
@@ -82,6 +70,7 @@ fn read_anchors(path: &Path) -> Result<Vec<TrustAnchor<'static>>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::check_domain;
     use std::path::PathBuf;
 
     fn https(ca: Option<PathBuf>) -> ShimConfig {

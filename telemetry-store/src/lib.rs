@@ -42,6 +42,10 @@
 //! snapshot. `journal_size_limit` bounds
 //! the file left behind after a WAL reset. Checkpoints that keep being blocked by readers are
 //! counted and logged (see [`CheckpointStats`]).
+//!
+//! Layering (a module imports only modules to its right): `legacy_import`, `dump` → `writer` →
+//! `iter` → `reader` → `open` → `migrate` → `identity` → `rows` → `pages` → `schema`,
+//! `checkpoint` → `error`.
 
 pub mod backend;
 mod checkpoint;
@@ -49,6 +53,8 @@ mod checkpoint;
 pub mod conformance;
 pub mod dump;
 mod error;
+mod identity;
+mod iter;
 pub mod legacy_import;
 mod migrate;
 mod open;
@@ -66,7 +72,8 @@ use std::{
 pub use backend::{Backend, BackendReader, BackendWriter, Maintenance, SqliteBackend};
 pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
-pub use reader::{EpisodeIter, StepIter, StoreReader};
+pub use iter::{EpisodeIter, StepIter};
+pub use reader::StoreReader;
 pub use schema::SCHEMA_VERSION;
 pub use telemetry_core::ControlMode;
 pub use writer::Store;

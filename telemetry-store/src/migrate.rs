@@ -10,7 +10,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::{
     error::classify,
-    open::{check_writable_identity, identity},
+    identity::{check_writable_identity, identity},
     schema::{APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION},
     StoreError,
 };

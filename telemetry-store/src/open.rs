@@ -12,60 +12,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::{
     error::{classify, io_error},
+    identity::{check_writable_identity, identity},
     migrate,
-    schema::{APPLICATION_ID, SCHEMA_VERSION},
+    schema::SCHEMA_VERSION,
     Durability, StoreConfig, StoreError,
 };
-
-/// What a read-only look at an existing file found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Identity {
-    /// `PRAGMA user_version`.
-    pub version: i64,
-    /// `PRAGMA application_id`.
-    pub application_id: i64,
-    /// Names of the user tables.
-    pub tables: Vec<String>,
-}
-
-/// Reads the identity of the database behind `conn`.
-pub(crate) fn identity(conn: &Connection, path: &Path) -> Result<Identity, StoreError> {
-    let read = || -> rusqlite::Result<Identity> {
-        let version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let application_id = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
-        let mut stmt = conn.prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             ORDER BY name",
-        )?;
-        let tables = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(Identity {
-            version,
-            application_id,
-            tables,
-        })
-    };
-    read().map_err(|e| classify(path, e))
-}
-
-/// Refuses files that are not a store of ours at a version this build can open for writing.
-pub(crate) fn check_writable_identity(path: &Path, id: &Identity) -> Result<(), StoreError> {
-    if id.application_id != APPLICATION_ID && !(id.version == 0 && id.tables.is_empty()) {
-        return Err(StoreError::ForeignDatabase {
-            path: path.to_owned(),
-            tables: id.tables.join(", "),
-        });
-    }
-    if id.version > SCHEMA_VERSION {
-        return Err(StoreError::NewerVersion {
-            path: path.to_owned(),
-            found: id.version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    Ok(())
-}
 
 fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -167,6 +118,7 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::APPLICATION_ID;
 
     fn pragma(conn: &Connection, name: &str) -> String {
         conn.query_row(&format!("PRAGMA {name}"), [], |r| {

@@ -1,4 +1,5 @@
-//! Keyset pages copied out of SQLite into one reusable buffer, and the iterators over them.
+//! Keyset pages copied out of SQLite into one reusable buffer (the iterators over them are in
+//! `iter`).
 //!
 //! A page has to leave SQLite in one go (each page is its own short read transaction), but
 //! turning a whole page into records at once allocates every string of the page up front and
@@ -9,13 +10,8 @@
 //! budget, so a page of huge rows is cut short instead of growing without bound.
 
 use rusqlite::{types::ValueRef, Rows};
-use telemetry_core::pb::{RunEpisode, RunStep};
 
-use crate::{reader::Stream, rows, Filter, StoreError, StoreReader};
-
-/// Bytes of row text an iterator page may hold before it is cut short (at least one row is
-/// always taken).
-pub(crate) const PAGE_BYTES: usize = 8 * 1024 * 1024;
+use crate::{schema::u64_from_sql, StoreError};
 
 /// One column value of a copied row.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +77,7 @@ impl RawPage {
                 return Ok(false);
             }
             let seq = match row.get_ref(0)? {
-                ValueRef::Integer(i) => rows::u64_from_sql(i),
+                ValueRef::Integer(i) => u64_from_sql(i),
                 _ => 0,
             };
             for i in 0..ncols {
@@ -122,7 +118,7 @@ impl RowView<'_> {
     /// The row's seq (column 0).
     pub(crate) fn seq(&self) -> u64 {
         match self.cell(0) {
-            Cell::Int(v) => rows::u64_from_sql(v),
+            Cell::Int(v) => u64_from_sql(v),
             _ => 0,
         }
     }
@@ -172,112 +168,3 @@ impl RowView<'_> {
         }
     }
 }
-
-/// State shared by the two iterators.
-#[derive(Debug)]
-struct Cursor<'a> {
-    reader: &'a StoreReader,
-    filter: Filter,
-    since: u64,
-    page: RawPage,
-    next_row: usize,
-    done: bool,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(reader: &'a StoreReader, since: u64, filter: &Filter) -> Self {
-        Cursor {
-            reader,
-            filter: filter.clone(),
-            since,
-            page: RawPage::default(),
-            next_row: 0,
-            done: false,
-        }
-    }
-
-    /// The next row as a record built by `build`, fetching a page when needed.
-    fn next_with<T>(
-        &mut self,
-        stream: Stream,
-        build: fn(&RowView<'_>) -> Result<T, StoreError>,
-    ) -> Option<Result<T, StoreError>> {
-        if self.next_row >= self.page.rows() {
-            if self.done {
-                return None;
-            }
-            let page_size = self.reader.page_size();
-            let fetched = self.reader.fetch_raw(
-                stream,
-                self.since,
-                &self.filter,
-                page_size,
-                PAGE_BYTES,
-                &mut self.page,
-            );
-            self.next_row = 0;
-            match fetched {
-                Err(e) => {
-                    self.done = true;
-                    self.page = RawPage::default();
-                    return Some(Err(e));
-                }
-                Ok(exhausted) => {
-                    self.done = exhausted;
-                    if self.page.rows() == 0 {
-                        self.done = true;
-                        return None;
-                    }
-                    self.since = self.page.row(self.page.rows() - 1).seq();
-                }
-            }
-        }
-        let item = build(&self.page.row(self.next_row));
-        self.next_row += 1;
-        if item.is_err() {
-            self.done = true;
-            self.next_row = self.page.rows();
-        }
-        Some(item)
-    }
-}
-
-/// Steps in seq order, fetched page by page (see [`StoreReader::stream_steps_since`]).
-#[derive(Debug)]
-pub struct StepIter<'a>(Cursor<'a>);
-
-impl<'a> StepIter<'a> {
-    pub(crate) fn new(reader: &'a StoreReader, since: u64, filter: &Filter) -> Self {
-        StepIter(Cursor::new(reader, since, filter))
-    }
-}
-
-impl Iterator for StepIter<'_> {
-    type Item = Result<RunStep, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next_with(Stream::Steps, rows::step_from)
-    }
-}
-
-/// Episodes in seq order, fetched page by page (see
-/// [`StoreReader::stream_episodes_since`]).
-#[derive(Debug)]
-pub struct EpisodeIter<'a>(Cursor<'a>);
-
-impl<'a> EpisodeIter<'a> {
-    pub(crate) fn new(reader: &'a StoreReader, since: u64, filter: &Filter) -> Self {
-        EpisodeIter(Cursor::new(reader, since, filter))
-    }
-}
-
-impl Iterator for EpisodeIter<'_> {
-    type Item = Result<RunEpisode, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next_with(Stream::Episodes, rows::episode_from)
-    }
-}
-
-impl std::iter::FusedIterator for StepIter<'_> {}
-impl std::iter::FusedIterator for EpisodeIter<'_> {}

@@ -12,7 +12,6 @@ use std::{path::Path, time::Duration};
 use rusqlite::{Connection, ToSql};
 use telemetry_core::pb::{self, Record, RunEpisode, RunStep};
 
-pub use crate::pages::{EpisodeIter, StepIter};
 use crate::{
     error::classify,
     open,
@@ -273,18 +272,6 @@ impl StoreReader {
             limit,
             rows::episode_from,
         )
-    }
-
-    /// Every stored step with `seq > since_seq` matching `filter`, page by page (flat
-    /// memory). The iteration ends at the last step stored when its final page was read;
-    /// resume from the last item's `seq_id`.
-    pub fn stream_steps_since(&self, since_seq: u64, filter: &Filter) -> StepIter<'_> {
-        StepIter::new(self, since_seq, filter)
-    }
-
-    /// Every stored episode with `seq > since_seq` matching `filter`, page by page.
-    pub fn stream_episodes_since(&self, since_seq: u64, filter: &Filter) -> EpisodeIter<'_> {
-        EpisodeIter::new(self, since_seq, filter)
     }
 
     /// Up to `limit` lifecycle events (`RunStarted`, `RunCompleted`, `Artifact`) with

@@ -14,6 +14,7 @@ use telemetry_core::{
     ControlMode,
 };
 
+pub(crate) use crate::schema::{u64_from_sql, u64_to_sql};
 use crate::{pages::RowView, StoreError};
 
 /// SQL that inserts one step (parameters in [`crate::schema::STEP_COLUMNS`] order).
@@ -31,18 +32,6 @@ pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (run_id, episode_i
 /// SQL that inserts one lifecycle event.
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO events (kind, run_id, ts_ns, producer_id, \
      producer_seq, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
-/// The `i64` stored for a `u64` (same bits).
-#[inline]
-pub(crate) fn u64_to_sql(v: u64) -> i64 {
-    v as i64
-}
-
-/// The `u64` a stored `i64` stands for (same bits).
-#[inline]
-pub(crate) fn u64_from_sql(v: i64) -> u64 {
-    v as u64
-}
 
 /// The canonical spelling of a control mode (`""` and legacy spellings are rewritten). A value
 /// that is not a known mode (the caller did not validate) is kept as given rather than lost.

@@ -146,3 +146,15 @@ pub(crate) const STEP_COLUMNS: &str = "run_id, episode_index, step_index, action
 pub(crate) const EPISODE_COLUMNS: &str = "run_id, episode_index, total_reward, steps, \
      terminated, truncated, metadata_json, ts_ns, agent_id, control_mode, producer_id, \
      producer_seq";
+
+/// The `i64` stored for a `u64` (same bits).
+#[inline]
+pub(crate) fn u64_to_sql(v: u64) -> i64 {
+    v as i64
+}
+
+/// The `u64` a stored `i64` stands for (same bits).
+#[inline]
+pub(crate) fn u64_from_sql(v: i64) -> u64 {
+    v as u64
+}

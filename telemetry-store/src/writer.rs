@@ -12,7 +12,10 @@ use std::{
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-use telemetry_core::pb::{self, record::Kind, Record};
+use telemetry_core::{
+    pb::{self, record::Kind, Record},
+    Watermark,
+};
 
 use crate::{
     checkpoint::{self, CheckpointState, CheckpointStats},
@@ -37,9 +40,8 @@ type Appended = (Vec<AppendOutcome>, Vec<(String, u64)>);
 /// A producer's watermark as the transaction moves it.
 struct Producer<'a> {
     id: &'a str,
-    /// Whether the producer has a watermark (a row, or one set in this call).
-    known: bool,
-    seq: u64,
+    /// The producer's watermark (from its row, or set in this call).
+    watermark: Watermark,
     dirty: bool,
 }
 
@@ -130,8 +132,7 @@ impl<'a> Batch<'a> {
                         .optional()?;
                     self.producers.push(Producer {
                         id,
-                        known: stored.is_some(),
-                        seq: stored.map_or(0, u64_from_sql),
+                        watermark: Watermark::from_stored(stored.map(u64_from_sql)),
                         dirty: false,
                     });
                     self.producer_index.insert(id, self.producers.len() - 1);
@@ -319,7 +320,7 @@ fn append_in(
         let (producer_id, producer_seq) = record.producer();
         if !producer_id.is_empty() {
             let p = batch.producer(conn, producer_id)?;
-            if p.known && producer_seq <= p.seq {
+            if p.watermark.is_duplicate(producer_seq) {
                 batch.outcomes.push(AppendOutcome::Duplicate);
                 continue;
             }
@@ -362,9 +363,7 @@ fn append_in(
         };
         if !producer_id.is_empty() {
             let p = batch.producer(conn, producer_id)?;
-            p.known = true;
-            p.seq = producer_seq;
-            p.dirty = true;
+            p.dirty |= p.watermark.advance(producer_seq);
         }
         batch.outcomes.push(AppendOutcome::Stored { seq });
     }
@@ -373,11 +372,8 @@ fn append_in(
             continue;
         }
         let p = batch.producer(conn, producer_id)?;
-        if !p.known || *producer_seq > p.seq {
-            p.known = true;
-            p.seq = *producer_seq;
-            p.dirty = true;
-        }
+        // A rejected record still advances its producer's watermark.
+        p.dirty |= p.watermark.advance(*producer_seq);
     }
     drop((steps, episodes, events));
     finish(conn, batch)
@@ -388,13 +384,16 @@ fn finish(conn: &Connection, batch: Batch<'_>) -> rusqlite::Result<Appended> {
     if batch.producers.iter().any(|p| p.dirty) {
         let mut stmt = conn.prepare_cached(UPSERT_WATERMARK)?;
         for p in batch.producers.iter().filter(|p| p.dirty) {
-            stmt.execute(rusqlite::params![p.id, u64_to_sql(p.seq)])?;
+            stmt.execute(rusqlite::params![
+                p.id,
+                u64_to_sql(p.watermark.durable_seq())
+            ])?;
         }
     }
     let watermarks = batch
         .producers
         .iter()
-        .map(|p| (p.id.to_owned(), p.seq))
+        .map(|p| (p.id.to_owned(), p.watermark.durable_seq()))
         .collect();
     if !batch.runs.is_empty() {
         let mut stmt = conn.prepare_cached(UPSERT_RUN_STATS)?;

@@ -242,31 +242,6 @@ fn run_started(mut f: Fields, legacy: bool) -> Result<RunStarted, JsonlError> {
     Ok(r)
 }
 
-/// A status word. Legacy workers say `completed`; `succeeded`, `success`, `ok`, ... mean the same.
-fn status_from_text(text: &str) -> Option<CompletionStatus> {
-    let status = match text.trim().to_ascii_lowercase().as_str() {
-        "succeeded" | "success" | "successful" | "completed" | "complete" | "ok" | "done"
-        | "finished" => CompletionStatus::Succeeded,
-        "failed" | "failure" | "error" | "errored" => CompletionStatus::Failed,
-        "cancelled" | "canceled" | "aborted" | "interrupted" => CompletionStatus::Cancelled,
-        "skipped" => CompletionStatus::Skipped,
-        "unspecified" => CompletionStatus::Unspecified,
-        _ => return None,
-    };
-    Some(status)
-}
-
-/// The canonical spelling of a status (`None` for a number outside the enum).
-pub(super) fn status_text(status: i32) -> Option<&'static str> {
-    Some(match CompletionStatus::try_from(status).ok()? {
-        CompletionStatus::Unspecified => "unspecified",
-        CompletionStatus::Succeeded => "succeeded",
-        CompletionStatus::Failed => "failed",
-        CompletionStatus::Cancelled => "cancelled",
-        CompletionStatus::Skipped => "skipped",
-    })
-}
-
 fn run_completed(mut f: Fields) -> Result<RunCompleted, JsonlError> {
     let line = f.line();
     let status_value = f.take(&["status"]);
@@ -284,13 +259,11 @@ fn run_completed(mut f: Fields) -> Result<RunCompleted, JsonlError> {
         info_json: String::new(),
     };
     r.status = match status_value {
-        Some((k, Value::String(s))) => status_from_text(&s).ok_or_else(|| {
-            invalid(
-                line,
-                k,
-                format!("unknown status {s:?} (expected succeeded, failed, cancelled or skipped)"),
-            )
-        })? as i32,
+        // Legacy workers say `completed`; `succeeded`, `success`, `ok`, ... mean the same.
+        Some((k, Value::String(s))) => {
+            s.parse::<CompletionStatus>()
+                .map_err(|e| invalid(line, k, e.to_string()))? as i32
+        }
         Some((k, Value::Number(n))) => n
             .as_i64()
             .and_then(|n| i32::try_from(n).ok())

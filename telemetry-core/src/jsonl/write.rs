@@ -4,9 +4,9 @@
 //! `*_json` payloads as the exact strings of the record, time as integer nanoseconds and the
 //! `schema` marker that makes the parser read the line back verbatim.
 
-use super::parse::{status_text, SCHEMA, SCHEMA_KEY};
+use super::parse::{SCHEMA, SCHEMA_KEY};
 use crate::{
-    pb::{record::Kind, Record},
+    pb::{record::Kind, CompletionStatus, Record},
     timestamp,
 };
 use prost_types::Timestamp;
@@ -155,7 +155,7 @@ pub fn to_line(record: &Record) -> String {
         Kind::RunCompleted(r) => {
             let mut o = Obj::new("run_completed");
             o.put("run_id", r.run_id.as_str()).ts(r.timestamp.as_ref());
-            match status_text(r.status) {
+            match CompletionStatus::wire_str(r.status) {
                 Some(text) => o.put("status", text),
                 None => o.put("status", r.status),
             };

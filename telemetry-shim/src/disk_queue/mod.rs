@@ -50,12 +50,14 @@
 //!   [`DiskQueue::close`] behaves like a crash: the unwritten buffer is discarded.
 
 mod frame;
+mod segment;
 mod state;
 
 pub use frame::{frame_len, MAX_FRAME_BYTES};
 
-use crate::{FsyncPolicy, FullPolicy};
+use crate::policy::{FsyncPolicy, FullPolicy};
 use frame::FrameRead;
+use segment::{parse_segment_name, scan_segment, segment_name, Segment};
 use state::{io_err, State};
 use std::{
     collections::VecDeque,
@@ -168,44 +170,6 @@ pub struct Recovery {
     pub state_reset: bool,
 }
 
-/// One segment file and the seqs it holds, as contiguous inclusive ranges (gaps appear where
-/// records were dropped before reaching the queue).
-#[derive(Debug)]
-struct Segment {
-    first_seq: u64,
-    path: PathBuf,
-    ranges: Vec<(u64, u64)>,
-    bytes: u64,
-}
-
-impl Segment {
-    fn last_seq(&self) -> Option<u64> {
-        self.ranges.last().map(|r| r.1)
-    }
-
-    fn push(&mut self, seq: u64) {
-        match self.ranges.last_mut() {
-            Some(r) if r.1 + 1 == seq => r.1 = seq,
-            _ => self.ranges.push((seq, seq)),
-        }
-    }
-
-    /// Seqs in `(lo, hi]`.
-    fn count_between(&self, lo: u64, hi: u64) -> u64 {
-        self.ranges
-            .iter()
-            .map(|&(a, b)| {
-                let (a, b) = (a.max(lo.saturating_add(1)), b.min(hi));
-                if a <= b {
-                    b - a + 1
-                } else {
-                    0
-                }
-            })
-            .sum()
-    }
-}
-
 /// The segment being appended to.
 struct Head {
     file: File,
@@ -253,18 +217,6 @@ impl std::fmt::Debug for DiskQueue {
             .field("unacked", &self.unacked)
             .finish_non_exhaustive()
     }
-}
-
-fn segment_name(first_seq: u64) -> String {
-    format!("seg-{first_seq:020}.log")
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("seg-")?
-        .strip_suffix(".log")
-        .filter(|d| d.len() == 20)?
-        .parse()
-        .ok()
 }
 
 impl DiskQueue {
@@ -727,167 +679,5 @@ impl DiskQueue {
     }
 }
 
-/// Reads a segment, cutting it at the first bad frame. Returns the segment and, when cut, the
-/// bytes removed.
-fn scan_segment(
-    first_seq: u64,
-    path: PathBuf,
-    prev_last: u64,
-) -> Result<(Segment, Option<u64>), QueueError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_err(&path, e))?;
-    let size = file.metadata().map_err(|e| io_err(&path, e))?.len();
-    let mut reader = BufReader::with_capacity(256 * 1024, &file);
-    let mut seg = Segment {
-        first_seq,
-        path,
-        ranges: Vec::new(),
-        bytes: 0,
-    };
-    let mut offset = 0u64;
-    let mut last = prev_last;
-    let cut = loop {
-        let read = frame::read(&mut reader, size - offset).map_err(|e| io_err(&seg.path, e))?;
-        match read {
-            FrameRead::Frame { seq, len, .. } if seq > last => {
-                seg.push(seq);
-                last = seq;
-                offset += len;
-            }
-            FrameRead::Frame { .. } => break Some("seq not increasing"),
-            FrameRead::End => break None,
-            FrameRead::Corrupt(reason) => break Some(reason),
-        }
-    };
-    seg.bytes = offset;
-    let lost = match cut {
-        None => None,
-        Some(reason) => {
-            tracing::warn!(path = %seg.path.display(), offset, reason,
-                "telemetry queue: cutting a torn or corrupt segment tail");
-            drop(reader);
-            file.set_len(offset).map_err(|e| io_err(&seg.path, e))?;
-            file.sync_all().map_err(|e| io_err(&seg.path, e))?;
-            Some(size - offset)
-        }
-    };
-    Ok((seg, lost))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use telemetry_core::pb::RunStep;
-
-    fn rec(seq: u64) -> Record {
-        let mut r: Record = RunStep {
-            run_id: "r".into(),
-            step_index: seq,
-            ..Default::default()
-        }
-        .into();
-        r.set_producer("", seq);
-        r
-    }
-
-    fn seqs(v: &[Record]) -> Vec<u64> {
-        v.iter().map(|r| r.producer().1).collect()
-    }
-
-    #[test]
-    fn segment_ranges_count_gaps() {
-        let mut s = Segment {
-            first_seq: 1,
-            path: PathBuf::new(),
-            ranges: vec![],
-            bytes: 0,
-        };
-        for q in [1, 2, 3, 7, 8, 10] {
-            s.push(q);
-        }
-        assert_eq!(s.ranges, vec![(1, 3), (7, 8), (10, 10)]);
-        assert_eq!(s.count_between(0, u64::MAX), 6);
-        assert_eq!(s.count_between(2, 8), 3);
-        assert_eq!(s.count_between(8, 9), 0);
-        assert_eq!(s.last_seq(), Some(10));
-    }
-
-    #[test]
-    fn second_open_of_a_directory_is_refused_until_the_first_closes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (q, _) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("open");
-        let err = DiskQueue::open(dir.path(), QueueOptions::default()).expect_err("locked");
-        assert!(matches!(err, QueueError::Locked { .. }), "{err}");
-        let id = q.producer_id().to_owned();
-        q.close().expect("close");
-        let (q2, rec) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("reopen");
-        assert_eq!(q2.producer_id(), id);
-        assert_eq!(rec.producer_id, id);
-    }
-
-    #[test]
-    fn reads_continue_across_segments_and_acks_delete_them() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let opts = QueueOptions {
-            segment_max_bytes: 200,
-            max_bytes: 1 << 20,
-            ..QueueOptions::default()
-        };
-        let (mut q, _) = DiskQueue::open(dir.path(), opts).expect("open");
-        for s in 1..=20 {
-            assert_eq!(
-                q.append(&rec(s)).expect("append"),
-                AppendOutcome::Stored { evicted: 0 }
-            );
-        }
-        assert!(q.segments.len() > 2, "{} segments", q.segments.len());
-        let a = q.read_after(0, 7, usize::MAX).expect("read");
-        assert_eq!(seqs(&a), (1..=7).collect::<Vec<_>>());
-        let b = q.read_after(7, 100, usize::MAX).expect("read");
-        assert_eq!(seqs(&b), (8..=20).collect::<Vec<_>>());
-        // A rewind (after a reconnect) starts again after the given seq.
-        let c = q.read_after(3, 2, usize::MAX).expect("read");
-        assert_eq!(seqs(&c), vec![4, 5]);
-        let files_before = q.segments.len();
-        assert_eq!(q.ack(12).expect("ack"), 12);
-        assert!(q.segments.len() < files_before);
-        assert_eq!(q.unacked_records(), 8);
-        assert_eq!(q.first_unacked_seq(), Some(13));
-        assert_eq!(
-            seqs(&q.read_after(0, 100, usize::MAX).expect("read")),
-            (13..=20).collect::<Vec<_>>()
-        );
-        assert!(matches!(
-            q.append(&rec(20)),
-            Err(QueueError::OutOfOrder { seq: 20, last: 20 })
-        ));
-        assert_eq!(q.ack(20).expect("ack"), 8);
-        assert_eq!(q.bytes(), 0);
-        assert_eq!(q.first_unacked_seq(), None);
-        q.append(&rec(21)).expect("append after full ack");
-        assert_eq!(
-            seqs(&q.read_after(20, 10, usize::MAX).expect("read")),
-            vec![21]
-        );
-    }
-
-    #[test]
-    fn unreadable_state_gets_a_new_producer_and_keeps_segments() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mut q, _) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("open");
-        let old = q.producer_id().to_owned();
-        q.append(&rec(1)).expect("append");
-        q.close().expect("close");
-        fs::write(dir.path().join(state::STATE_FILE), b"{not json").expect("write");
-        let (mut q, r) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("reopen");
-        assert!(r.state_reset);
-        assert_ne!(q.producer_id(), old);
-        assert_eq!(
-            seqs(&q.read_after(0, 10, usize::MAX).expect("read")),
-            vec![1]
-        );
-    }
-}
+mod tests;

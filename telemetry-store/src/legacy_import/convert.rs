@@ -6,6 +6,7 @@
 use rusqlite::{Connection, OptionalExtension, Row};
 use serde_json::{Map, Value};
 use telemetry_core::{
+    ids::IdError,
     pb::{record::Kind, Record, RunEpisode, RunStep},
     validate::{normalize, Limits, ValidationError},
     ControlMode,
@@ -401,22 +402,26 @@ fn repair(record: &mut Record, e: &ValidationError, p: &mut Vec<String>) -> bool
         }
         (
             Kind::Step(s),
-            ValidationError::IdTooLong {
-                field: "agent_id", ..
-            },
-        )
-        | (Kind::Step(s), ValidationError::IdControlChar { field: "agent_id" }) => {
+            ValidationError::Id(
+                IdError::TooLong {
+                    kind: "agent_id", ..
+                }
+                | IdError::ControlChar { kind: "agent_id" },
+            ),
+        ) => {
             p.push(format!("{e}; agent_id dropped"));
             s.agent_id.clear();
             true
         }
         (
             Kind::Episode(ep),
-            ValidationError::IdTooLong {
-                field: "agent_id", ..
-            },
-        )
-        | (Kind::Episode(ep), ValidationError::IdControlChar { field: "agent_id" }) => {
+            ValidationError::Id(
+                IdError::TooLong {
+                    kind: "agent_id", ..
+                }
+                | IdError::ControlChar { kind: "agent_id" },
+            ),
+        ) => {
             p.push(format!("{e}; agent_id dropped"));
             ep.agent_id.clear();
             true

@@ -1,0 +1,114 @@
+//! One segment file: its name, the seqs it holds, and the scan that reads it back at open.
+//!
+//! The queue is a directory of `seg-<first seq>.log` files of frames. What a segment holds
+//! (contiguous seq ranges, its size) and how a torn or corrupt tail is cut on recovery are
+//! independent of the queue's append/ack/replay bookkeeping in `mod.rs`, so they live here.
+
+use super::{
+    frame::{self, FrameRead},
+    state::io_err,
+    QueueError,
+};
+use std::{fs::OpenOptions, io::BufReader, path::PathBuf};
+
+/// One segment file and the seqs it holds, as contiguous inclusive ranges (gaps appear where
+/// records were dropped before reaching the queue).
+#[derive(Debug)]
+pub(super) struct Segment {
+    pub(super) first_seq: u64,
+    pub(super) path: PathBuf,
+    pub(super) ranges: Vec<(u64, u64)>,
+    pub(super) bytes: u64,
+}
+
+impl Segment {
+    pub(super) fn last_seq(&self) -> Option<u64> {
+        self.ranges.last().map(|r| r.1)
+    }
+
+    pub(super) fn push(&mut self, seq: u64) {
+        match self.ranges.last_mut() {
+            Some(r) if r.1 + 1 == seq => r.1 = seq,
+            _ => self.ranges.push((seq, seq)),
+        }
+    }
+
+    /// Seqs in `(lo, hi]`.
+    pub(super) fn count_between(&self, lo: u64, hi: u64) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(lo.saturating_add(1)), b.min(hi));
+                if a <= b {
+                    b - a + 1
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+}
+
+/// The file name of the segment whose first record is `first_seq`.
+pub(super) fn segment_name(first_seq: u64) -> String {
+    format!("seg-{first_seq:020}.log")
+}
+
+/// The first seq of a segment file name (`None`: not a segment).
+pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("seg-")?
+        .strip_suffix(".log")
+        .filter(|d| d.len() == 20)?
+        .parse()
+        .ok()
+}
+
+/// Reads a segment, cutting it at the first bad frame. Returns the segment and, when cut, the
+/// bytes removed.
+pub(super) fn scan_segment(
+    first_seq: u64,
+    path: PathBuf,
+    prev_last: u64,
+) -> Result<(Segment, Option<u64>), QueueError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    let size = file.metadata().map_err(|e| io_err(&path, e))?.len();
+    let mut reader = BufReader::with_capacity(256 * 1024, &file);
+    let mut seg = Segment {
+        first_seq,
+        path,
+        ranges: Vec::new(),
+        bytes: 0,
+    };
+    let mut offset = 0u64;
+    let mut last = prev_last;
+    let cut = loop {
+        let read = frame::read(&mut reader, size - offset).map_err(|e| io_err(&seg.path, e))?;
+        match read {
+            FrameRead::Frame { seq, len, .. } if seq > last => {
+                seg.push(seq);
+                last = seq;
+                offset += len;
+            }
+            FrameRead::Frame { .. } => break Some("seq not increasing"),
+            FrameRead::End => break None,
+            FrameRead::Corrupt(reason) => break Some(reason),
+        }
+    };
+    seg.bytes = offset;
+    let lost = match cut {
+        None => None,
+        Some(reason) => {
+            tracing::warn!(path = %seg.path.display(), offset, reason,
+                "telemetry queue: cutting a torn or corrupt segment tail");
+            drop(reader);
+            file.set_len(offset).map_err(|e| io_err(&seg.path, e))?;
+            file.sync_all().map_err(|e| io_err(&seg.path, e))?;
+            Some(size - offset)
+        }
+    };
+    Ok((seg, lost))
+}

@@ -1,0 +1,145 @@
+//! The sender's pending flushes and closes: when each is answered, and with what report.
+//!
+//! A flush is answered `Acked` once the daemon's watermark covers it, `OnDisk` when it times
+//! out (or the link fails) with a durable queue holding the rest, and an error otherwise;
+//! `finish` answers everything at close. Split from the sender's send/ack loop (`sender.rs`)
+//! because these rules are what a caller of `flush`/`close` observes.
+
+use super::{link::Link, Reply, Sender};
+use crate::{
+    backlog::Backlog,
+    flush::{FlushOutcome, FlushReport},
+    stats::Counters,
+    ShimError,
+};
+use std::time::Instant;
+
+pub(super) struct PendingFlush {
+    pub(super) upto: u64,
+    pub(super) deadline: Instant,
+    pub(super) reply: Reply,
+    pub(super) link_failed: bool,
+    pub(super) close: bool,
+}
+
+impl Sender {
+    pub(super) fn add_flush(&mut self, upto: u64, deadline: Instant, reply: Reply, close: bool) {
+        self.flushes.push(PendingFlush {
+            upto,
+            deadline,
+            reply,
+            link_failed: false,
+            close,
+        });
+        if matches!(self.link, Link::Down) {
+            // A flush wants to know now whether the daemon is there.
+            self.retry_at = Instant::now();
+        }
+    }
+
+    pub(super) fn pending_upto(&self, upto: u64) -> bool {
+        let staged = self
+            .staged
+            .front()
+            .is_some_and(|p| p.record.producer().1 <= upto);
+        let queued = self
+            .backlog
+            .as_ref()
+            .and_then(Backlog::first_unacked_seq)
+            .is_some_and(|s| s <= upto);
+        staged || queued
+    }
+
+    pub(super) fn report(&self, upto: u64, outcome: FlushOutcome) -> FlushReport {
+        FlushReport {
+            outcome,
+            accepted_through: upto,
+            acked_through: self.acked,
+            pending_records: self.backlog.as_ref().map_or(0, Backlog::unacked)
+                + self.staged.len() as u64,
+        }
+    }
+
+    /// Answers the flushes that are done; returns a completed close.
+    pub(super) fn check_flushes(
+        &mut self,
+        now: Instant,
+    ) -> Option<(PendingFlush, Result<FlushReport, ShimError>)> {
+        let mut i = 0;
+        while i < self.flushes.len() {
+            let f = &self.flushes[i];
+            let drained = self
+                .staged
+                .front()
+                .is_none_or(|p| p.record.producer().1 > f.upto);
+            let result = if !self.pending_upto(f.upto) {
+                Some(Ok(self.report(f.upto, FlushOutcome::Acked)))
+            } else if drained && (f.link_failed || now >= f.deadline) {
+                let durable = self.backlog.as_ref().is_some_and(Backlog::is_durable);
+                if durable {
+                    let synced = self.backlog.as_mut().map_or(Ok(()), Backlog::sync);
+                    Some(match synced {
+                        Ok(()) => Ok(self.report(f.upto, FlushOutcome::OnDisk)),
+                        Err(e) => Err(ShimError::Queue(e)),
+                    })
+                } else if f.link_failed {
+                    Some(Err(ShimError::NotDelivered {
+                        pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
+                        reason: self.last_link_error.clone(),
+                    }))
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            let result = result.or_else(|| {
+                (now >= f.deadline).then(|| {
+                    Err(ShimError::FlushTimeout {
+                        pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
+                    })
+                })
+            });
+            match result {
+                Some(r) => {
+                    let f = self.flushes.swap_remove(i);
+                    if f.close {
+                        return Some((f, r));
+                    }
+                    let _ = f.reply.send(r);
+                }
+                None => i += 1,
+            }
+        }
+        None
+    }
+
+    /// Stops: queues what is left in the inbox, closes the backlog cleanly, then answers.
+    pub(super) fn finish(&mut self, close: Option<(PendingFlush, Result<FlushReport, ShimError>)>) {
+        self.inbox.close();
+        self.drain();
+        self.link.shut();
+        let closed = self.backlog.take().map_or(Ok(()), Backlog::close);
+        if let Err(e) = &closed {
+            tracing::error!(error = %e, "closing the telemetry queue failed");
+        }
+        let left = self.staged.len();
+        if left > 0 {
+            Counters::add(&self.counters.dropped, left as u64);
+            tracing::warn!(
+                records = left,
+                "telemetry records could not be queued before close"
+            );
+        }
+        for f in self.flushes.drain(..) {
+            let _ = f.reply.send(Err(ShimError::Closed));
+        }
+        if let Some((f, result)) = close {
+            let result = match (result, closed) {
+                (Ok(r), Err(e)) if r.outcome == FlushOutcome::OnDisk => Err(ShimError::Queue(e)),
+                (r, _) => r,
+            };
+            let _ = f.reply.send(result);
+        }
+    }
+}
