@@ -98,10 +98,7 @@ impl Registry {
         {
             let mut inner = self.lock();
             for mut info in stored {
-                // An interrupted run has no stored completion unless its worker sent one (the
-                // caller checks the store): the server must store one, or live views never end.
-                let interrupted_now = !is_final(info.state);
-                if interrupted_now {
+                if !is_final(info.state) {
                     info.state = RunState::Failed as i32;
                     info.failure_reason =
                         "interrupted: the daemon stopped while the run was active".into();
@@ -116,7 +113,9 @@ impl Registry {
                     Entry {
                         info,
                         process: None,
-                        completion_recorded: !interrupted_now,
+                        // Not re-recorded at restart: a run fed by a worker started by hand may
+                        // still be alive and reconnect (issue 13 tells spawned runs apart).
+                        completion_recorded: true,
                         last_beat: Instant::now(),
                         order,
                     },

@@ -236,9 +236,6 @@ async fn recover(
 ) -> Result<Vec<String>, ServerError> {
     let interrupted = registry.restore(reader.run_infos()?).await;
     for run_id in &interrupted {
-        if reader.run_completion(run_id)?.is_some() {
-            registry.set_completion_recorded(run_id); // the worker's own is stored
-        }
         tracing::warn!(run_id = %run_id, "run was active when the previous server stopped; marked failed");
         dispatch::record_completion(
             registry,

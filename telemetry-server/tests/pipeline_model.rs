@@ -318,7 +318,12 @@ async fn run_model(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        // Failures print the minimal input; no regression files are written into the tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn stored_is_acknowledged_or_resent_once_and_published_in_commit_order(
