@@ -126,12 +126,15 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator:
+def daemon_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     started: list[Daemon] = []
 
     def make(name: str = "var") -> Daemon:
         d = Daemon(tmp_path / name)
         started.append(d)
+        # Clients find the daemon's operator token as a user's would: through its var dir
+        # (the daemon makes <var-dir>/auth-token on first start).
+        monkeypatch.setenv("GYM_TELEMETRY_VAR_DIR", str(d.var_dir))
         return d
 
     yield make

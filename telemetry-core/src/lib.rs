@@ -18,6 +18,7 @@
 
 pub mod completion;
 pub mod control_mode;
+pub mod credentials;
 pub mod ids;
 pub mod jsonl;
 pub mod pb;

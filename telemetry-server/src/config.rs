@@ -21,6 +21,32 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// The JSONL proxy's executable name, looked up beside the running executable, then on `PATH`.
 pub const PROXY_EXE_NAME: &str = "gym-telemetry-proxy";
 
+/// Where the operator credential comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// `<var_dir>/auth-token`, made (random, mode 0600) on first start. The default: clients of
+    /// the same user find it with no flag.
+    VarDirFile,
+    /// A token file the operator made (e.g. one file given to several servers).
+    File(PathBuf),
+    /// A token held in memory (embedding; the daemon's `GYM_TELEMETRY_AUTH_TOKEN`).
+    Token(String),
+    /// No credential: every request is the operator. Loopback only, with a warning; for
+    /// throwaway setups.
+    InsecureNoAuth,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthConfig::VarDirFile => f.write_str("VarDirFile"),
+            AuthConfig::File(p) => f.debug_tuple("File").field(p).finish(),
+            AuthConfig::Token(_) => f.write_str("Token(<redacted>)"),
+            AuthConfig::InsecureNoAuth => f.write_str("InsecureNoAuth"),
+        }
+    }
+}
+
 /// PEM files for TLS.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -44,8 +70,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Prometheus address (`None`: no metrics endpoint).
     pub metrics_listen: Option<SocketAddr>,
-    /// Bearer token every RPC must carry; required for a non-loopback `listen`.
-    pub auth_token: Option<String>,
+    /// The operator credential every RPC (but gRPC health) must carry.
+    pub auth: AuthConfig,
     /// Serve TLS with these files. The endpoint the server reports and hands to the workers
     /// it spawns is then `https://`.
     pub tls: Option<TlsFiles>,
@@ -88,10 +114,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("backend", &self.backend.as_ref().map(|b| b.describe()))
             .field("listen", &self.listen)
             .field("metrics_listen", &self.metrics_listen)
-            .field(
-                "auth_token",
-                &self.auth_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("auth", &self.auth)
             .field("tls", &self.tls)
             .field("durability", &self.durability)
             .finish_non_exhaustive()
@@ -122,7 +145,7 @@ impl ServerConfig {
             backend: None,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50151),
             metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50152)),
-            auth_token: None,
+            auth: AuthConfig::VarDirFile,
             tls: None,
             tls_client_ca: None,
             tls_client_domain: None,

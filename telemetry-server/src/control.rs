@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::Principal,
     dispatch::{self, DispatchConfig},
     runs::Registry,
 };
@@ -97,6 +98,7 @@ impl RunControl for ControlService {
         &self,
         request: Request<SubmitRunRequest>,
     ) -> Result<Response<SubmitRunResponse>, Status> {
+        Principal::of(&request).require_operator("SubmitRun")?;
         let run_id = dispatch::submit(&self.registry, &self.dispatch, request.into_inner())
             .await
             .map_err(Status::invalid_argument)?;
@@ -107,6 +109,7 @@ impl RunControl for ControlService {
         &self,
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
+        Principal::of(&request).require_operator("CancelRun")?;
         let cancelled = self
             .registry
             .cancel(&request.into_inner().run_id)
@@ -135,7 +138,14 @@ impl RunControl for ControlService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let known = self.registry.heartbeat(&request.into_inner().run_id);
+        let principal = Principal::of(&request);
+        let run_id = request.into_inner().run_id;
+        if !principal.may_write(&run_id) {
+            return Err(Status::permission_denied(format!(
+                "this credential may not heartbeat run {run_id:?}"
+            )));
+        }
+        let known = self.registry.heartbeat(&run_id);
         Ok(Response::new(HeartbeatResponse { known }))
     }
 }

@@ -24,7 +24,11 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::runs::{ProcessControl, Registry};
+use crate::{
+    auth::Credentials,
+    runs::{ProcessControl, Registry},
+    security,
+};
 
 /// How workers are started.
 #[derive(Debug, Clone)]
@@ -33,8 +37,8 @@ pub struct DispatchConfig {
     pub endpoint: String,
     /// With TLS: what workers trust, passed as `GYM_TELEMETRY_TLS_CA_FILE`/`_DOMAIN`.
     pub tls: Option<WorkerTls>,
-    /// The bearer token workers must present, if the daemon requires one.
-    pub auth_token: Option<String>,
+    /// The server's credentials: each worker gets a worker token scoped to its run.
+    pub credentials: Credentials,
     /// The `gym-telemetry-proxy` executable, which runs legacy JSONL workers.
     pub proxy_exe: PathBuf,
     /// Time between SIGTERM and SIGKILL on cancel.
@@ -130,7 +134,11 @@ pub async fn submit(
     if let Some(seed) = req.seed {
         cmd.env("GYM_TELEMETRY_SEED", seed.to_string());
     }
-    if let Some(token) = &cfg.auth_token {
+    // A worker credential scoped to this run, through the environment (never argv, which every
+    // local account can read in `ps`). The operator's file is not the worker's to find.
+    cmd.env_remove("GYM_TELEMETRY_AUTH_TOKEN")
+        .env_remove("GYM_TELEMETRY_AUTH_TOKEN_FILE");
+    if let Some(token) = cfg.credentials.worker_token(&run_id) {
         cmd.env("GYM_TELEMETRY_AUTH_TOKEN", token);
     }
     // Like the endpoint, the TLS settings are the daemon's to give: values inherited from the
@@ -146,7 +154,7 @@ pub async fn submit(
     if !command.working_dir.is_empty() {
         cmd.current_dir(&command.working_dir);
     }
-    if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
+    if let Err(e) = security::private_dir(&run_dir) {
         tracing::warn!(run_id = %run_id, error = %e, "cannot create the run's log directory");
     }
     let mut child = match cmd.spawn() {
@@ -329,7 +337,12 @@ async fn capture_logs(
     stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
     max: u64,
 ) {
-    let file = match tokio::fs::File::create(&path).await {
+    let opened = security::private_file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path);
+    let file = match opened.map(tokio::fs::File::from_std) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the worker log");

@@ -9,9 +9,12 @@ use crate::lock::LockError;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// Binding a non-loopback address without a token.
-    #[error("refusing to listen on {0} without an auth token: only loopback addresses may be served without authentication")]
+    /// Binding a non-loopback address with authentication turned off.
+    #[error("refusing to listen on {0} with --insecure-no-auth: only loopback addresses may be served without authentication")]
     NeedsToken(SocketAddr),
+    /// The operator credential could not be read or made.
+    #[error("credentials: {0}")]
+    Credentials(String),
     /// Another server holds the var dir.
     #[error(transparent)]
     Lock(#[from] LockError),

@@ -20,6 +20,8 @@ pub struct ServerHandle {
     pub(crate) hub: Hub,
     pub(crate) publisher: Publisher,
     pub(crate) tls: bool,
+    pub(crate) operator_token: Option<String>,
+    pub(crate) credentials: crate::auth::Credentials,
     pub(crate) cancel: CancellationToken,
     pub(crate) join: JoinHandle<Result<(), ServerError>>,
 }
@@ -29,6 +31,18 @@ impl ServerHandle {
     /// and viewers connect to.
     pub fn endpoint(&self) -> String {
         endpoint_for(self.addr, self.tls)
+    }
+
+    /// The operator token (`None` with `AuthConfig::InsecureNoAuth`), for in-process clients
+    /// the application starts itself (the demo hands it to its worker and viewer). Never log it.
+    pub fn operator_token(&self) -> Option<&str> {
+        self.operator_token.as_deref()
+    }
+
+    /// A worker credential scoped to `run_id` (publish that run's records, heartbeat it, read),
+    /// for a worker the application starts itself. `None` without credentials.
+    pub fn worker_token(&self, run_id: &str) -> Option<String> {
+        self.credentials.worker_token(run_id)
     }
 
     /// Publishes records in-process, through the same validation, commit, ack and publish as

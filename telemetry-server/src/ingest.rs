@@ -11,7 +11,7 @@ use telemetry_core::pb::{ingest_server::Ingest, IngestAck, IngestBatch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::publish::Publisher;
+use crate::{auth::Principal, publish::Publisher};
 
 /// The Ingest service.
 #[derive(Clone)]
@@ -36,8 +36,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<IngestBatch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
+        let principal = Principal::of(&request);
         let mut inbound = request.into_inner();
-        let (batches, acks) = self.publisher.open_stream().into_parts();
+        let (batches, acks) = self.publisher.open_stream_as(principal).into_parts();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
@@ -62,8 +63,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<IngestBatch>,
     ) -> Result<Response<IngestAck>, Status> {
+        let principal = Principal::of(&request);
         self.publisher
-            .publish(request.into_inner())
+            .publish_as(&principal, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)

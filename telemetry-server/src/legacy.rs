@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    auth::Principal,
     control::forward_runs,
     dispatch::{self, DispatchConfig},
     publish::Publisher,
@@ -72,6 +73,7 @@ impl LegacyService {
 
     async fn publish<L: Message + Default, F: Fn(L) -> Result<Record, Status>>(
         &self,
+        principal: &Principal,
         mut inbound: Streaming<L>,
         convert: F,
     ) -> Result<PublishTelemetryResponse, Status> {
@@ -87,10 +89,13 @@ impl LegacyService {
             if batch.len() >= PUBLISH_BATCH || (end && !batch.is_empty()) {
                 let ack = self
                     .ingest
-                    .publish(IngestBatch {
-                        batch_id: 0,
-                        records: std::mem::take(&mut batch),
-                    })
+                    .publish_as(
+                        principal,
+                        IngestBatch {
+                            batch_id: 0,
+                            records: std::mem::take(&mut batch),
+                        },
+                    )
                     .await
                     .map_err(Status::from)?;
                 accepted += u64::from(ack.stored) + u64::from(ack.duplicates);
@@ -289,6 +294,7 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<SubmitRunRequest>,
     ) -> Result<Response<SubmitRunResponse>, Status> {
+        Principal::of(&request).require_operator("SubmitRun")?;
         let req = request.into_inner();
         let ours = parse_submit(&req)?;
         let run_id = dispatch::submit(&self.registry, &self.dispatch, ours)
@@ -306,6 +312,7 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
+        Principal::of(&request).require_operator("CancelRun")?;
         self.registry
             .cancel(&request.into_inner().run_id)
             .await
@@ -360,7 +367,13 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let principal = Principal::of(&request);
         let run_id = request.into_inner().run_id;
+        if !principal.may_write(&run_id) {
+            return Err(Status::permission_denied(format!(
+                "this credential may not heartbeat run {run_id:?}"
+            )));
+        }
         if self.registry.heartbeat(&run_id) {
             Ok(Response::new(HeartbeatResponse {}))
         } else {
@@ -409,8 +422,9 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<Streaming<legacy::RunStep>>,
     ) -> Result<Response<PublishTelemetryResponse>, Status> {
+        let principal = Principal::of(&request);
         let resp = self
-            .publish(request.into_inner(), |s: legacy::RunStep| {
+            .publish(&principal, request.into_inner(), |s: legacy::RunStep| {
                 transcode::<_, pb::RunStep>(&s).map(Record::from)
             })
             .await?;
@@ -421,8 +435,9 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<Streaming<legacy::RunEpisode>>,
     ) -> Result<Response<PublishTelemetryResponse>, Status> {
+        let principal = Principal::of(&request);
         let resp = self
-            .publish(request.into_inner(), |e: legacy::RunEpisode| {
+            .publish(&principal, request.into_inner(), |e: legacy::RunEpisode| {
                 let mut ep: pb::RunEpisode = transcode(&e)?;
                 // The predecessor kept control_mode inside the metadata.
                 if ep.control_mode.is_empty() {

@@ -77,14 +77,17 @@ mod ingest_limits;
 mod legacy;
 mod lock;
 mod metrics;
+mod owners;
 mod pipeline;
 mod publish;
 mod query;
 mod runs;
+mod security;
 mod start;
 
+pub use auth::{AuthError, Principal};
 pub use config::{
-    default_proxy_exe, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
+    default_proxy_exe, AuthConfig, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
     PROXY_EXE_NAME, SHUTDOWN_DRAIN,
 };
 pub use dispatch::new_run_id;

@@ -8,7 +8,7 @@
 //! reported and replaced.
 
 use std::{
-    fs::{self, File, OpenOptions, TryLockError},
+    fs::{self, File, TryLockError},
     io::Write,
     path::{Path, PathBuf},
 };
@@ -53,10 +53,10 @@ impl InstanceLock {
             let path = path.to_path_buf();
             move |source| LockError::Io { path, source }
         };
-        fs::create_dir_all(var_dir).map_err(io_err(var_dir))?;
+        crate::security::private_dir(var_dir).map_err(io_err(var_dir))?;
         let lock_path = var_dir.join("daemon.lock");
         let pid_path = var_dir.join("daemon.pid");
-        let file = OpenOptions::new()
+        let file = crate::security::private_file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -82,7 +82,15 @@ impl InstanceLock {
         if let Some(stale) = &recovered_stale_pid {
             tracing::warn!(stale = %stale, "replacing the PID file of a daemon that did not shut down cleanly");
         }
-        let mut pid_file = File::create(&pid_path).map_err(io_err(&pid_path))?;
+        let mut pid_file = crate::security::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&pid_path)
+            .map_err(io_err(&pid_path))?;
+        for p in [&lock_path, &pid_path] {
+            crate::security::make_private(p).map_err(io_err(p))?;
+        }
         writeln!(pid_file, "pid {}\nlisten {listen}", std::process::id())
             .map_err(io_err(&pid_path))?;
         Ok(InstanceLock {

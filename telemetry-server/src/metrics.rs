@@ -219,17 +219,29 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves. With `auth` (a listener off
+/// loopback), each scrape must carry `authorization: Bearer <operator token>`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
+    auth: Option<crate::auth::AuthInterceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::{http::StatusCode, response::IntoResponse};
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let m = metrics.clone();
+            let auth = auth.clone();
             async move {
+                if let Some(a) = &auth {
+                    let header = headers
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok());
+                    if let Err(e) = a.check_header(header) {
+                        return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+                    }
+                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -237,6 +249,7 @@ pub async fn serve(
                     )],
                     m.render(),
                 )
+                    .into_response()
             }
         }),
     );

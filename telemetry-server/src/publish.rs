@@ -10,7 +10,10 @@
 //! [`Publisher`] is the public, in-process entry; the gRPC `Ingest` service (`ingest.rs`) is a
 //! thin layer over it.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use telemetry_core::{
     pb::{record::Kind, IngestAck, IngestBatch, ProducerWatermark, Record, RejectedRecord},
@@ -21,8 +24,10 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::{
+    auth::Principal,
     ingest_limits::IngestLimits,
     metrics::Metrics,
+    owners::Owners,
     pipeline::{Origin, PendingAppend, Pipeline, WriteError},
     runs::Registry,
 };
@@ -75,6 +80,7 @@ impl PublishStream {
 /// Get one from [`ServerHandle::publisher`](crate::ServerHandle::publisher). Cloning is cheap.
 #[derive(Clone)]
 pub struct Publisher {
+    owners: Arc<Mutex<Owners>>,
     pipeline: Pipeline,
     registry: Registry,
     metrics: Metrics,
@@ -131,6 +137,7 @@ impl Publisher {
         limits: IngestLimits,
     ) -> Self {
         Publisher {
+            owners: Arc::default(),
             pipeline,
             registry,
             metrics,
@@ -145,7 +152,17 @@ impl Publisher {
     /// Validates, stores and acknowledges one batch (a unary call: it never counts as a new
     /// stream for the producer fence).
     pub async fn publish(&self, batch: IngestBatch) -> Result<IngestAck, PublishError> {
-        let mut prepared = self.prepare(batch)?;
+        self.publish_as(&Principal::Operator, batch).await
+    }
+
+    /// [`Publisher::publish`] on behalf of a credential: records of runs it may not write, and
+    /// records under producer ids another credential owns, are rejected in the ack.
+    pub(crate) async fn publish_as(
+        &self,
+        principal: &Principal,
+        batch: IngestBatch,
+    ) -> Result<IngestAck, PublishError> {
+        let mut prepared = self.prepare(batch, principal)?;
         let pending = self.submit(&mut prepared, Origin::default()).await?;
         self.finish(prepared, pending).await
     }
@@ -155,6 +172,11 @@ impl Publisher {
     /// ends the stream (every later batch of it is refused): open a new one and resend from the
     /// last acknowledged watermark.
     pub fn open_stream(&self) -> PublishStream {
+        self.open_stream_as(Principal::Operator)
+    }
+
+    /// [`Publisher::open_stream`] on behalf of a credential.
+    pub(crate) fn open_stream_as(&self, principal: Principal) -> PublishStream {
         let origin = self.pipeline.open_stream();
         let (batch_tx, mut batch_rx) = mpsc::channel::<IngestBatch>(PUBLISH_WINDOW);
         let (ack_tx, ack_rx) = mpsc::channel(PUBLISH_WINDOW);
@@ -167,7 +189,7 @@ impl Publisher {
         let reader = self.clone();
         tokio::spawn(async move {
             while let Some(batch) = batch_rx.recv().await {
-                let queued = match reader.prepare(batch) {
+                let queued = match reader.prepare(batch, &principal) {
                     Ok(mut p) => reader
                         .submit(&mut p, origin)
                         .await
@@ -201,7 +223,7 @@ impl Publisher {
 
     /// Validates a batch record by record: the valid records to store, the rejected ones with
     /// their reasons, and the facts the run registry needs. Refuses an oversized batch whole.
-    fn prepare(&self, batch: IngestBatch) -> Result<Prepared, PublishError> {
+    fn prepare(&self, batch: IngestBatch, principal: &Principal) -> Result<Prepared, PublishError> {
         let IngestBatch { batch_id, records } = batch;
         if records.len() > self.limits.max_batch_records {
             return Err(PublishError::TooLarge {
@@ -213,8 +235,28 @@ impl Publisher {
         let mut valid: Vec<Record> = Vec::with_capacity(records.len());
         let mut rejected = Vec::new();
         let mut rejected_stamps = Vec::new();
+        let owner = principal.id();
+        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
         for (index, mut record) in records.into_iter().enumerate() {
-            match validate::normalize(&mut record, &self.limits.record) {
+            let checked = validate::normalize(&mut record, &self.limits.record);
+            let denied = checked
+                .is_ok()
+                .then(|| access(principal, &owner, &mut owners, &record))
+                .flatten();
+            if let Some((label, reason)) = denied {
+                // Refused for its credential: its stamp must not move anyone's watermark.
+                self.metrics.reject(label);
+                let (pid, pseq) = record.producer();
+                tracing::debug!(batch_id, index, %reason, "record refused for its credential");
+                rejected.push(RejectedRecord {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    reason,
+                    producer_id: pid.to_owned(),
+                    producer_seq: pseq,
+                });
+                continue;
+            }
+            match checked {
                 Ok(()) => valid.push(record),
                 Err(e) => {
                     self.metrics.reject(e.label());
@@ -232,6 +274,7 @@ impl Publisher {
                 }
             }
         }
+        drop(owners);
         let mut runs: HashMap<String, (String, String)> = HashMap::new();
         let mut completions = Vec::new();
         for r in &valid {
@@ -312,6 +355,30 @@ impl Publisher {
             rejected: prepared.rejected,
         })
     }
+}
+
+/// Why `principal` may not write `record`: `(metric label, reason)`, or `None` when it may.
+fn access(
+    principal: &Principal,
+    owner: &str,
+    owners: &mut Owners,
+    record: &Record,
+) -> Option<(&'static str, String)> {
+    let run = record.run_id();
+    if !principal.may_write(run) {
+        return Some((
+            "wrong_run",
+            format!("run {run:?} is not the run of this worker credential"),
+        ));
+    }
+    let (pid, _) = record.producer();
+    if !pid.is_empty() && !owners.check_or_bind(pid, owner) {
+        return Some((
+            "producer_owned",
+            format!("producer_id {pid:?} belongs to another credential"),
+        ));
+    }
+    None
 }
 
 /// A validated batch on its way to the store.

@@ -23,9 +23,10 @@ use tonic::{
 };
 
 use crate::{
-    auth::AuthInterceptor,
+    auth::{AuthInterceptor, Credentials},
     catchup::{self, StoreCatchUp},
     checkpointer::CheckpointThread,
+    config::AuthConfig,
     config::{ServerConfig, SHUTDOWN_DRAIN},
     control::ControlService,
     dispatch::{self, DispatchConfig, WorkerTls},
@@ -40,20 +41,25 @@ use crate::{
     publish::Publisher,
     query::QueryService,
     runs::Registry,
+    security,
 };
 
 /// Starts a server on the caller's tokio runtime: takes the lock, opens the store, recovers,
 /// binds and serves in the background. Returns once it accepts connections.
 pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
-    let has_token = cfg.auth_token.as_deref().is_some_and(|t| !t.is_empty());
-    if !cfg.listen.ip().is_loopback() && !has_token {
+    if !cfg.listen.ip().is_loopback() && cfg.auth == AuthConfig::InsecureNoAuth {
         return Err(ServerError::NeedsToken(cfg.listen));
     }
+    security::prepare_var_dir(&cfg.var_dir)?;
     let lock = InstanceLock::acquire(&cfg.var_dir, &cfg.listen.to_string())?;
-    if let Some(stale) = &lock.recovered_stale_pid {
-        tracing::warn!(previous = %stale, "a previous server did not stop cleanly; its PID file was replaced");
+    let (credentials, operator_token) = credentials_of(&cfg)?;
+    if lock.recovered_stale_pid.is_some() {
+        tracing::debug!("recovering after a server that did not stop cleanly");
     }
     let metrics = Metrics::new();
+    if cfg.backend.is_none() {
+        security::prepare_store_file(&StoreConfig::in_var_dir(&cfg.var_dir).path)?;
+    }
     let (writer, reader, upkeep) = open_store(&cfg, &metrics)?;
 
     let hub = Hub::new(cfg.hub.clone(), Arc::new(StoreCatchUp::new(reader.clone())));
@@ -65,7 +71,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
-    let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr)?);
+    let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr, &credentials)?);
 
     let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone());
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
@@ -91,6 +97,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     );
     let router = services(
         &cfg,
+        &credentials,
         &publisher,
         &hub,
         reader,
@@ -102,7 +109,22 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     .await?;
     tracing::info!(%addr, var_dir = %cfg.var_dir.display(), "gym-telemetry server serving");
 
-    let tasks = background_tasks(&cfg, metrics_listener, &registry, &hub, &metrics, &cancel);
+    let metrics_auth = match metrics_addr {
+        // Off loopback, /metrics (run ids, rates) needs the operator credential too.
+        Some(a) if !a.ip().is_loopback() => Some(AuthInterceptor::new(
+            credentials.clone(),
+            metrics.unauthenticated.clone(),
+        )),
+        _ => None,
+    };
+    let tasks = background_tasks(
+        &cfg,
+        metrics_listener.map(|l| (l, metrics_auth)),
+        &registry,
+        &hub,
+        &metrics,
+        &cancel,
+    );
 
     let stopped = Stopped {
         lock,
@@ -127,9 +149,35 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         hub,
         publisher,
         tls: cfg.tls.is_some(),
+        operator_token,
+        credentials,
         cancel,
         join,
     })
+}
+
+/// The operator credential (and its token), with the warnings a shared machine calls for.
+fn credentials_of(cfg: &ServerConfig) -> Result<(Credentials, Option<String>), ServerError> {
+    if cfg.auth == AuthConfig::InsecureNoAuth {
+        tracing::warn!("--insecure-no-auth: every local account can read all telemetry and make this server run commands");
+    }
+    let warn_plain = |what: &str, addr: SocketAddr| {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "{what} is served off loopback without TLS: tokens and telemetry cross the network in the clear, readable and replayable by anyone on the path");
+        }
+    };
+    if cfg.tls.is_none() {
+        warn_plain("gRPC", cfg.listen);
+    }
+    if let Some(m) = cfg.metrics_listen {
+        warn_plain("/metrics", m);
+    }
+    let token = security::operator_token(&cfg.auth, &cfg.var_dir)?;
+    let credentials = match &token {
+        Some(t) => Credentials::new(t).map_err(|e| ServerError::Credentials(e.to_string()))?,
+        None => Credentials::none(),
+    };
+    Ok((credentials, token))
 }
 
 type OpenedStore = (
@@ -158,21 +206,21 @@ fn open_store(cfg: &ServerConfig, metrics: &Metrics) -> Result<OpenedStore, Serv
 /// The metrics endpoint and the housekeeping loop, tracked so shutdown can wait for them.
 fn background_tasks(
     cfg: &ServerConfig,
-    metrics_listener: Option<TcpListener>,
+    metrics_listener: Option<(TcpListener, Option<AuthInterceptor>)>,
     registry: &Registry,
     hub: &Hub,
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> TaskTracker {
     let tasks = TaskTracker::new();
-    if let Some(l) = metrics_listener {
+    if let Some((l, auth)) = metrics_listener {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "Prometheus metrics at /metrics");
         }
         let m = metrics.clone();
         let c = cancel.clone();
         tasks.spawn(async move {
-            if let Err(e) = metrics::serve(l, m, async move { c.cancelled().await }).await {
+            if let Err(e) = metrics::serve(l, m, auth, async move { c.cancelled().await }).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
@@ -214,12 +262,16 @@ fn worker_tls(cfg: &ServerConfig) -> Result<Option<WorkerTls>, ServerError> {
     }))
 }
 
-fn dispatch_config(cfg: &ServerConfig, addr: SocketAddr) -> Result<DispatchConfig, ServerError> {
+fn dispatch_config(
+    cfg: &ServerConfig,
+    addr: SocketAddr,
+    credentials: &Credentials,
+) -> Result<DispatchConfig, ServerError> {
     let tls = worker_tls(cfg)?;
     Ok(DispatchConfig {
         endpoint: endpoint_for(addr, tls.is_some()),
         tls,
-        auth_token: cfg.auth_token.clone().filter(|t| !t.is_empty()),
+        credentials: credentials.clone(),
         proxy_exe: cfg.proxy_exe.clone(),
         grace: cfg.cancel_grace,
         max_log_bytes: 8 * 1024 * 1024,
@@ -256,6 +308,7 @@ async fn recover(
 #[allow(clippy::too_many_arguments)]
 async fn services(
     cfg: &ServerConfig,
+    credentials: &Credentials,
     publisher: &Publisher,
     hub: &Hub,
     reader: Arc<dyn BackendReader>,
@@ -264,7 +317,7 @@ async fn services(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<Router, ServerError> {
-    let auth = AuthInterceptor::new(cfg.auth_token.clone(), metrics.unauthenticated.clone());
+    let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
     let query = QueryService::new(hub.clone(), reader, registry.clone());
     let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
@@ -306,9 +359,16 @@ async fn services(
                 .identity(tonic::transport::Identity::from_pem(cert, key)),
         )?;
     }
+    // Health stays open (load balancers, readiness probes); reflection lists our services, so
+    // off loopback it needs a credential like everything else.
+    let reflection_auth = if cfg.listen.ip().is_loopback() {
+        AuthInterceptor::new(Credentials::none(), metrics.unauthenticated.clone())
+    } else {
+        auth.clone()
+    };
     Ok(builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(InterceptedService::new(reflection, reflection_auth))
         .add_service(InterceptedService::new(
             IngestServer::new(ingest).max_decoding_message_size(max),
             auth.clone(),

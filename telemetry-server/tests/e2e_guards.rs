@@ -29,7 +29,7 @@ async fn a_second_daemon_on_the_same_var_dir_is_refused_naming_the_holder() {
 }
 
 #[tokio::test]
-async fn non_loopback_needs_a_token_and_tokens_are_enforced() {
+async fn non_loopback_refuses_insecure_no_auth_and_tokens_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let mut open = config(dir.path());
     open.listen = "0.0.0.0:0".parse().unwrap();
@@ -39,7 +39,7 @@ async fn non_loopback_needs_a_token_and_tokens_are_enforced() {
     ));
 
     let mut cfg = config(dir.path());
-    cfg.auth_token = Some("s3cret".into());
+    cfg.auth = telemetry_server::AuthConfig::Token("s3cret".into());
     let d: ServerHandle = telemetry_server::start(cfg).await.unwrap();
     let ch = channel(&d).await;
     let mut anon = IngestClient::new(ch.clone());

@@ -62,6 +62,10 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// No `auth_token` was given and the credential the shim found (`GYM_TELEMETRY_AUTH_TOKEN`,
+    /// `_AUTH_TOKEN_FILE`, `$GYM_TELEMETRY_VAR_DIR/auth-token`) cannot be used.
+    #[error("auth token: {0}")]
+    Credential(#[from] telemetry_core::credentials::CredentialError),
     /// The CA file of an `https://` endpoint (`tls_ca_file`) cannot be read or holds no usable
     /// certificate. Reported when the shim starts, not at the first connection.
     #[error("tls_ca_file (GYM_TELEMETRY_TLS_CA_FILE) {}: {reason}", path.display())]
@@ -100,7 +104,10 @@ pub struct ShimConfig {
     pub agent_id: Option<String>,
     /// Fills `control_mode` where empty (`GYM_TELEMETRY_CONTROL_MODE`; legacy spellings accepted).
     pub control_mode: Option<ControlMode>,
-    /// Sent as `authorization: Bearer <token>` (`GYM_TELEMETRY_AUTH_TOKEN`).
+    /// Sent as `authorization: Bearer <token>`. `None`: [`Shim::new`](crate::Shim::new) finds
+    /// the owner's, in the order of `telemetry_core::credentials` (`GYM_TELEMETRY_AUTH_TOKEN`,
+    /// `GYM_TELEMETRY_AUTH_TOKEN_FILE`, `$GYM_TELEMETRY_VAR_DIR/auth-token`,
+    /// `./var/telemetry/auth-token`).
     pub auth_token: Option<String>,
     /// The disk queue (`GYM_TELEMETRY_QUEUE_DIR`). `None` (default): records wait in memory only,
     /// and a crash loses what the daemon has not acked; the producer id lives for the process.

@@ -401,7 +401,19 @@ impl Sender {
         let (batch_tx, batch_rx) = mpsc::channel(self.s.max_in_flight);
         let (ack_tx, ack_rx) = mpsc::channel(self.s.max_in_flight + 1);
         let mut request = tonic::Request::new(ReceiverStream::new(batch_rx));
-        if let Some(auth) = &self.s.auth {
+        let found;
+        let auth = match &self.s.auth {
+            Some(a) => Some(a),
+            None => {
+                // No configured token: the owner's, found now (telemetry_core::credentials).
+                found = telemetry_core::credentials::discover_from_env()
+                    .ok()
+                    .flatten()
+                    .and_then(|d| MetadataValue::try_from(format!("Bearer {}", d.token)).ok());
+                found.as_ref()
+            }
+        };
+        if let Some(auth) = auth {
             request.metadata_mut().insert("authorization", auth.clone());
         }
         let task = tokio::spawn(async move {

@@ -73,6 +73,11 @@ impl Shim {
     /// Starts a shim: opens the queue directory (taking its lock and recovering what a previous
     /// process left), then starts the sender thread, which connects in the background.
     pub fn new(config: ShimConfig) -> Result<Shim, ShimError> {
+        if config.auth_token.is_none() && config.mode == Mode::Live {
+            // Without a token the sender finds the owner's at each connect (a daemon started
+            // after the worker makes it then); an unusable one is reported now, not later.
+            telemetry_core::credentials::discover_from_env().map_err(crate::ConfigError::from)?;
+        }
         config.validate()?;
         let counters = Arc::new(Counters::default());
         let mut shim = Shim {

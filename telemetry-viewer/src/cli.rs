@@ -1,9 +1,11 @@
 //! Command-line options (`--endpoint`, `--auth-token`, `--once`, `--run`), with the same
-//! environment variables as the other gym-telemetry tools.
+//! environment variables as the other gym-telemetry tools, and the same credential discovery.
 
 use std::path::PathBuf;
 
 use clap::Parser;
+
+use telemetry_core::credentials::{self, CredentialError};
 
 use crate::client::{ClientConfig, DEFAULT_ENDPOINT};
 
@@ -29,11 +31,15 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The client configuration these options describe.
-    pub fn client_config(&self) -> ClientConfig {
+    /// The client configuration these options describe. Without `--auth-token`, the owner's
+    /// credential is found as every client finds it (`telemetry_core::credentials`).
+    pub fn client_config(&self) -> Result<ClientConfig, CredentialError> {
         let mut c = ClientConfig::new(normalize_endpoint(&self.endpoint));
-        c.auth_token = self.auth_token.clone().filter(|t| !t.is_empty());
-        c
+        c.auth_token = match self.auth_token.clone().filter(|t| !t.is_empty()) {
+            Some(t) => Some(t),
+            None => credentials::discover_from_env()?.map(|d| d.token),
+        };
+        Ok(c)
     }
 }
 
@@ -64,7 +70,7 @@ mod tests {
             "r1",
         ])
         .expect("valid flags");
-        let c = cli.client_config();
+        let c = cli.client_config().expect("a token was given");
         assert_eq!(c.endpoint, "http://127.0.0.1:1234");
         assert_eq!(c.auth_token.as_deref(), Some("t"));
         assert_eq!(cli.run.as_deref(), Some("r1"));

@@ -73,7 +73,11 @@ struct Sizes {
 // ---------------------------------------------------------------- daemon helpers
 
 async fn daemon(var_dir: &Path) -> AnyResult<ServerHandle> {
-    Ok(start(ServerConfig::ephemeral(var_dir)).await?)
+    // The bench's raw tonic clients carry no token. Authentication runs once per RPC (a stream
+    // open), not per record, so it does not change these figures.
+    let mut cfg = ServerConfig::ephemeral(var_dir);
+    cfg.auth = telemetry_server::AuthConfig::InsecureNoAuth;
+    Ok(start(cfg).await?)
 }
 
 /// A new HTTP/2 connection (each client of a real deployment has its own).

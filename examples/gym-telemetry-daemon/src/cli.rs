@@ -51,15 +51,33 @@ pub struct ServeArgs {
     /// Where the store and lock live.
     #[command(flatten)]
     pub var: VarDir,
-    /// gRPC address. Anything but loopback requires --auth-token.
+    /// gRPC address (loopback by default; anything else should have --tls-cert).
     #[arg(long, env = "GYM_TELEMETRY_LISTEN", default_value = telemetry_server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Prometheus `/metrics` address, or `off`.
     #[arg(long, env = "GYM_TELEMETRY_METRICS_LISTEN", default_value = telemetry_server::DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: String,
-    /// Bearer token required on every RPC.
-    #[arg(long, env = "GYM_TELEMETRY_AUTH_TOKEN", hide_env_values = true)]
+    /// The operator token, from the environment only (`GYM_TELEMETRY_AUTH_TOKEN`): a token on
+    /// the command line is refused, because every local account can read argv in `ps`.
+    #[arg(
+        long,
+        env = "GYM_TELEMETRY_AUTH_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
     pub auth_token: Option<String>,
+    /// A file holding the operator token (e.g. one file given to several daemons). Default:
+    /// `<var-dir>/auth-token`, made on first start (mode 0600).
+    #[arg(
+        long,
+        env = "GYM_TELEMETRY_AUTH_TOKEN_FILE",
+        conflicts_with = "insecure_no_auth"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+    /// Accept every RPC without a credential (loopback only; prints a warning). For throwaway
+    /// setups: any local account can then read all telemetry and make the daemon run commands.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// TLS certificate chain (PEM); requires --tls-key.
     #[arg(long, env = "GYM_TELEMETRY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

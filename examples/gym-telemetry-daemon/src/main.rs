@@ -7,17 +7,22 @@ mod cli;
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use cli::{Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ServeArgs};
 use telemetry_core::ControlMode;
-use telemetry_server::{ServerConfig, TlsFiles};
+use telemetry_server::{AuthConfig, ServerConfig, TlsFiles};
 use telemetry_store::{
     dump, legacy_import, Durability, Filter, ModeFilter, Store, StoreConfig, StoreReader,
 };
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gym-telemetry-daemon: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -30,6 +35,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line, refusing a token in argv (`--auth-token`), which every local account
+/// can read in `ps`.
+fn parse() -> anyhow::Result<Cli> {
+    use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    if let Some((_, sub)) = matches.subcommand() {
+        if sub.value_source("auth_token") == Some(ValueSource::CommandLine) {
+            bail!(
+                "--auth-token on the command line is visible to every local account (ps); \
+                 use --auth-token-file PATH or the GYM_TELEMETRY_AUTH_TOKEN variable"
+            );
+        }
+    }
+    Ok(Cli::from_arg_matches(&matches)?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -57,7 +78,20 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
                 .with_context(|| format!("--metrics-listen {s:?} is not an address or `off`"))?,
         ),
     };
-    cfg.auth_token = a.auth_token;
+    let token_file_default = matches!(
+        (
+            a.insecure_no_auth,
+            &a.auth_token_file,
+            a.auth_token.as_deref()
+        ),
+        (false, None, None | Some(""))
+    );
+    cfg.auth = match (a.insecure_no_auth, a.auth_token_file, a.auth_token) {
+        (true, _, _) => AuthConfig::InsecureNoAuth,
+        (false, Some(file), _) => AuthConfig::File(file),
+        (false, None, Some(token)) if !token.is_empty() => AuthConfig::Token(token),
+        _ => AuthConfig::VarDirFile,
+    };
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         cfg.tls = Some(TlsFiles { cert, key });
     }
@@ -74,6 +108,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let daemon = telemetry_server::start(cfg).await?;
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
+    if token_file_default {
+        println!(
+            "operator token in {} (clients of this user find it; workers get their own)",
+            a.var
+                .var_dir
+                .join(telemetry_core::credentials::TOKEN_FILE_NAME)
+                .display()
+        );
+    }
     if let Some(m) = daemon.metrics_addr {
         println!("metrics on http://{m}/metrics");
     }

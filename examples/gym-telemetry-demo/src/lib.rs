@@ -95,9 +95,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
             args.step_delay_ms
                 .unwrap_or(if args.headless { 0 } else { 40 }),
         );
+    let run_id = dispatch_run_id();
     let worker_cfg = worker::WorkerConfig {
+        // The worker may write only its own run; the viewer is the owner's.
+        auth_token: daemon.worker_token(&run_id),
         endpoint: endpoint.clone(),
-        run_id: dispatch_run_id(),
+        run_id,
         agents: 2,
         episodes: args.episodes,
         step_delay,
@@ -108,7 +111,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let worker = tokio::task::spawn_blocking(move || worker::run(&worker_cfg));
 
     if !args.headless {
-        let viewer = telemetry_viewer::ClientConfig::new(endpoint.clone());
+        let mut viewer = telemetry_viewer::ClientConfig::new(endpoint.clone());
+        viewer.auth_token = daemon.operator_token().map(str::to_owned);
         let ui = telemetry_viewer::tui::run_tui(&viewer).await;
         // The viewer was closed: the worker may still be running; let it finish quietly.
         let report = worker.await.context("demo worker panicked")??;

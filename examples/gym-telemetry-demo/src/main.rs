@@ -102,6 +102,7 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         step_delay: Duration::from_millis(a.step_delay_ms),
         seed: a.seed,
         queue_dir: env("GYM_TELEMETRY_QUEUE_DIR").map(Into::into),
+        auth_token: None,
     };
     let report = worker::run(&cfg)?;
     eprintln!("demo worker done: {report:?}");

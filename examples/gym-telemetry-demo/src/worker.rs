@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub seed: u64,
     /// Disk queue root (each agent uses a subdirectory).
     pub queue_dir: Option<PathBuf>,
+    /// The credential to present (`None`: found as every client finds it).
+    pub auth_token: Option<String>,
 }
 
 /// What the worker produced and what its shims reported.
@@ -59,6 +61,9 @@ fn shim_for(cfg: &WorkerConfig, agent: &str) -> anyhow::Result<Shim> {
     sc.agent_id = Some(agent.to_owned());
     sc.control_mode = Some(ControlMode::MultiAgent);
     sc.queue_dir = cfg.queue_dir.as_ref().map(|d| d.join(agent));
+    if cfg.auth_token.is_some() {
+        sc.auth_token = cfg.auth_token.clone();
+    }
     Shim::new(sc).with_context(|| format!("starting the shim of {agent}"))
 }
 

@@ -11,7 +11,7 @@ use telemetry_viewer::{once::run_once, tui::run_tui, Cli};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli)?;
-    let config = cli.client_config();
+    let config = cli.client_config()?;
     if cli.once {
         let mut out = Vec::new();
         run_once(&config, cli.run.as_deref(), &mut out).await?;

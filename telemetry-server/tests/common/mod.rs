@@ -39,9 +39,11 @@ pub fn demo_exe() -> PathBuf {
     workspace_bin("gym-telemetry-demo")
 }
 
-/// A test configuration on `var_dir`.
+/// A test configuration on `var_dir`, without credentials (these tests are about other things;
+/// `tests/security.rs` tests the default, where every RPC needs one).
 pub fn config(var_dir: &std::path::Path) -> ServerConfig {
     let mut cfg = ServerConfig::ephemeral(var_dir);
+    cfg.auth = telemetry_server::AuthConfig::InsecureNoAuth;
     cfg.proxy_exe = workspace_bin("gym-telemetry-proxy");
     cfg.cancel_grace = Duration::from_secs(2);
     cfg
