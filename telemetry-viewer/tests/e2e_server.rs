@@ -2,7 +2,7 @@
 //! seed, game id and control mode filled from wherever the worker put them.
 #![allow(clippy::unwrap_used)]
 
-use telemetry_core::pb::{ingest_client::IngestClient, IngestBatch, Record, RunEpisode, RunStep};
+use telemetry_core::pb::{IngestBatch, Record, RunEpisode, RunStep};
 
 fn step(run: &str, producer: &str, seq: u64) -> Record {
     RunStep {
@@ -26,7 +26,7 @@ async fn once_prints_runs_and_episode_metadata_from_the_real_daemon() {
     let d = telemetry_server::start(telemetry_server::ServerConfig::ephemeral(dir.path()))
         .await
         .unwrap();
-    let mut ingest = IngestClient::connect(d.endpoint()).await.unwrap();
+    let publisher = d.publisher();
     let mut records: Vec<_> = (1..=4).map(|s| step("viewed", "p", s)).collect();
     // A BDI-style episode: env_id instead of game_id, legacy control mode spelling.
     records.push(
@@ -45,15 +45,23 @@ async fn once_prints_runs_and_episode_metadata_from_the_real_daemon() {
         }
         .into(),
     );
-    ingest
-        .publish_batch(IngestBatch {
+    publisher
+        .publish(IngestBatch {
             batch_id: 1,
             records,
         })
         .await
         .unwrap();
 
-    let cfg = telemetry_viewer::ClientConfig::new(d.endpoint());
+    // Without a credential the viewer gets nothing; with the owner's it sees the run.
+    let anon = telemetry_viewer::ClientConfig::new(d.endpoint());
+    assert!(
+        telemetry_viewer::once::run_once(&anon, Some("viewed"), &mut Vec::new())
+            .await
+            .is_err()
+    );
+    let mut cfg = telemetry_viewer::ClientConfig::new(d.endpoint());
+    cfg.auth_token = d.operator_token().map(str::to_owned);
     let mut out = Vec::new();
     telemetry_viewer::once::run_once(&cfg, Some("viewed"), &mut out)
         .await

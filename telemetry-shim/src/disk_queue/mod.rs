@@ -224,7 +224,7 @@ impl DiskQueue {
     /// producer id, scans and repairs the segments.
     pub fn open(dir: impl AsRef<Path>, opts: QueueOptions) -> Result<(Self, Recovery), QueueError> {
         let dir = dir.as_ref().to_owned();
-        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        private_dir(&dir).map_err(|e| io_err(&dir, e))?;
         let lock = state::lock(&dir)?;
         let (st, state_reset) = match state::read(&dir) {
             Ok(Some(s)) => (s, false),
@@ -422,7 +422,7 @@ impl DiskQueue {
 
     fn open_head(&mut self, first_seq: u64) -> Result<(), QueueError> {
         let path = self.dir.join(segment_name(first_seq));
-        let file = OpenOptions::new()
+        let file = private_file()
             .write(true)
             .create_new(true)
             .open(&path)
@@ -677,6 +677,24 @@ impl DiskQueue {
         };
         state::write(&self.dir, &st, true)
     }
+}
+
+/// Creates a queue directory (and parents) with mode 0700 where new: telemetry is the user's.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Options creating queue files with mode 0600 where new.
+pub(crate) fn private_file() -> OpenOptions {
+    #[allow(unused_mut)]
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o
 }
 
 #[cfg(test)]

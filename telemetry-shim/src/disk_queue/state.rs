@@ -8,7 +8,7 @@
 
 use super::QueueError;
 use std::{
-    fs::{self, File, OpenOptions, TryLockError},
+    fs::{self, File, TryLockError},
     io::Write,
     path::{Path, PathBuf},
 };
@@ -36,7 +36,7 @@ pub(super) fn io_err(path: &Path, source: std::io::Error) -> QueueError {
 /// it when the process dies).
 pub(super) fn lock(dir: &Path) -> Result<File, QueueError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = super::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -99,7 +99,12 @@ pub(super) fn write(dir: &Path, state: &State, sync: bool) -> Result<(), QueueEr
         "acked_seq": state.acked,
     })
     .to_string();
-    let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let mut f = super::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
     f.write_all(text.as_bytes()).map_err(|e| io_err(&tmp, e))?;
     if sync {
         f.sync_all().map_err(|e| io_err(&tmp, e))?;

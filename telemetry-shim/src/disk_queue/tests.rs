@@ -112,3 +112,25 @@ fn unreadable_state_gets_a_new_producer_and_keeps_segments() {
         vec![1]
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn the_queue_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("a/queue");
+    let (mut q, _) = DiskQueue::open(&dir, QueueOptions::default()).expect("open");
+    q.append(&rec(1)).expect("append");
+    q.ack(0).expect("state written");
+    let mode = |p: &Path| fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&root.path().join("a")), 0o700, "new parents too");
+    let files: Vec<_> = fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
