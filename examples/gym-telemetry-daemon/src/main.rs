@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
 fn parse() -> anyhow::Result<Cli> {
     use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
-    if let Some((_, sub)) = matches.subcommand() {
+    if let Some(("serve", sub)) = matches.subcommand() {
         if sub.value_source("auth_token") == Some(ValueSource::CommandLine) {
             bail!(
                 "--auth-token on the command line is visible to every local account (ps); \

@@ -47,3 +47,19 @@ fn the_help_offers_a_token_file_and_the_insecure_switch() {
         "the argv token is not offered: {help}"
     );
 }
+
+#[test]
+fn other_subcommands_still_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = daemon()
+        .args(["dump", "--var-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    // No store there: a clear error, not a crash (a panic exits 101).
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no store"),
+        "{out:?}"
+    );
+}
