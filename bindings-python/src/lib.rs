@@ -4,7 +4,7 @@
 //! meet gym-telemetry. It is deliberately thin, in the style of rerun's and pydantic-core's
 //! bindings: the Rust crates know nothing of Python, and this crate only converts.
 //!
-//! - [`telemetry`]: the `Telemetry` class over `telemetry_shim::Shim` (records, flush, close,
+//! - [`telemetry`]: the `Telemetry` class over `telemetry_shim::Telemetry` (records, flush, close,
 //!   stats), `from_env()`, and `TelemetryError`; indices the worker did not give come from
 //!   `telemetry_shim::Tracker`.
 //! - [`encode`]: Python values (numpy included) to compact JSON, walked in Rust.

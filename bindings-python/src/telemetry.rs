@@ -1,4 +1,4 @@
-//! `gym_telemetry.Telemetry`: the Python face of one [`Shim`].
+//! `gym_telemetry.Telemetry`: the Python face of one [`telemetry_shim::Telemetry`].
 //!
 //! Everything here is argument handling: Python values become the protobuf records of
 //! `telemetry_core::pb` (observations and actions encoded to JSON by [`crate::encode`]), episode
@@ -39,9 +39,7 @@ use telemetry_core::{
     pb::{Artifact, RunCompleted, RunStarted, RunStep},
     ControlMode,
 };
-use telemetry_shim::{
-    FlushOutcome, FullPolicy, Metadata, Mode, Shim, ShimConfig, ShimError, Tracker,
-};
+use telemetry_shim::{FlushOutcome, FullPolicy, Metadata, Mode, ShimConfig, ShimError, Tracker};
 
 create_exception!(
     gym_telemetry,
@@ -121,10 +119,12 @@ impl Telemetry {
         let max_record_bytes = config.max_record_bytes;
         let drop_flush_timeout = config.drop_flush_timeout;
         // Opening a queue directory reads and checks what a previous process left.
-        let shim = py.detach(move || Shim::new(config)).map_err(|e| match e {
-            ShimError::Config(c) => config_error(c),
-            other => TelemetryError::new_err(other.to_string()),
-        })?;
+        let shim = py
+            .detach(move || telemetry_shim::Telemetry::new(config))
+            .map_err(|e| match e {
+                ShimError::Config(c) => config_error(c),
+                other => TelemetryError::new_err(other.to_string()),
+            })?;
         logbridge::drain(py);
         let producer_id = shim.producer_id().to_owned();
         let enabled = shim.is_enabled();
@@ -154,7 +154,7 @@ impl Telemetry {
         })
     }
 
-    fn live(&self) -> PyResult<Arc<Shim>> {
+    fn live(&self) -> PyResult<Arc<telemetry_shim::Telemetry>> {
         self.core.shim().ok_or_else(closed_error)
     }
 
@@ -174,7 +174,7 @@ impl Telemetry {
     fn submit(
         &self,
         py: Python<'_>,
-        shim: Arc<Shim>,
+        shim: Arc<telemetry_shim::Telemetry>,
         record: telemetry_core::pb::Record,
     ) -> PyResult<()> {
         let res = if self.may_block {

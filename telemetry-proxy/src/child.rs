@@ -12,7 +12,7 @@ use super::{
 };
 use nix::{sys::signal, unistd::Pid};
 use std::{io::Write, os::unix::process::ExitStatusExt, process::Stdio, time::Duration};
-use telemetry_shim::Shim;
+use telemetry_shim::Telemetry;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, BufReader},
     signal::unix::{signal as on_signal, SignalKind},
@@ -53,7 +53,7 @@ fn forward(pid: Option<u32>, sig: signal::Signal) {
 
 /// Runs the worker to its end; returns the line counts and the exit code to use.
 pub(super) async fn supervise(
-    shim: &Shim,
+    shim: &Telemetry,
     args: &ProxyArgs,
 ) -> Result<(LineCounts, i32), ProxyError> {
     let argv = &args.command;

@@ -36,7 +36,9 @@ use std::{
     time::Duration,
 };
 use telemetry_core::jsonl::{JsonlError, JsonlReader, DEFAULT_MAX_LINE_BYTES};
-use telemetry_shim::{DryRunTarget, FlushOutcome, Mode, Shim, ShimConfig, ShimError, ShimStats};
+use telemetry_shim::{
+    DryRunTarget, FlushOutcome, Mode, ShimConfig, ShimError, ShimStats, Telemetry,
+};
 
 /// Command line of `gym-telemetry-proxy` (each flag falls back to its `GYM_TELEMETRY_*`
 /// variable; the shim's other variables apply as documented in [`ShimConfig`]).
@@ -82,7 +84,7 @@ pub struct ProxyArgs {
 pub enum ProxyError {
     /// The shim could not start (bad configuration, queue directory in use...).
     #[error(transparent)]
-    Shim(#[from] ShimError),
+    Telemetry(#[from] ShimError),
     /// The `--input` file could not be read.
     #[error("{path}: {source}")]
     Input {
@@ -167,7 +169,7 @@ pub fn shim_config(args: &ProxyArgs) -> Result<ShimConfig, ShimError> {
 
 /// Runs the proxy to the end: the worker (or the replay), then the final flush.
 pub fn run(args: &ProxyArgs) -> Result<ProxySummary, ProxyError> {
-    let shim = Shim::new(shim_config(args)?)?;
+    let shim = Telemetry::new(shim_config(args)?)?;
     let (counts, exit_code) = match &args.input {
         Some(path) => (replay(&shim, args, path)?, 0),
         None => {
@@ -196,7 +198,7 @@ pub fn run(args: &ProxyArgs) -> Result<ProxySummary, ProxyError> {
     })
 }
 
-fn replay(shim: &Shim, args: &ProxyArgs, path: &Path) -> Result<LineCounts, ProxyError> {
+fn replay(shim: &Telemetry, args: &ProxyArgs, path: &Path) -> Result<LineCounts, ProxyError> {
     let input_err = |source| ProxyError::Input {
         path: path.to_owned(),
         source,

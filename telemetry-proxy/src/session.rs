@@ -13,7 +13,7 @@ use telemetry_core::{
     pb::{record::Kind, CompletionStatus, Record, RunCompleted, RunStarted},
     RecordKind,
 };
-use telemetry_shim::{ratelimit::RateLimited, Shim};
+use telemetry_shim::{ratelimit::RateLimited, Telemetry};
 
 /// Counts of what the proxy saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub(crate) enum Exit {
 }
 
 pub(crate) struct Session<'a> {
-    shim: &'a Shim,
+    shim: &'a Telemetry,
     run_id: Option<String>,
     agent_id: Option<String>,
     argv: Vec<String>,
@@ -74,7 +74,7 @@ fn set_run_id(record: &mut Record, id: &str) {
 impl<'a> Session<'a> {
     /// `lifecycle`: report the worker's start and end (a child process; not a replayed file).
     pub fn new(
-        shim: &'a Shim,
+        shim: &'a Telemetry,
         run_id: Option<String>,
         agent_id: Option<String>,
         argv: Vec<String>,

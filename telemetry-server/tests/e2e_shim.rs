@@ -9,7 +9,7 @@ use std::{net::TcpListener, path::Path, time::Duration};
 
 use common::*;
 use telemetry_core::pb::RunStep;
-use telemetry_shim::{Shim, ShimConfig};
+use telemetry_shim::{ShimConfig, Telemetry};
 use telemetry_store::{Filter, StoreConfig, StoreReader};
 
 fn free_port() -> u16 {
@@ -20,8 +20,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn shim(endpoint: &str, queue: &Path) -> Shim {
-    Shim::new(ShimConfig {
+fn shim(endpoint: &str, queue: &Path) -> Telemetry {
+    Telemetry::new(ShimConfig {
         endpoint: endpoint.into(),
         run_id: Some("offline".into()),
         agent_id: Some("a0".into()),
@@ -167,7 +167,7 @@ async fn a_worker_killed_mid_run_loses_nothing_it_synced_and_duplicates_nothing(
 
     // A restarted worker on the same queue dir sends what the killed one left.
     let agent_queue = queue.path().join("agent-0");
-    let s = Shim::new(ShimConfig {
+    let s = Telemetry::new(ShimConfig {
         endpoint: endpoint.clone(),
         queue_dir: Some(agent_queue),
         ..Default::default()

@@ -17,7 +17,7 @@ use telemetry_core::pb::{
     WatchRunsRequest,
 };
 use telemetry_server::{ServerHandle, TlsFiles};
-use telemetry_shim::{FlushOutcome, Shim, ShimConfig, ShimError};
+use telemetry_shim::{FlushOutcome, ShimConfig, ShimError, Telemetry};
 use telemetry_store::{Filter, StoreConfig, StoreReader};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -76,8 +76,8 @@ fn stored_steps(var: &Path, run: &str) -> Vec<RunStep> {
         .collect()
 }
 
-fn tls_shim(endpoint: &str, ca: &Path, run: &str) -> Shim {
-    Shim::new(ShimConfig {
+fn tls_shim(endpoint: &str, ca: &Path, run: &str) -> Telemetry {
+    Telemetry::new(ShimConfig {
         endpoint: endpoint.into(),
         tls_ca_file: Some(ca.to_path_buf()),
         tls_domain: Some("localhost".into()),

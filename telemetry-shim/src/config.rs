@@ -104,7 +104,7 @@ pub struct ShimConfig {
     pub agent_id: Option<String>,
     /// Fills `control_mode` where empty (`GYM_TELEMETRY_CONTROL_MODE`; legacy spellings accepted).
     pub control_mode: Option<ControlMode>,
-    /// Sent as `authorization: Bearer <token>`. `None`: [`Shim::new`](crate::Shim::new) finds
+    /// Sent as `authorization: Bearer <token>`. `None`: [`Telemetry::new`](crate::Telemetry::new) finds
     /// the owner's, in the order of `telemetry_core::credentials` (`GYM_TELEMETRY_AUTH_TOKEN`,
     /// `GYM_TELEMETRY_AUTH_TOKEN_FILE`, `$GYM_TELEMETRY_VAR_DIR/auth-token`,
     /// `./var/telemetry/auth-token`).
@@ -150,7 +150,7 @@ pub struct ShimConfig {
     pub reconnect_initial: Duration,
     /// Longest reconnect delay (`GYM_TELEMETRY_RECONNECT_MAX_MS`). Default 5 s.
     pub reconnect_max: Duration,
-    /// How long dropping a [`Shim`](crate::Shim) may wait for its final flush
+    /// How long dropping a [`Telemetry`](crate::Telemetry) may wait for its final flush
     /// (`GYM_TELEMETRY_DROP_FLUSH_MS`). Default 5 s.
     pub drop_flush_timeout: Duration,
 }
@@ -191,7 +191,7 @@ impl Default for ShimConfig {
 pub(crate) const MAX_RECORD_BYTES_LIMIT: usize = crate::disk_queue::MAX_FRAME_BYTES - 64;
 
 impl ShimConfig {
-    /// Checks ranges and consistency; [`Shim::new`](crate::Shim::new) calls it too.
+    /// Checks ranges and consistency; [`Telemetry::new`](crate::Telemetry::new) calls it too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason: &str| {
             Err(ConfigError::Invalid {

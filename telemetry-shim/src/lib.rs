@@ -3,7 +3,7 @@
 //! The piece of gym-telemetry that every training worker links (Rust directly, Python through
 //! the PyO3 bindings, which wrap this API). Its two promises:
 //!
-//! 1. **It never slows the training loop down.** [`Shim::step`] and friends stamp the record and
+//! 1. **It never slows the training loop down.** [`Telemetry::step`] and friends stamp the record and
 //!    hand it to a bounded in-memory inbox; a background thread (which owns a small tokio
 //!    runtime) batches, writes the offline queue and talks gRPC. The caller never waits for
 //!    the network; it waits only under [`FullPolicy::Block`], bounded by its timeout.
@@ -14,9 +14,9 @@
 //!    record is stored exactly once (docs/ARCHITECTURE.md, "Exactly once").
 //!
 //! ```no_run
-//! use telemetry_shim::{Shim, ShimConfig, pb::RunStep};
+//! use telemetry_shim::{Telemetry, ShimConfig, pb::RunStep};
 //! # fn main() -> Result<(), telemetry_shim::ShimError> {
-//! let shim = Shim::new(ShimConfig::from_env()?)?;
+//! let shim = Telemetry::new(ShimConfig::from_env()?)?;
 //! shim.step(RunStep { episode_index: 0, step_index: 0, reward: 1.0, ..Default::default() })?;
 //! let report = shim.close(std::time::Duration::from_secs(5))?;
 //! println!("{:?}", report.outcome);
@@ -28,7 +28,7 @@
 //! file `GYM_TELEMETRY_TLS_CA_FILE` (for a self-signed daemon, its certificate itself; the
 //! daemon sets it for the workers it spawns) or, without one, the Mozilla roots compiled into
 //! the shim; `GYM_TELEMETRY_TLS_DOMAIN` overrides the name checked (default: the endpoint's
-//! host). An unreadable CA file is a [`ConfigError::TlsCaFile`] from [`Shim::new`].
+//! host). An unreadable CA file is a [`ConfigError::TlsCaFile`] from [`Telemetry::new`].
 //!
 //! Modules: [`config`] (settings and `GYM_TELEMETRY_*` variables), [`shim`] (the facade),
 //! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`tracker`] (episode and
@@ -64,7 +64,7 @@ pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimC
 pub use error::ShimError;
 pub use flush::{FlushOutcome, FlushReport};
 pub use metadata::Metadata;
-pub use shim::Shim;
+pub use shim::Telemetry;
 pub use stats::ShimStats;
 pub use telemetry_core::{pb, ControlMode};
 pub use tracker::Tracker;

@@ -2,7 +2,7 @@
 //!
 //! The predecessor's viewers showed "—" for seed, game and control mode unless each worker
 //! remembered to put exactly the right keys into each episode. Here a worker says them once
-//! ([`Shim::set_metadata`](crate::Shim::set_metadata)) and the shim applies them to every record
+//! ([`Telemetry::set_metadata`](crate::Telemetry::set_metadata)) and the shim applies them to every record
 //! that follows:
 //!
 //! - **steps** get `agent_id`, `control_mode`, `policy_label` and `backend` where empty. Seed,
@@ -26,7 +26,7 @@ use telemetry_core::{
 };
 
 /// Facts about the run that the shim applies to the records that follow
-/// ([`Shim::set_metadata`](crate::Shim::set_metadata)).
+/// ([`Telemetry::set_metadata`](crate::Telemetry::set_metadata)).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metadata {
     /// The environment seed.

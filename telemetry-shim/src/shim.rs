@@ -1,4 +1,4 @@
-//! [`Shim`]: the synchronous facade a worker calls from its training loop.
+//! [`Telemetry`]: the synchronous facade a worker calls from its training loop.
 //!
 //! Python (through PyO3) and plain Rust loops are synchronous, so the API is too: each call
 //! decorates the record, stamps its `producer_seq`, hands it to the inbox and returns. The
@@ -48,31 +48,31 @@ enum Inner {
 
 /// The worker-side telemetry client. `Send + Sync`: share it between threads by reference or
 /// in an `Arc`. Dropping it flushes (bounded by `drop_flush_timeout`).
-pub struct Shim {
+pub struct Telemetry {
     inner: Inner,
     counters: Arc<Counters>,
     producer_id: String,
     drop_flush_timeout: Duration,
 }
 
-impl std::fmt::Debug for Shim {
+impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.inner {
             Inner::Disabled => "disabled",
             Inner::DryRun(_) => "dry-run",
             Inner::Live(_) => "live",
         };
-        f.debug_struct("Shim")
+        f.debug_struct("Telemetry")
             .field("mode", &mode)
             .field("producer_id", &self.producer_id)
             .finish_non_exhaustive()
     }
 }
 
-impl Shim {
+impl Telemetry {
     /// Starts a shim: opens the queue directory (taking its lock and recovering what a previous
     /// process left), then starts the sender thread, which connects in the background.
-    pub fn new(config: ShimConfig) -> Result<Shim, ShimError> {
+    pub fn new(config: ShimConfig) -> Result<Telemetry, ShimError> {
         if config.auth_token.is_none() && config.mode == Mode::Live {
             // Without a token the sender finds the owner's at each connect (a daemon started
             // after the worker makes it then); an unusable one is reported now, not later.
@@ -80,7 +80,7 @@ impl Shim {
         }
         config.validate()?;
         let counters = Arc::new(Counters::default());
-        let mut shim = Shim {
+        let mut shim = Telemetry {
             inner: Inner::Disabled,
             counters: Arc::clone(&counters),
             producer_id: String::new(),
@@ -152,8 +152,8 @@ impl Shim {
     }
 
     /// A shim that does nothing (the same as `Mode::Disabled`).
-    pub fn disabled() -> Shim {
-        Shim {
+    pub fn disabled() -> Telemetry {
+        Telemetry {
             inner: Inner::Disabled,
             counters: Arc::new(Counters::default()),
             producer_id: String::new(),
@@ -367,7 +367,7 @@ impl Shim {
     }
 }
 
-impl Drop for Shim {
+impl Drop for Telemetry {
     fn drop(&mut self) {
         if matches!(self.inner, Inner::Disabled) {
             return;
@@ -388,6 +388,6 @@ mod tests {
     #[test]
     fn shim_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
-        check::<Shim>();
+        check::<Telemetry>();
     }
 }

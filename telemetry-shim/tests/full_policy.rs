@@ -9,7 +9,7 @@ use telemetry_shim::{
     disk_queue::{frame_len, AppendOutcome, DiskQueue, QueueError, QueueOptions},
     fake_ingest::{reserve_port, FakeIngest, FakeState},
     pb::{Record, RunStep},
-    FlushOutcome, FsyncPolicy, FullPolicy, Shim, ShimConfig, ShimError,
+    FlushOutcome, FsyncPolicy, FullPolicy, ShimConfig, ShimError, Telemetry,
 };
 
 fn rec(seq: u64) -> Record {
@@ -130,7 +130,8 @@ fn tiny(endpoint: &str, full_policy: FullPolicy) -> ShimConfig {
 #[test]
 fn shim_drop_newest_keeps_the_first_records_and_counts_the_rest() {
     let addr = reserve_port().expect("port");
-    let shim = Shim::new(tiny(&format!("http://{addr}"), FullPolicy::DropNewest)).expect("shim");
+    let shim =
+        Telemetry::new(tiny(&format!("http://{addr}"), FullPolicy::DropNewest)).expect("shim");
     let mut refused_at_call = 0;
     for i in 0..60 {
         if let Err(e) = shim.step(step(i)) {
@@ -156,7 +157,7 @@ fn shim_drop_newest_keeps_the_first_records_and_counts_the_rest() {
 #[test]
 fn shim_drop_oldest_keeps_the_newest_records_and_counts_the_rest() {
     let addr = reserve_port().expect("port");
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         buffer_max_records: 1000,
         buffer_max_bytes: 1 << 20,
         ..tiny(&format!("http://{addr}"), FullPolicy::DropOldest)
@@ -189,7 +190,7 @@ fn shim_drop_oldest_keeps_the_newest_records_and_counts_the_rest() {
 fn shim_block_waits_its_timeout_then_drops_and_resumes_when_the_daemon_returns() {
     let addr = reserve_port().expect("port");
     let timeout = Duration::from_millis(200);
-    let shim = Shim::new(tiny(
+    let shim = Telemetry::new(tiny(
         &format!("http://{addr}"),
         FullPolicy::Block { timeout },
     ))

@@ -14,8 +14,8 @@ use telemetry_core::jsonl::JsonlReader;
 use telemetry_shim::{
     fake_ingest::FakeIngest,
     pb::{record::Kind, RunEpisode, RunStep},
-    ControlMode, DryRunTarget, FlushOutcome, Metadata, Mode, Shim, ShimConfig, ShimError,
-    ShimStats,
+    ControlMode, DryRunTarget, FlushOutcome, Metadata, Mode, ShimConfig, ShimError, ShimStats,
+    Telemetry,
 };
 
 #[test]
@@ -39,7 +39,7 @@ fn disabled_writes_nothing_and_connects_nowhere() {
     })
     .expect("config");
     assert_eq!(cfg.mode, Mode::Disabled);
-    let shim = Shim::new(cfg).expect("shim");
+    let shim = Telemetry::new(cfg).expect("shim");
     assert!(!shim.is_enabled());
     shim.set_metadata(Metadata::default());
     shim.register_on_step(|_| panic!("hooks never run when disabled"));
@@ -67,7 +67,7 @@ fn disabled_writes_nothing_and_connects_nowhere() {
 fn dry_run_validates_and_writes_decorated_jsonl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dry.jsonl");
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         mode: Mode::DryRun(DryRunTarget::File(path.clone())),
         run_id: Some("dry-run-1".into()),
         ..ShimConfig::default()
@@ -132,7 +132,7 @@ fn dry_run_validates_and_writes_decorated_jsonl() {
 #[test]
 fn concurrent_callers_get_seqs_in_queue_order_and_hooks_enrich_live_records() {
     let fake = FakeIngest::start().expect("fake daemon");
-    let shim = Arc::new(Shim::new(config(&fake.endpoint(), None)).expect("shim"));
+    let shim = Arc::new(Telemetry::new(config(&fake.endpoint(), None)).expect("shim"));
     shim.set_metadata(Metadata {
         policy_label: Some("ppo-v2".into()),
         backend: Some("cleanrl".into()),
@@ -188,19 +188,20 @@ fn concurrent_callers_get_seqs_in_queue_order_and_hooks_enrich_live_records() {
 fn a_second_shim_on_a_busy_queue_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let endpoint = "http://127.0.0.1:9";
-    let first = Shim::new(config(endpoint, Some(dir.path()))).expect("first");
-    match Shim::new(config(endpoint, Some(dir.path()))) {
+    let first = Telemetry::new(config(endpoint, Some(dir.path()))).expect("first");
+    match Telemetry::new(config(endpoint, Some(dir.path()))) {
         Err(ShimError::Queue(e)) => assert!(e.to_string().contains("in use"), "{e}"),
         other => panic!("expected a lock error, got {other:?}"),
     }
     first.abandon();
-    let again = Shim::new(config(endpoint, Some(dir.path()))).expect("free after the first died");
+    let again =
+        Telemetry::new(config(endpoint, Some(dir.path()))).expect("free after the first died");
     again.abandon();
 }
 
 #[test]
 fn oversized_records_are_refused_at_the_call() {
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         max_record_bytes: 4096,
         ..config("http://127.0.0.1:9", None)
     })

@@ -9,13 +9,13 @@ use std::time::Duration;
 use telemetry_shim::{
     fake_ingest::{reserve_port, FakeIngest, FakeState},
     pb::{record::Kind, RunEpisode},
-    FlushOutcome, Shim, ShimConfig, ShimError,
+    FlushOutcome, ShimConfig, ShimError, Telemetry,
 };
 
 #[test]
 fn records_reach_the_daemon_once_with_producer_stamps_and_auth() {
     let fake = FakeIngest::start().expect("fake daemon");
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         auth_token: Some("s3cret".into()),
         run_id: Some("ignored-when-set".into()),
         ..config(&fake.endpoint(), None)
@@ -74,7 +74,7 @@ fn records_reach_the_daemon_once_with_producer_stamps_and_auth() {
 fn daemon_down_then_up_delivers_everything_exactly_once_from_disk() {
     let addr = reserve_port().expect("port");
     let dir = tempfile::tempdir().expect("tempdir");
-    let shim = Shim::new(config(&format!("http://{addr}"), Some(dir.path()))).expect("shim");
+    let shim = Telemetry::new(config(&format!("http://{addr}"), Some(dir.path()))).expect("shim");
     for i in 0..200 {
         shim.step(step(i))
             .expect("accepted while the daemon is down");
@@ -101,7 +101,7 @@ fn daemon_down_then_up_delivers_everything_exactly_once_from_disk() {
 #[test]
 fn without_a_queue_dir_an_unreachable_daemon_is_reported_then_caught_up() {
     let addr = reserve_port().expect("port");
-    let shim = Shim::new(config(&format!("http://{addr}"), None)).expect("shim");
+    let shim = Telemetry::new(config(&format!("http://{addr}"), None)).expect("shim");
     for i in 0..50 {
         shim.step(step(i)).expect("accepted");
     }
@@ -121,7 +121,7 @@ fn without_a_queue_dir_an_unreachable_daemon_is_reported_then_caught_up() {
 fn a_daemon_crash_after_storing_but_before_acking_is_deduplicated() {
     let mut fake = FakeIngest::start().expect("fake daemon");
     let dir = tempfile::tempdir().expect("tempdir");
-    let shim = Shim::new(config(&fake.endpoint(), Some(dir.path()))).expect("shim");
+    let shim = Telemetry::new(config(&fake.endpoint(), Some(dir.path()))).expect("shim");
     for i in 0..100 {
         shim.step(step(i)).expect("accepted");
     }
@@ -164,7 +164,7 @@ fn a_daemon_crash_after_storing_but_before_acking_is_deduplicated() {
 fn a_crashed_worker_is_resumed_exactly_once_by_the_next_shim_on_its_queue_dir() {
     let fake = FakeIngest::start().expect("fake daemon");
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = Shim::new(config(&fake.endpoint(), Some(dir.path()))).expect("shim");
+    let first = Telemetry::new(config(&fake.endpoint(), Some(dir.path()))).expect("shim");
     let producer = first.producer_id().to_owned();
     for i in 0..50 {
         first.step(step(i)).expect("accepted");
@@ -186,7 +186,7 @@ fn a_crashed_worker_is_resumed_exactly_once_by_the_next_shim_on_its_queue_dir() 
     first.abandon();
     fake.state().set_withhold_acks(false);
 
-    let second = Shim::new(config(&fake.endpoint(), Some(dir.path()))).expect("restart");
+    let second = Telemetry::new(config(&fake.endpoint(), Some(dir.path()))).expect("restart");
     assert_eq!(second.producer_id(), producer, "the producer id survives");
     for i in 120..130 {
         second.step(step(i)).expect("accepted");
@@ -222,7 +222,7 @@ fn a_crashed_worker_is_resumed_exactly_once_by_the_next_shim_on_its_queue_dir() 
 #[test]
 fn records_the_daemon_rejects_are_counted_and_do_not_stall_the_stream() {
     let fake = FakeIngest::start().expect("fake daemon");
-    let shim = Shim::new(config(&fake.endpoint(), None)).expect("shim");
+    let shim = Telemetry::new(config(&fake.endpoint(), None)).expect("shim");
     shim.step(step(0)).expect("accepted");
     let mut bad = step(1);
     bad.reward = f64::NAN;
@@ -242,7 +242,7 @@ fn records_the_daemon_rejects_are_counted_and_do_not_stall_the_stream() {
 fn dropping_a_shim_flushes_it() {
     let fake = FakeIngest::start().expect("fake daemon");
     {
-        let shim = Shim::new(config(&fake.endpoint(), None)).expect("shim");
+        let shim = Telemetry::new(config(&fake.endpoint(), None)).expect("shim");
         for i in 0..20 {
             shim.step(step(i)).expect("accepted");
         }

@@ -1,11 +1,11 @@
-//! `https://` endpoints: a CA file that cannot be used stops the shim at `Shim::new` with an
+//! `https://` endpoints: a CA file that cannot be used stops the shim at `Telemetry::new` with an
 //! error naming it, and TLS never falls back to plaintext. (Delivery over TLS to the real
 //! daemon is the daemon's `e2e_tls` test.)
 
 mod common;
 
 use common::{config, step, WAIT};
-use telemetry_shim::{fake_ingest::FakeIngest, ConfigError, Shim, ShimError};
+use telemetry_shim::{fake_ingest::FakeIngest, ConfigError, ShimError, Telemetry};
 
 #[test]
 fn an_https_endpoint_with_a_missing_ca_file_is_a_config_error() {
@@ -13,7 +13,7 @@ fn an_https_endpoint_with_a_missing_ca_file_is_a_config_error() {
     let missing = dir.path().join("no-such-ca.pem");
     let mut c = config("https://127.0.0.1:50151", Some(&dir.path().join("q")));
     c.tls_ca_file = Some(missing.clone());
-    let err = Shim::new(c).expect_err("the CA file is missing");
+    let err = Telemetry::new(c).expect_err("the CA file is missing");
     match &err {
         ShimError::Config(ConfigError::TlsCaFile { path, reason }) => {
             assert_eq!(path, &missing);
@@ -27,7 +27,7 @@ fn an_https_endpoint_with_a_missing_ca_file_is_a_config_error() {
     // The queue directory was released: a corrected configuration starts on it.
     let mut ok = config("https://127.0.0.1:50151", Some(&dir.path().join("q")));
     ok.tls_ca_file = None;
-    Shim::new(ok).expect("starts").abandon();
+    Telemetry::new(ok).expect("starts").abandon();
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn https_to_a_plaintext_server_delivers_nothing() {
     std::fs::write(&ca, cert.cert.pem()).expect("write");
     let mut c = config(&format!("https://{}", fake.addr()), None);
     c.tls_ca_file = Some(ca);
-    let shim = Shim::new(c).expect("shim");
+    let shim = Telemetry::new(c).expect("shim");
     for i in 0..5 {
         shim.step(step(i)).expect("accepted");
     }

@@ -11,7 +11,7 @@
 //!   Goal: ratio >= 0.5.
 //! - `e2e_durable_ack_4streams` (informative): the same with 4 producers on 4 concurrent
 //!   streams (2 batches in flight each), so the writer can merge their batches (group commit).
-//! - `e2e_shim_durable` (informative): the same steps through `telemetry_shim::Shim` (connected,
+//! - `e2e_shim_durable` (informative): the same steps through `telemetry_shim::Telemetry` (connected,
 //!   1024-record batches, `FullPolicy::Block` so none is dropped), timed until `flush` reports
 //!   every record acked. Ratio against the same plain baseline.
 //! - `e2e_latency_p50_ms` / `e2e_latency_p99_ms`: publish-to-subscriber latency at 10k steps/s.
@@ -42,7 +42,7 @@ use telemetry_core::{
     timestamp::{from_unix_nanos, to_unix_nanos},
 };
 use telemetry_server::{start, ServerConfig, ServerHandle};
-use telemetry_shim::{FlushOutcome, FullPolicy, Shim, ShimConfig};
+use telemetry_shim::{FlushOutcome, FullPolicy, ShimConfig, Telemetry};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -189,7 +189,7 @@ async fn e2e_ack(total: u64, streams: usize, in_flight: usize) -> AnyResult<(Dur
 
 /// The real shim, connected to a fresh daemon: `total` steps, then `flush` until acked.
 fn shim_run(endpoint: String, total: u64) -> AnyResult<Duration> {
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         endpoint,
         batch_max_records: BATCH,
         full_policy: FullPolicy::Block {

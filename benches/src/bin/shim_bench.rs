@@ -1,4 +1,4 @@
-//! What one `Shim::step` costs the training loop, against what a legacy worker pays to print the
+//! What one `Telemetry::step` costs the training loop, against what a legacy worker pays to print the
 //! same step as a JSON line (`telemetry_core::jsonl::write_record` into a `BufWriter<File>`),
 //! measured in the same process.
 //!
@@ -29,7 +29,7 @@ use telemetry_core::{
 };
 use telemetry_shim::{
     fake_ingest::{reserve_port, FakeIngest, FakeState},
-    FlushOutcome, FullPolicy, Shim, ShimConfig,
+    FlushOutcome, FullPolicy, ShimConfig, Telemetry,
 };
 
 fn make_step(i: u64) -> RunStep {
@@ -74,7 +74,7 @@ fn baseline(n: u64, dir: &std::path::Path) -> f64 {
 }
 
 /// (caller ns/step, caller+flush ns/step)
-fn run_shim(n: u64, shim: &Shim, expect: FlushOutcome) -> (f64, f64) {
+fn run_shim(n: u64, shim: &Telemetry, expect: FlushOutcome) -> (f64, f64) {
     let start = Instant::now();
     for i in 0..n {
         let _ = shim.step(make_step(i));
@@ -106,7 +106,7 @@ fn main() {
     // Connected.
     let fake = FakeIngest::start_with(([127, 0, 0, 1], 0).into(), FakeState::counting())
         .expect("fake daemon");
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         endpoint: fake.endpoint(),
         ..lossless()
     })
@@ -129,7 +129,7 @@ fn main() {
 
     // Spilling: the daemon is down, records go to the disk queue.
     let addr = reserve_port().expect("port");
-    let shim = Shim::new(ShimConfig {
+    let shim = Telemetry::new(ShimConfig {
         endpoint: format!("http://{addr}"),
         queue_dir: Some(dir.path().join("queue")),
         ..lossless()

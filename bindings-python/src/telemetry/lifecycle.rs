@@ -12,11 +12,11 @@ use std::{
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
-use telemetry_shim::{FlushOutcome, FlushReport, Shim, ShimError, ShimStats};
+use telemetry_shim::{FlushOutcome, FlushReport, ShimError, ShimStats};
 
 /// The shim and what remains of it after `close`. Shared with the exit handler.
 pub(super) struct Core {
-    pub(super) shim: Mutex<Option<Arc<Shim>>>,
+    pub(super) shim: Mutex<Option<Arc<telemetry_shim::Telemetry>>>,
     pub(super) final_stats: Mutex<Option<ShimStats>>,
 }
 
@@ -24,7 +24,7 @@ pub(super) struct Core {
 pub(super) type Outcome = Result<FlushReport, ShimError>;
 
 impl Core {
-    pub(super) fn shim(&self) -> Option<Arc<Shim>> {
+    pub(super) fn shim(&self) -> Option<Arc<telemetry_shim::Telemetry>> {
         lock(&self.shim).clone()
     }
 

@@ -11,7 +11,7 @@ use telemetry_core::{
     pb::{CompletionStatus, RunCompleted, RunEpisode, RunStarted, RunStep},
     timestamp, ControlMode,
 };
-use telemetry_shim::{Metadata, Shim, ShimConfig};
+use telemetry_shim::{Metadata, ShimConfig, Telemetry};
 
 use super::gridworld::{GridWorld, QAgent, Rng};
 
@@ -54,7 +54,7 @@ pub struct WorkerReport {
     pub rejected: u64,
 }
 
-fn shim_for(cfg: &WorkerConfig, agent: &str) -> anyhow::Result<Shim> {
+fn shim_for(cfg: &WorkerConfig, agent: &str) -> anyhow::Result<Telemetry> {
     let mut sc = ShimConfig::from_env().unwrap_or_default();
     sc.endpoint = cfg.endpoint.clone();
     sc.run_id = Some(cfg.run_id.clone());
@@ -64,7 +64,7 @@ fn shim_for(cfg: &WorkerConfig, agent: &str) -> anyhow::Result<Shim> {
     if cfg.auth_token.is_some() {
         sc.auth_token = cfg.auth_token.clone();
     }
-    Shim::new(sc).with_context(|| format!("starting the shim of {agent}"))
+    Telemetry::new(sc).with_context(|| format!("starting the shim of {agent}"))
 }
 
 /// Runs the worker to the end and closes its shims (waiting for the daemon's acks).
@@ -139,7 +139,12 @@ pub fn run(cfg: &WorkerConfig) -> anyhow::Result<WorkerReport> {
     Ok(report)
 }
 
-fn play(cfg: &WorkerConfig, agent: &str, shim: &Shim, seed: u64) -> anyhow::Result<(u64, u64)> {
+fn play(
+    cfg: &WorkerConfig,
+    agent: &str,
+    shim: &Telemetry,
+    seed: u64,
+) -> anyhow::Result<(u64, u64)> {
     let mut env = GridWorld::new();
     let mut learner = QAgent::new(env.states());
     let mut rng = Rng::new(seed);

@@ -74,7 +74,7 @@ pub fn fast_tempdir() -> tempfile::TempDir {
 /// Flushes until the daemon has acknowledged everything, within `WAIT`. A flush that sees the
 /// connection drop or an attempt fail reports `OnDisk` (safe, not yet acknowledged) and the
 /// next one continues: this is how a worker waits for a daemon that is coming back.
-pub fn flush_until_acked(shim: &telemetry_shim::Shim) -> telemetry_shim::FlushReport {
+pub fn flush_until_acked(shim: &telemetry_shim::Telemetry) -> telemetry_shim::FlushReport {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let report = shim.flush(WAIT).expect("flush");
