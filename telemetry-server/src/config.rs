@@ -10,7 +10,7 @@ use std::{
 use telemetry_hub::HubConfig;
 use telemetry_store::{Backend, Durability};
 
-use crate::{ingest_limits::IngestLimits, pipeline::RetryPolicy};
+use crate::{ingest_limits::IngestLimits, pipeline::RetryPolicy, query::QueryLimits};
 
 /// The default gRPC address: loopback, port 50151.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50151";
@@ -79,6 +79,11 @@ pub struct ServerConfig {
     pub store_retry: RetryPolicy,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Query stream limits: bytes per stream message (3 MiB, under a default client's 4 MiB
+    /// decoding limit), live streams per client connection (64).
+    pub query: QueryLimits,
+    /// Concurrent HTTP/2 streams one client connection may open (64).
+    pub max_concurrent_streams: u32,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -139,6 +144,8 @@ impl ServerConfig {
             ingest: IngestLimits::default(),
             store_retry: RetryPolicy::default(),
             max_message_bytes: 16 * 1024 * 1024,
+            query: QueryLimits::default(),
+            max_concurrent_streams: 64,
         }
     }
 

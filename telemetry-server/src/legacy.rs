@@ -111,6 +111,7 @@ impl LegacyService {
         run_id: String,
         since_seq: u64,
         kind: StreamKind,
+        peer: Option<std::net::SocketAddr>,
         records: fn(M) -> Vec<R>,
     ) -> Result<Response<Out<L>>, Status>
     where
@@ -124,7 +125,7 @@ impl LegacyService {
             follow: true,
             ..Default::default()
         };
-        let rx = self.query.open::<M>(&req, kind)?;
+        let rx = self.query.open::<M>(&req, kind, peer)?;
         let stream = retype(
             rx,
             move |m: M| {
@@ -384,10 +385,15 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<StreamStepsRequest>,
     ) -> Result<Response<Self::StreamRunStepsStream>, Status> {
+        let peer = request.remote_addr();
         let r = request.into_inner();
-        self.follow::<pb::StepStreamMessage, _, _>(r.run_id, r.since_seq, StreamKind::Steps, |m| {
-            m.steps
-        })
+        self.follow::<pb::StepStreamMessage, _, _>(
+            r.run_id,
+            r.since_seq,
+            StreamKind::Steps,
+            peer,
+            |m| m.steps,
+        )
     }
 
     type StreamRunEpisodesStream = Out<legacy::RunEpisode>;
@@ -396,11 +402,13 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<StreamEpisodesRequest>,
     ) -> Result<Response<Self::StreamRunEpisodesStream>, Status> {
+        let peer = request.remote_addr();
         let r = request.into_inner();
         self.follow::<pb::EpisodeStreamMessage, _, _>(
             r.run_id,
             r.since_seq,
             StreamKind::Episodes,
+            peer,
             |m| m.episodes,
         )
     }

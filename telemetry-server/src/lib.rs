@@ -94,6 +94,7 @@ pub use ingest_limits::IngestLimits;
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
+pub use query::QueryLimits;
 pub use start::start;
 pub use telemetry_hub::{
     CloseReason, Delivery, HubConfig, StreamKind, SubscribeError, SubscribeOptions, Subscription,

@@ -269,7 +269,8 @@ async fn services(
 ) -> Result<Router, ServerError> {
     let auth = AuthInterceptor::new(cfg.auth_token.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
-    let query = QueryService::new(hub.clone(), reader, registry.clone());
+    let query = QueryService::new(hub.clone(), reader, registry.clone())
+        .with_limits(cfg.query, metrics.clone());
     let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
     let legacy = LegacyService::new(
         publisher.clone(),
@@ -299,7 +300,7 @@ async fn services(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let max = cfg.max_message_bytes;
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().max_concurrent_streams(cfg.max_concurrent_streams);
     if let Some(tls) = &cfg.tls {
         let cert =
             std::fs::read(&tls.cert).map_err(io(format!("reading {}", tls.cert.display())))?;
