@@ -117,6 +117,10 @@ impl From<PublishError> for Status {
     fn from(e: PublishError) -> Status {
         match &e {
             PublishError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            // Bad data: resending the same records can never succeed.
+            PublishError::Write(WriteError::SeqJump { .. }) => {
+                Status::invalid_argument(e.to_string())
+            }
             // UNAVAILABLE: the standard retryable code; the shim resends from its last ack.
             PublishError::Write(_) | PublishError::Closed => Status::unavailable(e.to_string()),
         }
