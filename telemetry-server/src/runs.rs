@@ -93,37 +93,13 @@ impl Registry {
     /// Loads the runs a previous daemon persisted. Runs it left pending or running were
     /// interrupted by its death: they are marked failed. Returns the ids so marked.
     pub async fn restore(&self, stored: Vec<RunInfo>) -> Vec<String> {
-        let mut interrupted = Vec::new();
-        let mut changed = Vec::new();
-        {
+        let (interrupted, changed) = {
             let mut inner = self.lock();
-            for mut info in stored {
-                // An interrupted run has no stored completion unless its worker sent one (the
-                // caller checks the store): the server must store one, or live views never end.
-                let interrupted_now = !is_final(info.state);
-                if interrupted_now {
-                    info.state = RunState::Failed as i32;
-                    info.failure_reason =
-                        "interrupted: the daemon stopped while the run was active".into();
-                    info.updated_at = Some(timestamp::now());
-                    interrupted.push(info.run_id.clone());
-                    changed.push(info.clone());
-                }
-                let order = inner.next_order;
-                inner.next_order += 1;
-                inner.runs.insert(
-                    info.run_id.clone(),
-                    Entry {
-                        info,
-                        process: None,
-                        completion_recorded: !interrupted_now,
-                        last_beat: Instant::now(),
-                        order,
-                    },
-                );
-            }
+            let marked = insert_restored(&mut inner, stored);
+            // Once after the bulk insert: one pass however many runs were restored.
             evict(&mut inner);
-        }
+            marked
+        };
         for info in changed {
             self.persist(info).await;
         }
@@ -413,19 +389,154 @@ impl Registry {
     }
 }
 
-fn evict(inner: &mut Inner) {
-    while inner.runs.len() > MAX_TRACKED_RUNS {
-        let oldest_final = inner
+/// Inserts the runs a previous daemon persisted, in their order, marking the ones it left
+/// active as failed (interrupted). Returns their ids and their changed infos. Does not evict.
+fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<String>, Vec<RunInfo>) {
+    let mut interrupted = Vec::new();
+    let mut changed = Vec::new();
+    inner.runs.reserve(stored.len());
+    for mut info in stored {
+        // An interrupted run has no stored completion unless its worker sent one (the caller
+        // checks the store): the server must store one, or live views never end.
+        let interrupted_now = !is_final(info.state);
+        if interrupted_now {
+            info.state = RunState::Failed as i32;
+            info.failure_reason = "interrupted: the daemon stopped while the run was active".into();
+            info.updated_at = Some(timestamp::now());
+            interrupted.push(info.run_id.clone());
+            changed.push(info.clone());
+        }
+        let order = inner.next_order;
+        inner.next_order += 1;
+        inner.runs.insert(
+            info.run_id.clone(),
+            Entry {
+                info,
+                process: None,
+                completion_recorded: !interrupted_now,
+                last_beat: Instant::now(),
+                order,
+            },
+        );
+    }
+    (interrupted, changed)
+}
+
+/// Keeps at most [`MAX_TRACKED_RUNS`] runs by removing the oldest finished ones (active runs
+/// are kept, even over the limit). One pass over the runs plus a selection of the excess,
+/// however many must go: linear, not a scan per removed run. Returns the entries scanned.
+fn evict(inner: &mut Inner) -> usize {
+    let excess = inner.runs.len().saturating_sub(MAX_TRACKED_RUNS);
+    if excess == 0 {
+        return 0;
+    }
+    let scanned = inner.runs.len();
+    let mut finished: Vec<(u64, String)> = inner
+        .runs
+        .values()
+        .filter(|e| is_final(e.info.state))
+        .map(|e| (e.order, e.info.run_id.clone()))
+        .collect();
+    if finished.len() > excess {
+        // Orders are unique: the `excess` smallest are exactly the oldest finished runs.
+        finished.select_nth_unstable(excess - 1);
+        finished.truncate(excess);
+    }
+    for (_, id) in finished {
+        inner.runs.remove(&id);
+    }
+    scanned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(i: usize, state: RunState) -> RunInfo {
+        RunInfo {
+            run_id: format!("run-{i:05}"),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn empty() -> Inner {
+        Inner {
+            runs: HashMap::new(),
+            next_order: 0,
+        }
+    }
+
+    #[test]
+    fn restoring_more_than_the_limit_keeps_the_newest_in_one_pass() {
+        const EXTRA: usize = 500;
+        let total = MAX_TRACKED_RUNS + EXTRA;
+        // Every 7th run was left running by the dead daemon: restored as failed (interrupted).
+        let stored: Vec<RunInfo> = (0..total)
+            .map(|i| {
+                let state = if i % 7 == 0 {
+                    RunState::Running
+                } else {
+                    RunState::Completed
+                };
+                info(i, state)
+            })
+            .collect();
+        let mut inner = empty();
+        let (interrupted, changed) = insert_restored(&mut inner, stored);
+        assert_eq!(interrupted.len(), total.div_ceil(7));
+        assert_eq!(changed.len(), interrupted.len());
+        assert_eq!(inner.runs.len(), total);
+
+        let scanned = evict(&mut inner);
+        assert_eq!(
+            scanned, total,
+            "one pass over the runs, not one per evicted run"
+        );
+        assert_eq!(inner.runs.len(), MAX_TRACKED_RUNS);
+        for i in 0..EXTRA {
+            assert!(!inner.runs.contains_key(&format!("run-{i:05}")), "{i} kept");
+        }
+        for i in EXTRA..total {
+            assert!(
+                inner.runs.contains_key(&format!("run-{i:05}")),
+                "{i} evicted"
+            );
+        }
+        assert!(inner
             .runs
             .values()
-            .filter(|e| is_final(e.info.state))
-            .min_by_key(|e| e.order)
-            .map(|e| e.info.run_id.clone());
-        match oldest_final {
-            Some(id) => {
-                inner.runs.remove(&id);
+            .all(|e| e.info.state == RunState::Failed as i32 || e.completion_recorded));
+        // Under the limit nothing is scanned.
+        assert_eq!(evict(&mut inner), 0);
+    }
+
+    #[test]
+    fn active_runs_are_never_evicted() {
+        let mut inner = empty();
+        let _ = insert_restored(
+            &mut inner,
+            (0..MAX_TRACKED_RUNS)
+                .map(|i| info(i, RunState::Completed))
+                .collect(),
+        );
+        // Make the two oldest active (as a pending submission would be).
+        for i in 0..2 {
+            if let Some(e) = inner.runs.get_mut(&format!("run-{i:05}")) {
+                e.info.state = RunState::Pending as i32;
             }
-            None => break,
         }
+        let _ = insert_restored(
+            &mut inner,
+            vec![info(MAX_TRACKED_RUNS, RunState::Completed)],
+        );
+        evict(&mut inner);
+        assert_eq!(inner.runs.len(), MAX_TRACKED_RUNS);
+        assert!(inner.runs.contains_key("run-00000"));
+        assert!(inner.runs.contains_key("run-00001"));
+        assert!(
+            !inner.runs.contains_key("run-00002"),
+            "the oldest finished run goes"
+        );
     }
 }
