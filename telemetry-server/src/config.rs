@@ -10,7 +10,9 @@ use std::{
 use telemetry_hub::HubConfig;
 use telemetry_store::{Backend, Durability};
 
-use crate::{ingest_limits::IngestLimits, pipeline::RetryPolicy, query::QueryLimits};
+use crate::{
+    dispatch::SubmitLimits, ingest_limits::IngestLimits, pipeline::RetryPolicy, query::QueryLimits,
+};
 
 /// The default gRPC address: loopback, port 50151.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50151";
@@ -84,6 +86,14 @@ pub struct ServerConfig {
     pub query: QueryLimits,
     /// Concurrent HTTP/2 streams one client connection may open (64).
     pub max_concurrent_streams: u32,
+    /// Workers started by `SubmitRun` running at once (8); further submissions wait as
+    /// pending and start in submission order as workers exit.
+    pub max_running_workers: usize,
+    /// Submissions waiting for a worker slot at most (1024); beyond, `SubmitRun` is refused
+    /// with `RESOURCE_EXHAUSTED`.
+    pub max_pending_runs: usize,
+    /// Sizes a submission may have (metadata, argv, env).
+    pub submit: SubmitLimits,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -146,6 +156,9 @@ impl ServerConfig {
             max_message_bytes: 16 * 1024 * 1024,
             query: QueryLimits::default(),
             max_concurrent_streams: 64,
+            max_running_workers: 8,
+            max_pending_runs: 1024,
+            submit: SubmitLimits::default(),
         }
     }
 

@@ -99,7 +99,7 @@ impl RunControl for ControlService {
     ) -> Result<Response<SubmitRunResponse>, Status> {
         let run_id = dispatch::submit(&self.registry, &self.dispatch, request.into_inner())
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(Status::from)?;
         Ok(Response::new(SubmitRunResponse { run_id }))
     }
 
@@ -107,9 +107,8 @@ impl RunControl for ControlService {
         &self,
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
-        let cancelled = self
-            .registry
-            .cancel(&request.into_inner().run_id)
+        let run_id = request.into_inner().run_id;
+        let cancelled = dispatch::cancel(&self.registry, &self.dispatch, &run_id)
             .await
             .map_err(Status::not_found)?;
         Ok(Response::new(CancelRunResponse { cancelled }))

@@ -291,10 +291,20 @@ impl TrainerService for LegacyService {
         request: Request<SubmitRunRequest>,
     ) -> Result<Response<SubmitRunResponse>, Status> {
         let req = request.into_inner();
+        let limit = self.dispatch.limits.max_metadata_bytes;
+        if req.config_json.len() > limit {
+            self.dispatch.queue.metrics().refuse_submission("too_large");
+            return Err(dispatch::SubmitError::TooLarge {
+                field: "config_json",
+                size: req.config_json.len(),
+                limit,
+            }
+            .into());
+        }
         let ours = parse_submit(&req)?;
         let run_id = dispatch::submit(&self.registry, &self.dispatch, ours)
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(Status::from)?;
         let digest = self
             .registry
             .get(&run_id)
@@ -307,8 +317,8 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
-        self.registry
-            .cancel(&request.into_inner().run_id)
+        let run_id = request.into_inner().run_id;
+        dispatch::cancel(&self.registry, &self.dispatch, &run_id)
             .await
             .map_err(Status::not_found)?;
         Ok(Response::new(CancelRunResponse {}))

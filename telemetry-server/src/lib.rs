@@ -82,12 +82,13 @@ mod publish;
 mod query;
 mod runs;
 mod start;
+mod workqueue;
 
 pub use config::{
     default_proxy_exe, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
     PROXY_EXE_NAME, SHUTDOWN_DRAIN,
 };
-pub use dispatch::new_run_id;
+pub use dispatch::{new_run_id, SubmitError, SubmitLimits};
 pub use error::ServerError;
 pub use handle::ServerHandle;
 pub use ingest_limits::IngestLimits;
@@ -100,3 +101,4 @@ pub use telemetry_hub::{
     CloseReason, Delivery, HubConfig, StreamKind, SubscribeError, SubscribeOptions, Subscription,
 };
 pub use telemetry_store::{Backend, SqliteBackend};
+pub use workqueue::QueueFull;

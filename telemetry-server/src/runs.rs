@@ -161,15 +161,20 @@ impl Registry {
         changed
     }
 
-    /// The worker was spawned.
-    pub(crate) async fn mark_running(&self, run_id: &str, control: ProcessControl) {
+    /// The worker was spawned. Returns false (and changes nothing) when the run ended
+    /// meanwhile (cancelled while it was being started): the caller stops the worker.
+    pub(crate) async fn mark_running(&self, run_id: &str, control: ProcessControl) -> bool {
         self.update(run_id, |e| {
+            if is_final(e.info.state) {
+                return false;
+            }
             e.process = Some(control);
             e.last_beat = Instant::now();
             e.info.state = RunState::Running as i32;
             true
         })
-        .await;
+        .await
+        .is_some()
     }
 
     /// The worker could not be started or has exited: sets the final state.

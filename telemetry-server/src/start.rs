@@ -40,6 +40,7 @@ use crate::{
     publish::Publisher,
     query::QueryService,
     runs::Registry,
+    workqueue::WorkQueue,
 };
 
 /// Starts a server on the caller's tokio runtime: takes the lock, opens the store, recovers,
@@ -65,7 +66,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
-    let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr)?);
+    let cancel = CancellationToken::new();
+    let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr, &metrics, &cancel)?);
 
     let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone());
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
@@ -82,7 +84,6 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         None => None,
     };
 
-    let cancel = CancellationToken::new();
     let publisher = Publisher::new(
         pipeline.clone(),
         registry.clone(),
@@ -214,7 +215,12 @@ fn worker_tls(cfg: &ServerConfig) -> Result<Option<WorkerTls>, ServerError> {
     }))
 }
 
-fn dispatch_config(cfg: &ServerConfig, addr: SocketAddr) -> Result<DispatchConfig, ServerError> {
+fn dispatch_config(
+    cfg: &ServerConfig,
+    addr: SocketAddr,
+    metrics: &Metrics,
+    stopping: &CancellationToken,
+) -> Result<DispatchConfig, ServerError> {
     let tls = worker_tls(cfg)?;
     Ok(DispatchConfig {
         endpoint: endpoint_for(addr, tls.is_some()),
@@ -223,6 +229,13 @@ fn dispatch_config(cfg: &ServerConfig, addr: SocketAddr) -> Result<DispatchConfi
         proxy_exe: cfg.proxy_exe.clone(),
         grace: cfg.cancel_grace,
         max_log_bytes: 8 * 1024 * 1024,
+        limits: cfg.submit,
+        queue: WorkQueue::new(
+            cfg.max_running_workers,
+            cfg.max_pending_runs,
+            stopping.clone(),
+            metrics.clone(),
+        ),
     })
 }
 

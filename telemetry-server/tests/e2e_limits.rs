@@ -82,3 +82,116 @@ async fn three_hundred_records_of_900_kb_stream_back_with_default_settings() {
     assert_eq!(read_to_caught_up(&mut every_run).await, expected);
     d.shutdown().await.unwrap();
 }
+
+/// A worker that runs until `flag` exists (the test decides when it exits, not a timer).
+fn wait_for(flag: &std::path::Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("while [ ! -f '{}' ]; do sleep 0.05; done", flag.display()),
+    ]
+}
+
+fn submit_argv(run_id: &str, argv: &[String]) -> telemetry_core::pb::SubmitRunRequest {
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    submit(run_id, &argv)
+}
+
+#[tokio::test]
+async fn submissions_past_the_worker_limit_wait_and_start_in_order() {
+    use telemetry_core::pb::{CancelRunRequest, RunState, WatchRunsRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let flags = tempfile::tempdir().unwrap();
+    let mut cfg = config_with_metrics(dir.path());
+    cfg.max_running_workers = 1;
+    cfg.max_pending_runs = 2;
+    let d = telemetry_server::start(cfg).await.unwrap();
+    let (_, _, mut control) = clients(&d).await;
+    let mut watch = control
+        .watch_runs(WatchRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let flag = |name: &str| flags.path().join(name);
+
+    control
+        .submit_run(submit_argv("a", &wait_for(&flag("a"))))
+        .await
+        .unwrap();
+    until(&mut watch, "a", |s| s == RunState::Running).await;
+    for id in ["b", "c"] {
+        control
+            .submit_run(submit_argv(id, &wait_for(&flag(id))))
+            .await
+            .unwrap();
+    }
+    // The pending queue is full: refused, nothing registered.
+    let err = control
+        .submit_run(submit_argv("d", &wait_for(&flag("d"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let body = metrics_text(&d).await;
+    assert!(
+        body.contains("gym_telemetry_dispatch_running_workers 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("gym_telemetry_dispatch_pending_runs 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"gym_telemetry_submissions_refused_total{reason="pending_queue_full"} 1"#),
+        "{body}"
+    );
+
+    // Cancelling a waiting run takes it out of the queue.
+    let cancelled = control
+        .cancel_run(CancelRunRequest { run_id: "c".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.cancelled);
+
+    // Only when "a" exits does "b" start; "c" never runs.
+    std::fs::write(flag("a"), b"").unwrap();
+    let mut seen: Vec<(String, RunState)> = Vec::new();
+    bounded("b to run", async {
+        use tokio_stream::StreamExt;
+        loop {
+            let info = watch.next().await.unwrap().unwrap();
+            let state = RunState::try_from(info.state).unwrap();
+            seen.push((info.run_id.clone(), state));
+            if info.run_id == "b" && state == RunState::Running {
+                return;
+            }
+        }
+    })
+    .await;
+    let position = |id: &str, st: RunState| {
+        seen.iter()
+            .position(|(r, s)| r == id && *s == st)
+            .unwrap_or_else(|| panic!("{id} {st:?} not seen in {seen:?}"))
+    };
+    assert!(position("a", RunState::Completed) < position("b", RunState::Running));
+    assert!(position("c", RunState::Cancelled) < position("b", RunState::Running));
+    assert!(!seen
+        .iter()
+        .any(|(r, s)| r == "c" && *s == RunState::Running));
+
+    std::fs::write(flag("b"), b"").unwrap();
+    let b = until_final(&mut watch, "b").await;
+    assert_eq!(b.state, RunState::Completed as i32);
+    let body = metrics_text(&d).await;
+    assert!(
+        body.contains("gym_telemetry_dispatch_pending_runs 0"),
+        "{body}"
+    );
+    // "d" was refused whole, so it is unknown.
+    let err = control
+        .cancel_run(CancelRunRequest { run_id: "d".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    d.shutdown().await.unwrap();
+}
