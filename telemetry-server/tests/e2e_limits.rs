@@ -195,3 +195,73 @@ async fn submissions_past_the_worker_limit_wait_and_start_in_order() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     d.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn oversized_submissions_are_refused_naming_the_field_and_the_limit() {
+    use telemetry_core::pb::legacy::{self, trainer_service_client::TrainerServiceClient};
+    let dir = tempfile::tempdir().unwrap();
+    let d = telemetry_server::start(config_with_metrics(dir.path()))
+        .await
+        .unwrap();
+    let (_, _, mut control) = clients(&d).await;
+    let limits = telemetry_server::SubmitLimits::default();
+
+    let mut big_meta = submit("m", &["true"]);
+    big_meta.metadata_json = format!("\"{}\"", "x".repeat(limits.max_metadata_bytes));
+    let err = control.submit_run(big_meta).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("metadata_json"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains(&limits.max_metadata_bytes.to_string()),
+        "{}",
+        err.message()
+    );
+
+    let env: Vec<(String, String)> = (0..=limits.max_env)
+        .map(|i| (format!("K{i}"), "v".to_owned()))
+        .collect();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let err = control
+        .submit_run(submit_with_env("e", &["true"], &env_refs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("command.env"), "{}", err.message());
+
+    let argv: Vec<String> = std::iter::once("true".to_owned())
+        .chain((0..limits.max_argv).map(|i| i.to_string()))
+        .collect();
+    let err = control
+        .submit_run(submit_argv("v", &argv))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("command.argv"), "{}", err.message());
+
+    // The predecessor's SubmitRun: config_json.
+    let mut old = TrainerServiceClient::new(channel(&d).await);
+    let padding = "x".repeat(limits.max_metadata_bytes);
+    let err = old
+        .submit_run(legacy::SubmitRunRequest {
+            run_id: "l".into(),
+            config_json: format!(r#"{{"argv":["true"],"pad":"{padding}"}}"#),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("config_json"), "{}", err.message());
+
+    // Nothing was registered, and every refusal was counted.
+    assert!(control
+        .cancel_run(telemetry_core::pb::CancelRunRequest { run_id: "m".into() })
+        .await
+        .is_err());
+    let body = metrics_text(&d).await;
+    assert!(
+        body.contains(r#"gym_telemetry_submissions_refused_total{reason="too_large"} 4"#),
+        "{body}"
+    );
+    d.shutdown().await.unwrap();
+}
