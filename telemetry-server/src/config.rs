@@ -84,7 +84,8 @@ pub struct ServerConfig {
     /// Query stream limits: bytes per stream message (3 MiB, under a default client's 4 MiB
     /// decoding limit), live streams per client connection (64).
     pub query: QueryLimits,
-    /// Concurrent HTTP/2 streams one client connection may open (64).
+    /// Concurrent HTTP/2 streams one client connection may open (128: room for
+    /// [`QueryLimits::max_subscriptions_per_connection`] live streams and as many other calls).
     pub max_concurrent_streams: u32,
     /// Workers started by `SubmitRun` running at once (8); further submissions wait as
     /// pending and start in submission order as workers exit.
@@ -155,7 +156,7 @@ impl ServerConfig {
             store_retry: RetryPolicy::default(),
             max_message_bytes: 16 * 1024 * 1024,
             query: QueryLimits::default(),
-            max_concurrent_streams: 64,
+            max_concurrent_streams: 128,
             max_running_workers: 8,
             max_pending_runs: 1024,
             submit: SubmitLimits::default(),

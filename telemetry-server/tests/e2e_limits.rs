@@ -265,3 +265,113 @@ async fn oversized_submissions_are_refused_naming_the_field_and_the_limit() {
     );
     d.shutdown().await.unwrap();
 }
+
+fn follow(run: &str) -> StreamRequest {
+    StreamRequest {
+        run_id: run.into(),
+        follow: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn one_connection_cannot_hold_more_than_its_share_of_live_streams() {
+    use telemetry_core::pb::{
+        legacy::{trainer_service_client::TrainerServiceClient, StreamStepsRequest},
+        query_client::QueryClient,
+    };
+    const CAP: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_with_metrics(dir.path());
+    cfg.query.max_subscriptions_per_connection = CAP;
+    let d = telemetry_server::start(cfg).await.unwrap();
+    let a = channel(&d).await;
+    let mut query_a = QueryClient::new(a.clone());
+
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(
+            query_a
+                .stream_run_steps(follow("r"))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let err = query_a.stream_run_steps(follow("r")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // The predecessor's streams on the same connection count too.
+    let err = TrainerServiceClient::new(a.clone())
+        .stream_run_steps(StreamStepsRequest {
+            run_id: "r".into(),
+            since_seq: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+
+    // Another connection is not affected.
+    let mut query_b = QueryClient::new(channel(&d).await);
+    let mut other = Vec::new();
+    for _ in 0..CAP {
+        other.push(
+            query_b
+                .stream_run_steps(follow("r"))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+
+    // Closing one stream frees its slot (once the server has seen it go: bounded wait).
+    drop(held.pop());
+    let reopened = bounded("a freed slot", async {
+        loop {
+            match query_a.stream_run_steps(follow("r")).await {
+                Ok(s) => return s.into_inner(),
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    held.push(reopened);
+
+    let body = metrics_text(&d).await;
+    let refused = body
+        .lines()
+        .find(|l| {
+            l.starts_with(r#"gym_telemetry_subscriptions_refused_total{reason="per_connection"}"#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(refused >= 2, "{refused}");
+    drop((held, other));
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_opens_at_most_max_concurrent_streams_at_once() {
+    use telemetry_core::pb::query_client::QueryClient;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_concurrent_streams = 2;
+    let d = telemetry_server::start(cfg).await.unwrap();
+    let mut q = QueryClient::new(channel(&d).await);
+    let first = q.stream_run_steps(follow("r")).await.unwrap().into_inner();
+    let _second = q.stream_run_steps(follow("r")).await.unwrap().into_inner();
+    // The third waits for an HTTP/2 stream slot (it cannot be opened while two are open) ...
+    let mut q3 = q.clone();
+    let mut third = tokio::spawn(async move { q3.stream_run_steps(follow("r")).await });
+    // A negative check: it cannot flake when the limit holds (the call cannot complete).
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut third).await;
+    assert!(early.is_err(), "a third stream was opened beside two");
+    // ... and is opened once one of them closes.
+    drop(first);
+    let third = bounded("the third stream", third).await.unwrap();
+    assert!(third.is_ok(), "{third:?}");
+    d.shutdown().await.unwrap();
+}
