@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub max_pending_runs: usize,
     /// Sizes a submission may have (metadata, argv, env).
     pub submit: SubmitLimits,
+    /// `WatchRuns` streams (ours and the predecessor's together) open at once (64); beyond,
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_run_watchers: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -160,6 +163,7 @@ impl ServerConfig {
             max_running_workers: 8,
             max_pending_runs: 1024,
             submit: SubmitLimits::default(),
+            max_run_watchers: crate::runs::DEFAULT_MAX_WATCHERS,
         }
     }
 

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     dispatch::{self, DispatchConfig},
-    runs::Registry,
+    runs::{Registry, WatchSlot},
 };
 
 /// The RunControl service.
@@ -40,6 +40,17 @@ impl ControlService {
     }
 }
 
+/// A place for one more `WatchRuns` stream, or `RESOURCE_EXHAUSTED` (counted in
+/// `subscriptions_refused_total{reason="watch_runs"}`).
+pub fn watch_slot(registry: &Registry, dispatch: &DispatchConfig) -> Result<WatchSlot, Status> {
+    registry.watch_slot().map_err(|open| {
+        dispatch.queue.metrics().refuse_subscription("watch_runs");
+        Status::resource_exhausted(format!(
+            "{open} WatchRuns streams are open, the most the daemon serves at once"
+        ))
+    })
+}
+
 type InfoStream = Pin<Box<dyn Stream<Item = Result<RunInfo, Status>> + Send>>;
 
 /// Streams the registry's current runs, then every change, into `tx` until the receiver goes
@@ -50,9 +61,15 @@ pub async fn forward_runs<T: Send + 'static>(
     tx: mpsc::Sender<Result<T, Status>>,
     map: impl Fn(RunInfo) -> T + Send + 'static,
     shutdown: CancellationToken,
+    slot: WatchSlot,
 ) {
+    let _slot = slot; // held until this stream ends
+                      // The client going away ends the forwarder at once, not at the next change (which may
+                      // never come): its place is free again.
+    let gone = tx.clone();
     tokio::select! {
         () = shutdown.cancelled() => {}
+        () = gone.closed() => {}
         () = forward_runs_inner(registry, tx, map) => {}
     }
 }
@@ -120,12 +137,14 @@ impl RunControl for ControlService {
         &self,
         _request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        let slot = watch_slot(&self.registry, &self.dispatch)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(forward_runs(
             self.registry.clone(),
             tx,
             |i| i,
             self.shutdown.clone(),
+            slot,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

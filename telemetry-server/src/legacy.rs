@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    control::forward_runs,
+    control::{forward_runs, watch_slot},
     dispatch::{self, DispatchConfig},
     publish::Publisher,
     query::QueryService,
@@ -346,12 +346,14 @@ impl TrainerService for LegacyService {
         request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
         let filter = request.into_inner().status_filter;
+        let slot = watch_slot(&self.registry, &self.dispatch)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(forward_runs(
             self.registry.clone(),
             tx,
             run_record,
             self.shutdown.clone(),
+            slot,
         ));
         let stream = retype(
             rx,

@@ -15,7 +15,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +34,23 @@ use crate::pipeline::Pipeline;
 pub const MAX_TRACKED_RUNS: usize = 10_000;
 /// Changes buffered per `WatchRuns` subscriber.
 pub const WATCH_BUFFER: usize = 1024;
+/// `WatchRuns` streams (ours and the predecessor's together) at once, by default.
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
+
+/// How many `WatchRuns` streams are open, and how many may be.
+struct WatchLimit {
+    held: AtomicUsize,
+    max: usize,
+}
+
+/// One open `WatchRuns` stream's place; released on drop.
+pub struct WatchSlot(Arc<WatchLimit>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Is this state final?
 pub fn is_final(state: i32) -> bool {
@@ -65,6 +85,7 @@ struct Inner {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     changes: broadcast::Sender<RunInfo>,
+    watchers: Arc<WatchLimit>,
     writer: Pipeline,
     /// Where workers' logs and queues live.
     pub var_dir: PathBuf,
@@ -80,9 +101,34 @@ impl Registry {
                 next_order: 0,
             })),
             changes,
+            watchers: Arc::new(WatchLimit {
+                held: AtomicUsize::new(0),
+                max: DEFAULT_MAX_WATCHERS,
+            }),
             writer,
             var_dir,
         }
+    }
+
+    /// The same registry with at most `max` `WatchRuns` streams at once (call before cloning).
+    pub fn with_max_watchers(mut self, max: usize) -> Self {
+        self.watchers = Arc::new(WatchLimit {
+            held: AtomicUsize::new(0),
+            max,
+        });
+        self
+    }
+
+    /// A place for one more `WatchRuns` stream, held for as long as the stream runs, or the
+    /// number already open when all are taken.
+    pub fn watch_slot(&self) -> Result<WatchSlot, usize> {
+        let limit = &self.watchers;
+        limit
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit.max).then_some(n + 1)
+            })
+            .map(|_| WatchSlot(limit.clone()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

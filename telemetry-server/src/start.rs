@@ -69,7 +69,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     let cancel = CancellationToken::new();
     let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr, &metrics, &cancel)?);
 
-    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone());
+    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
+        .with_max_watchers(cfg.max_run_watchers);
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(

@@ -375,3 +375,66 @@ async fn a_connection_opens_at_most_max_concurrent_streams_at_once() {
     assert!(third.is_ok(), "{third:?}");
     d.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn watch_runs_streams_are_bounded_across_both_apis() {
+    use telemetry_core::pb::{
+        legacy::{trainer_service_client::TrainerServiceClient, WatchRunsRequest as OldWatch},
+        WatchRunsRequest,
+    };
+    const MAX: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_with_metrics(dir.path());
+    cfg.max_run_watchers = MAX;
+    let d = telemetry_server::start(cfg).await.unwrap();
+    let (_, _, mut control) = clients(&d).await;
+    let mut old = TrainerServiceClient::new(channel(&d).await);
+
+    let mut held = Vec::new();
+    for _ in 0..MAX - 1 {
+        held.push(
+            control
+                .watch_runs(WatchRunsRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let legacy_watch = old
+        .watch_runs(OldWatch::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let err = control
+        .watch_runs(WatchRunsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let err = old.watch_runs(OldWatch::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+
+    // Closing one frees its place (once the server has seen it go: bounded wait).
+    drop(legacy_watch);
+    let again = bounded("a freed WatchRuns place", async {
+        loop {
+            match control.watch_runs(WatchRunsRequest::default()).await {
+                Ok(s) => return s.into_inner(),
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    held.push(again);
+    let body = metrics_text(&d).await;
+    assert!(
+        body.lines().any(|l| l
+            .starts_with(r#"gym_telemetry_subscriptions_refused_total{reason="watch_runs"}"#)
+            && l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) >= Some(2)),
+        "{body}"
+    );
+    drop(held);
+    d.shutdown().await.unwrap();
+}
