@@ -39,8 +39,10 @@ use crate::{
     runs::Registry,
 };
 
-/// Records per ingest batch when a legacy client streams them one by one.
-pub const PUBLISH_BATCH: usize = 512;
+/// Records committed at most per batch when a legacy client streams them one by one.
+pub const PUBLISH_BATCH: usize = 64;
+/// Encoded bytes committed at most per batch (a batch ends at the record that reaches it).
+pub const PUBLISH_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The legacy service.
 #[derive(Clone)]
@@ -70,21 +72,46 @@ impl LegacyService {
         }
     }
 
+    /// Stores a legacy Publish stream as it arrives: records are committed in batches of at
+    /// most [`PUBLISH_BATCH`] records or [`PUBLISH_BATCH_BYTES`] bytes, and whatever has
+    /// arrived is committed as soon as the stream pauses (no next message ready), so memory per
+    /// stream is bounded in bytes and a record is stored before the client closes the stream.
     async fn publish<L: Message + Default, F: Fn(L) -> Result<Record, Status>>(
         &self,
         mut inbound: Streaming<L>,
         convert: F,
     ) -> Result<PublishTelemetryResponse, Status> {
+        use futures::FutureExt;
         let mut accepted = 0u64;
         let mut dropped = 0u64;
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        let mut bytes = 0usize;
         loop {
-            let next = inbound.message().await?;
-            let end = next.is_none();
+            // Wait for the next message only with nothing held; otherwise take one if ready.
+            let (next, cause) = if batch.is_empty() {
+                (inbound.message().await?, "end")
+            } else {
+                match inbound.message().now_or_never() {
+                    Some(next) => (next?, "end"),
+                    None => (None, "pause"),
+                }
+            };
+            let end = next.is_none() && cause == "end";
+            let mut cause = cause;
             if let Some(msg) = next {
-                batch.push(convert(msg)?);
+                let record = convert(msg)?;
+                bytes += record.encoded_len();
+                batch.push(record);
+                cause = if batch.len() >= PUBLISH_BATCH {
+                    "records"
+                } else if bytes >= PUBLISH_BATCH_BYTES {
+                    "bytes"
+                } else {
+                    continue;
+                };
             }
-            if batch.len() >= PUBLISH_BATCH || (end && !batch.is_empty()) {
+            if !batch.is_empty() {
+                self.ingest.metrics().legacy_flush(cause);
                 let ack = self
                     .ingest
                     .publish(IngestBatch {
@@ -93,6 +120,7 @@ impl LegacyService {
                     })
                     .await
                     .map_err(Status::from)?;
+                bytes = 0;
                 accepted += u64::from(ack.stored) + u64::from(ack.duplicates);
                 dropped += ack.rejected.len() as u64;
             }

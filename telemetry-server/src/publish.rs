@@ -146,6 +146,10 @@ impl Publisher {
         &self.pipeline
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Validates, stores and acknowledges one batch (a unary call: it never counts as a new
     /// stream for the producer fence).
     pub async fn publish(&self, batch: IngestBatch) -> Result<IngestAck, PublishError> {
