@@ -246,7 +246,6 @@ async fn oversized_submissions_are_refused_naming_the_field_and_the_limit() {
         .submit_run(legacy::SubmitRunRequest {
             run_id: "l".into(),
             config_json: format!(r#"{{"argv":["true"],"pad":"{padding}"}}"#),
-            ..Default::default()
         })
         .await
         .unwrap_err();
