@@ -238,7 +238,12 @@ pub async fn submit(
         ..Default::default()
     };
     let ticket = cfg.queue.admit()?;
-    registry.insert_pending(info).await?;
+    if let Err(e) = registry.insert_pending(info).await {
+        // Its slot or place goes back; a run queued meanwhile may take the slot.
+        drop(ticket);
+        start_waiting(registry, cfg);
+        return Err(e.into());
+    }
     match ticket {
         Ticket::Run(slot) => launch(registry, cfg, run_id, req, slot).await,
         Ticket::Queue(place) => {
@@ -282,20 +287,30 @@ pub async fn cancel(
 /// Starts the oldest waiting runs in the free slots (skipping runs no longer pending, e.g.
 /// cancelled by a heartbeat rule), each in its own task.
 fn start_waiting(registry: &Registry, cfg: &Arc<DispatchConfig>) {
-    for (q, slot) in cfg.queue.fill() {
-        let still_pending = registry
-            .get(&q.run_id)
-            .is_some_and(|i| i.state == RunState::Pending as i32);
-        if !still_pending {
-            drop(slot); // frees the slot for the next one, through its hook (none set yet)
-            start_waiting(registry, cfg);
+    loop {
+        let ready = cfg.queue.fill();
+        if ready.is_empty() {
             return;
         }
-        let registry = registry.clone();
-        let cfg = cfg.clone();
-        tokio::spawn(async move {
-            let _ = launch(&registry, &cfg, q.run_id, q.req, slot).await;
-        });
+        let mut skipped = false;
+        for (q, slot) in ready {
+            let still_pending = registry
+                .get(&q.run_id)
+                .is_some_and(|i| i.state == RunState::Pending as i32);
+            if !still_pending {
+                drop(slot); // no hook yet: the loop hands it on
+                skipped = true;
+                continue;
+            }
+            let registry = registry.clone();
+            let cfg = cfg.clone();
+            tokio::spawn(async move {
+                let _ = launch(&registry, &cfg, q.run_id, q.req, slot).await;
+            });
+        }
+        if !skipped {
+            return;
+        }
     }
 }
 

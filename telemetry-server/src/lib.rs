@@ -28,7 +28,10 @@
 //!   fails with `UNAVAILABLE`, and the shim resends from its last ack.
 //! - **One retry policy** ([`RetryPolicy`]) for retryable store errors; backends try once.
 //! - **Bounded everywhere**: the writer queue, each stream's window, hub rings and subscriber
-//!   queues, fences, the run registry (docs/ARCHITECTURE.md lists each limit and full policy).
+//!   queues, fences, the run registry; and per client: stream message bytes, HTTP/2 streams
+//!   and live streams per connection, WatchRuns streams, running and pending workers, the
+//!   size of a submission, producer seq jumps (docs/ARCHITECTURE.md lists each limit and full
+//!   policy).
 //! - **Structural shutdown** ([`ServerHandle::shutdown`]): stop serving and close live streams,
 //!   stop workers, stop background tasks and upkeep, final checkpoint, release the lock.
 //!
