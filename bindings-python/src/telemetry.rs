@@ -626,7 +626,7 @@ impl Telemetry {
     }
 
     /// The shim's counters (accepted, sent, acked, spilled, dropped, rejected, duplicates,
-    /// reconnects, queue_bytes, queue_records, buffered_records, corrupt_tails, last_error) and
+    /// reconnects, queue_bytes, queue_records, buffered_records, corrupt_tails, refused_watermarks, last_error) and
     /// the binding's (hook_errors, invalid_calls, call_errors, trackers_evicted,
     /// log_events_dropped). Still available after close (as they were when it closed).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -648,6 +648,7 @@ impl Telemetry {
         d.set_item("queue_records", s.queue_records)?;
         d.set_item("buffered_records", s.buffered_records)?;
         d.set_item("corrupt_tails", s.corrupt_tails)?;
+        d.set_item("refused_watermarks", s.refused_watermarks)?;
         d.set_item("last_error", s.last_error)?;
         d.set_item("hook_errors", self.hooks.errors.load(Relaxed))?;
         d.set_item("invalid_calls", self.counters.invalid_calls.load(Relaxed))?;

@@ -31,4 +31,4 @@ pub use completion::CompletionStatusError;
 pub use control_mode::{ControlMode, ControlModeError, ModeFilter};
 pub use ids::{check_id, check_run_id, IdError, MAX_ID_LEN};
 pub use record::RecordKind;
-pub use watermark::Watermark;
+pub use watermark::{Watermark, MAX_SEQ_JUMP};

@@ -12,6 +12,20 @@
 //!   as a duplicate too, or the producer would never see it acknowledged).
 //!
 //! The watermark only ever moves up: advancing to a seq at or below it changes nothing.
+//!
+//! A fourth rule keeps one bad record from poisoning a producer forever: a producer's seqs
+//! may run ahead of its watermark (records in flight, records its shim dropped while
+//! disconnected) but by at most [`MAX_SEQ_JUMP`] ([`Watermark::within_jump`]). Without it,
+//! one record stamped `u64::MAX` would move the watermark to the top, every later record of
+//! that producer would be a duplicate, and a shim adopting that watermark would overflow.
+//! The daemon refuses such an append; a shim refuses to adopt such a watermark.
+
+/// How far a producer's seq may run ahead of its durable watermark (a producer with no
+/// watermark counts as at 0): `2^32`. Far beyond any real gap (a shim holds at most 1 GiB of
+/// queue, millions of records, and a Publish stream a few batches in flight), far below the
+/// `u64` range, so a watermark can never be walked to overflow by honest or dishonest seqs
+/// in practice.
+pub const MAX_SEQ_JUMP: u64 = 1 << 32;
 
 /// A producer's durable watermark: the highest `producer_seq` stored (or rejected) so far, or
 /// none before its first record.
@@ -55,6 +69,12 @@ impl Watermark {
     /// Whether a record with `producer_seq` was already stored or rejected: `!admits`.
     pub fn is_duplicate(self, producer_seq: u64) -> bool {
         !self.admits(producer_seq)
+    }
+
+    /// Whether `seq` is at most [`MAX_SEQ_JUMP`] past the watermark (past 0 for a producer
+    /// with no watermark yet).
+    pub fn within_jump(self, seq: u64) -> bool {
+        seq <= self.durable_seq().saturating_add(MAX_SEQ_JUMP)
     }
 
     /// Moves the watermark up to `seq` after a record was stored or rejected. Returns whether
@@ -107,6 +127,17 @@ mod tests {
         assert_eq!(w.durable_seq(), 7);
         assert_eq!(Watermark::from_stored(Some(7)), w);
         assert_eq!(Watermark::from_stored(None), Watermark::NONE);
+    }
+
+    #[test]
+    fn seqs_may_run_ahead_of_the_watermark_by_at_most_max_seq_jump() {
+        assert!(Watermark::NONE.within_jump(0));
+        assert!(Watermark::NONE.within_jump(MAX_SEQ_JUMP));
+        assert!(!Watermark::NONE.within_jump(MAX_SEQ_JUMP + 1));
+        assert!(!Watermark::NONE.within_jump(u64::MAX));
+        assert!(Watermark::at(10).within_jump(10 + MAX_SEQ_JUMP));
+        assert!(!Watermark::at(10).within_jump(11 + MAX_SEQ_JUMP));
+        assert!(Watermark::at(u64::MAX - 1).within_jump(u64::MAX));
     }
 
     proptest! {

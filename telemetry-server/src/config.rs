@@ -10,7 +10,9 @@ use std::{
 use telemetry_hub::HubConfig;
 use telemetry_store::{Backend, Durability};
 
-use crate::{ingest_limits::IngestLimits, pipeline::RetryPolicy};
+use crate::{
+    dispatch::SubmitLimits, ingest_limits::IngestLimits, pipeline::RetryPolicy, query::QueryLimits,
+};
 
 /// The default gRPC address: loopback, port 50151.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50151";
@@ -105,6 +107,23 @@ pub struct ServerConfig {
     pub store_retry: RetryPolicy,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Query stream limits: bytes per stream message (3 MiB, under a default client's 4 MiB
+    /// decoding limit), live streams per client connection (64).
+    pub query: QueryLimits,
+    /// Concurrent HTTP/2 streams one client connection may open (128: room for
+    /// [`QueryLimits::max_subscriptions_per_connection`] live streams and as many other calls).
+    pub max_concurrent_streams: u32,
+    /// Workers started by `SubmitRun` running at once (8); further submissions wait as
+    /// pending and start in submission order as workers exit.
+    pub max_running_workers: usize,
+    /// Submissions waiting for a worker slot at most (1024); beyond, `SubmitRun` is refused
+    /// with `RESOURCE_EXHAUSTED`.
+    pub max_pending_runs: usize,
+    /// Sizes a submission may have (metadata, argv, env).
+    pub submit: SubmitLimits,
+    /// `WatchRuns` streams (ours and the predecessor's together) open at once (64); beyond,
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_run_watchers: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -162,6 +181,12 @@ impl ServerConfig {
             ingest: IngestLimits::default(),
             store_retry: RetryPolicy::default(),
             max_message_bytes: 16 * 1024 * 1024,
+            query: QueryLimits::default(),
+            max_concurrent_streams: 128,
+            max_running_workers: 8,
+            max_pending_runs: 1024,
+            submit: SubmitLimits::default(),
+            max_run_watchers: crate::runs::DEFAULT_MAX_WATCHERS,
         }
     }
 

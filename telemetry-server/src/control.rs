@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::Principal,
     dispatch::{self, DispatchConfig},
-    runs::Registry,
+    runs::{Registry, WatchSlot},
 };
 
 /// The RunControl service.
@@ -41,6 +41,17 @@ impl ControlService {
     }
 }
 
+/// A place for one more `WatchRuns` stream, or `RESOURCE_EXHAUSTED` (counted in
+/// `subscriptions_refused_total{reason="watch_runs"}`).
+pub fn watch_slot(registry: &Registry, dispatch: &DispatchConfig) -> Result<WatchSlot, Status> {
+    registry.watch_slot().map_err(|open| {
+        dispatch.queue.metrics().refuse_subscription("watch_runs");
+        Status::resource_exhausted(format!(
+            "{open} WatchRuns streams are open, the most the daemon serves at once"
+        ))
+    })
+}
+
 type InfoStream = Pin<Box<dyn Stream<Item = Result<RunInfo, Status>> + Send>>;
 
 /// Streams the registry's current runs, then every change, into `tx` until the receiver goes
@@ -51,9 +62,15 @@ pub async fn forward_runs<T: Send + 'static>(
     tx: mpsc::Sender<Result<T, Status>>,
     map: impl Fn(RunInfo) -> T + Send + 'static,
     shutdown: CancellationToken,
+    slot: WatchSlot,
 ) {
+    let _slot = slot; // held until this stream ends
+                      // The client going away ends the forwarder at once, not at the next change (which may
+                      // never come): its place is free again.
+    let gone = tx.clone();
     tokio::select! {
         () = shutdown.cancelled() => {}
+        () = gone.closed() => {}
         () = forward_runs_inner(registry, tx, map) => {}
     }
 }
@@ -101,7 +118,7 @@ impl RunControl for ControlService {
         Principal::of(&request).require_operator("SubmitRun")?;
         let run_id = dispatch::submit(&self.registry, &self.dispatch, request.into_inner())
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(Status::from)?;
         Ok(Response::new(SubmitRunResponse { run_id }))
     }
 
@@ -110,9 +127,8 @@ impl RunControl for ControlService {
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
         Principal::of(&request).require_operator("CancelRun")?;
-        let cancelled = self
-            .registry
-            .cancel(&request.into_inner().run_id)
+        let run_id = request.into_inner().run_id;
+        let cancelled = dispatch::cancel(&self.registry, &self.dispatch, &run_id)
             .await
             .map_err(Status::not_found)?;
         Ok(Response::new(CancelRunResponse { cancelled }))
@@ -124,12 +140,14 @@ impl RunControl for ControlService {
         &self,
         _request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        let slot = watch_slot(&self.registry, &self.dispatch)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(forward_runs(
             self.registry.clone(),
             tx,
             |i| i,
             self.shutdown.clone(),
+            slot,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -28,6 +28,7 @@ use crate::{
     auth::Credentials,
     runs::{ProcessControl, Registry},
     security,
+    workqueue::{QueueFull, Queued, Slot, Ticket, WorkQueue},
 };
 
 /// How workers are started.
@@ -45,6 +46,138 @@ pub struct DispatchConfig {
     pub grace: Duration,
     /// Largest worker log kept per run.
     pub max_log_bytes: u64,
+    /// Sizes a submission may have.
+    pub limits: SubmitLimits,
+    /// Worker slots and the pending queue.
+    pub queue: Arc<WorkQueue>,
+}
+
+/// How large a submission may be. Each is refused with `INVALID_ARGUMENT` naming the field and
+/// the limit (and counted in `submissions_refused{reason="too_large"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitLimits {
+    /// `metadata_json` (and the predecessor's `config_json`), bytes: 64 KiB.
+    pub max_metadata_bytes: usize,
+    /// `command.argv` entries: 1024.
+    pub max_argv: usize,
+    /// `command.argv`, bytes of all entries together: 128 KiB.
+    pub max_argv_bytes: usize,
+    /// `command.env` entries: 256.
+    pub max_env: usize,
+    /// `command.env`, bytes of all names and values together: 128 KiB.
+    pub max_env_bytes: usize,
+    /// Any other text field (`working_dir`, `agent_id`, `game_id`), bytes: 4096.
+    pub max_field_bytes: usize,
+}
+
+impl Default for SubmitLimits {
+    fn default() -> Self {
+        SubmitLimits {
+            max_metadata_bytes: 64 * 1024,
+            max_argv: 1024,
+            max_argv_bytes: 128 * 1024,
+            max_env: 256,
+            max_env_bytes: 128 * 1024,
+            max_field_bytes: 4096,
+        }
+    }
+}
+
+impl SubmitLimits {
+    /// Checks every size of `req`.
+    pub fn check(&self, req: &SubmitRunRequest) -> Result<(), SubmitError> {
+        let bytes = |field: &'static str, size: usize, limit: usize| {
+            if size > limit {
+                Err(SubmitError::TooLarge { field, size, limit })
+            } else {
+                Ok(())
+            }
+        };
+        let entries = |field: &'static str, count: usize, limit: usize| {
+            if count > limit {
+                Err(SubmitError::TooMany {
+                    field,
+                    count,
+                    limit,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        bytes(
+            "metadata_json",
+            req.metadata_json.len(),
+            self.max_metadata_bytes,
+        )?;
+        bytes("agent_id", req.agent_id.len(), self.max_field_bytes)?;
+        bytes("game_id", req.game_id.len(), self.max_field_bytes)?;
+        if let Some(c) = &req.command {
+            entries("command.argv", c.argv.len(), self.max_argv)?;
+            bytes(
+                "command.argv",
+                c.argv.iter().map(String::len).sum(),
+                self.max_argv_bytes,
+            )?;
+            entries("command.env", c.env.len(), self.max_env)?;
+            bytes(
+                "command.env",
+                c.env.iter().map(|(k, v)| k.len() + v.len()).sum(),
+                self.max_env_bytes,
+            )?;
+            bytes(
+                "command.working_dir",
+                c.working_dir.len(),
+                self.max_field_bytes,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// A bad request (`INVALID_ARGUMENT`).
+    #[error("{0}")]
+    Invalid(String),
+    /// A field is larger than its limit (`INVALID_ARGUMENT`).
+    #[error("{field} is {size} bytes, at most {limit} are accepted")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A list or map has more entries than its limit (`INVALID_ARGUMENT`).
+    #[error("{field} has {count} entries, at most {limit} are accepted")]
+    TooMany {
+        /// The field.
+        field: &'static str,
+        /// Its entries.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Every worker slot is taken and the pending queue is full (`RESOURCE_EXHAUSTED`).
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+}
+
+impl From<String> for SubmitError {
+    fn from(e: String) -> Self {
+        SubmitError::Invalid(e)
+    }
+}
+
+impl From<SubmitError> for tonic::Status {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::QueueFull(_) => tonic::Status::resource_exhausted(e.to_string()),
+            _ => tonic::Status::invalid_argument(e.to_string()),
+        }
+    }
 }
 
 /// How workers check a TLS daemon's certificate.
@@ -67,17 +200,23 @@ pub fn new_run_id() -> String {
     format!("run-{}-{}", ts.seconds, &rand[..8])
 }
 
-/// Validates a submission, registers the run as pending and starts its worker. Returns the run
-/// id. Errors are messages for `INVALID_ARGUMENT` (bad request) — a spawn failure is not an
-/// error here: the run is registered and marked failed with the reason.
+/// Validates a submission, registers the run as pending and starts its worker, now when a
+/// worker slot is free, else when one frees up (in submission order). Returns the run id. A
+/// spawn failure is not an error here: the run is registered and marked failed with the reason.
 pub async fn submit(
     registry: &Registry,
     cfg: &Arc<DispatchConfig>,
     req: SubmitRunRequest,
-) -> Result<String, String> {
+) -> Result<String, SubmitError> {
+    if let Err(e) = cfg.limits.check(&req) {
+        cfg.queue.metrics().refuse_submission("too_large");
+        return Err(e);
+    }
     let command = req.command.clone().unwrap_or_default();
     if command.argv.is_empty() || command.argv[0].is_empty() {
-        return Err("command.argv must name a program".into());
+        return Err(SubmitError::Invalid(
+            "command.argv must name a program".into(),
+        ));
     }
     let run_id = if req.run_id.is_empty() {
         new_run_id()
@@ -100,8 +239,109 @@ pub async fn submit(
         metadata_json: req.metadata_json.clone(),
         ..Default::default()
     };
-    registry.insert_pending(info).await?;
+    let ticket = cfg.queue.admit()?;
+    if let Err(e) = registry.insert_pending(info).await {
+        // Its slot or place goes back; a run queued meanwhile may take the slot.
+        drop(ticket);
+        start_waiting(registry, cfg);
+        return Err(e.into());
+    }
+    match ticket {
+        Ticket::Run(slot) => launch(registry, cfg, run_id, req, slot).await,
+        Ticket::Queue(place) => {
+            tracing::info!(run_id = %run_id, "every worker slot is taken: the run waits as pending");
+            cfg.queue.push(
+                place,
+                Queued {
+                    run_id: run_id.clone(),
+                    req,
+                },
+            );
+            start_waiting(registry, cfg);
+            Ok(run_id)
+        }
+    }
+}
 
+/// Cancels a run: one still waiting for a slot leaves the queue and is cancelled (with a stored
+/// `RunCompleted`, which ends its live views); otherwise as [`Registry::cancel`].
+pub async fn cancel(
+    registry: &Registry,
+    cfg: &Arc<DispatchConfig>,
+    run_id: &str,
+) -> Result<bool, String> {
+    let waiting = cfg.queue.remove(run_id);
+    let cancelled = registry.cancel(run_id).await?;
+    if waiting && cancelled {
+        record_completion(
+            registry,
+            run_id,
+            CompletionStatus::Cancelled,
+            "cancelled before it started".into(),
+            None,
+            None,
+        )
+        .await;
+    }
+    Ok(cancelled)
+}
+
+/// Starts the oldest waiting runs in the free slots (skipping runs no longer pending, e.g.
+/// cancelled by a heartbeat rule), each in its own task.
+fn start_waiting(registry: &Registry, cfg: &Arc<DispatchConfig>) {
+    loop {
+        let ready = cfg.queue.fill();
+        if ready.is_empty() {
+            return;
+        }
+        let mut skipped = false;
+        for (q, slot) in ready {
+            let still_pending = registry
+                .get(&q.run_id)
+                .is_some_and(|i| i.state == RunState::Pending as i32);
+            if !still_pending {
+                drop(slot); // no hook yet: the loop hands it on
+                skipped = true;
+                continue;
+            }
+            let registry = registry.clone();
+            let cfg = cfg.clone();
+            tokio::spawn(async move {
+                let _ = launch(&registry, &cfg, q.run_id, q.req, slot).await;
+            });
+        }
+        if !skipped {
+            return;
+        }
+    }
+}
+
+/// Starts the worker of a registered pending run in `slot`; when the worker exits (or cannot
+/// be started) the slot passes to the next waiting run.
+async fn launch(
+    registry: &Registry,
+    cfg: &Arc<DispatchConfig>,
+    run_id: String,
+    req: SubmitRunRequest,
+    mut slot: Slot,
+) -> Result<String, SubmitError> {
+    {
+        let registry = registry.clone();
+        let cfg = cfg.clone();
+        slot.on_free(move |_| start_waiting(&registry, &cfg));
+    }
+    spawn_worker(registry, cfg, run_id, req, slot).await
+}
+
+async fn spawn_worker(
+    registry: &Registry,
+    cfg: &Arc<DispatchConfig>,
+    run_id: String,
+    req: SubmitRunRequest,
+    slot: Slot,
+) -> Result<String, SubmitError> {
+    let command = req.command.clone().unwrap_or_default();
+    let mode = ControlMode::from_wire(&req.control_mode).map_err(|e| e.to_string())?;
     let run_dir = registry.var_dir.join("runs").join(&run_id);
     let queue_dir = registry.var_dir.join("queues").join(&run_id);
     let mut argv: Vec<String> = Vec::new();
@@ -179,7 +419,7 @@ pub async fn submit(
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let cancel = Arc::new(Notify::new());
-    registry
+    let started = registry
         .mark_running(
             &run_id,
             ProcessControl {
@@ -189,6 +429,10 @@ pub async fn submit(
             },
         )
         .await;
+    if !started {
+        // Cancelled while it was being started: it never runs.
+        signal_group(pgid, Signal::SIGKILL);
+    }
     let log_path = run_dir.join("worker.log");
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -219,6 +463,7 @@ pub async fn submit(
         // left the process group could hold the pipes open).
         let _ = tokio::time::timeout(LOG_DRAIN, logs).await;
         on_exit(&registry, &id, status).await;
+        drop(slot); // the next waiting run may start now
     });
     Ok(run_id)
 }

@@ -33,15 +33,17 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::Principal,
-    control::forward_runs,
+    control::{forward_runs, watch_slot},
     dispatch::{self, DispatchConfig},
     publish::Publisher,
     query::QueryService,
     runs::Registry,
 };
 
-/// Records per ingest batch when a legacy client streams them one by one.
-pub const PUBLISH_BATCH: usize = 512;
+/// Records committed at most per batch when a legacy client streams them one by one.
+pub const PUBLISH_BATCH: usize = 64;
+/// Encoded bytes committed at most per batch (a batch ends at the record that reaches it).
+pub const PUBLISH_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The legacy service.
 #[derive(Clone)]
@@ -71,22 +73,47 @@ impl LegacyService {
         }
     }
 
+    /// Stores a legacy Publish stream as it arrives: records are committed in batches of at
+    /// most [`PUBLISH_BATCH`] records or [`PUBLISH_BATCH_BYTES`] bytes, and whatever has
+    /// arrived is committed as soon as the stream pauses (no next message ready), so memory per
+    /// stream is bounded in bytes and a record is stored before the client closes the stream.
     async fn publish<L: Message + Default, F: Fn(L) -> Result<Record, Status>>(
         &self,
         principal: &Principal,
         mut inbound: Streaming<L>,
         convert: F,
     ) -> Result<PublishTelemetryResponse, Status> {
+        use futures::FutureExt;
         let mut accepted = 0u64;
         let mut dropped = 0u64;
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        let mut bytes = 0usize;
         loop {
-            let next = inbound.message().await?;
-            let end = next.is_none();
+            // Wait for the next message only with nothing held; otherwise take one if ready.
+            let (next, cause) = if batch.is_empty() {
+                (inbound.message().await?, "end")
+            } else {
+                match inbound.message().now_or_never() {
+                    Some(next) => (next?, "end"),
+                    None => (None, "pause"),
+                }
+            };
+            let end = next.is_none() && cause == "end";
+            let mut cause = cause;
             if let Some(msg) = next {
-                batch.push(convert(msg)?);
+                let record = convert(msg)?;
+                bytes += record.encoded_len();
+                batch.push(record);
+                cause = if batch.len() >= PUBLISH_BATCH {
+                    "records"
+                } else if bytes >= PUBLISH_BATCH_BYTES {
+                    "bytes"
+                } else {
+                    continue;
+                };
             }
-            if batch.len() >= PUBLISH_BATCH || (end && !batch.is_empty()) {
+            if !batch.is_empty() {
+                self.ingest.metrics().legacy_flush(cause);
                 let ack = self
                     .ingest
                     .publish_as(
@@ -98,6 +125,7 @@ impl LegacyService {
                     )
                     .await
                     .map_err(Status::from)?;
+                bytes = 0;
                 accepted += u64::from(ack.stored) + u64::from(ack.duplicates);
                 dropped += ack.rejected.len() as u64;
             }
@@ -116,6 +144,7 @@ impl LegacyService {
         run_id: String,
         since_seq: u64,
         kind: StreamKind,
+        peer: Option<std::net::SocketAddr>,
         records: fn(M) -> Vec<R>,
     ) -> Result<Response<Out<L>>, Status>
     where
@@ -129,7 +158,7 @@ impl LegacyService {
             follow: true,
             ..Default::default()
         };
-        let rx = self.query.open::<M>(&req, kind)?;
+        let rx = self.query.open::<M>(&req, kind, peer)?;
         let stream = retype(
             rx,
             move |m: M| {
@@ -296,10 +325,20 @@ impl TrainerService for LegacyService {
     ) -> Result<Response<SubmitRunResponse>, Status> {
         Principal::of(&request).require_operator("SubmitRun")?;
         let req = request.into_inner();
+        let limit = self.dispatch.limits.max_metadata_bytes;
+        if req.config_json.len() > limit {
+            self.dispatch.queue.metrics().refuse_submission("too_large");
+            return Err(dispatch::SubmitError::TooLarge {
+                field: "config_json",
+                size: req.config_json.len(),
+                limit,
+            }
+            .into());
+        }
         let ours = parse_submit(&req)?;
         let run_id = dispatch::submit(&self.registry, &self.dispatch, ours)
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(Status::from)?;
         let digest = self
             .registry
             .get(&run_id)
@@ -313,8 +352,8 @@ impl TrainerService for LegacyService {
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
         Principal::of(&request).require_operator("CancelRun")?;
-        self.registry
-            .cancel(&request.into_inner().run_id)
+        let run_id = request.into_inner().run_id;
+        dispatch::cancel(&self.registry, &self.dispatch, &run_id)
             .await
             .map_err(Status::not_found)?;
         Ok(Response::new(CancelRunResponse {}))
@@ -342,12 +381,14 @@ impl TrainerService for LegacyService {
         request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
         let filter = request.into_inner().status_filter;
+        let slot = watch_slot(&self.registry, &self.dispatch)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(forward_runs(
             self.registry.clone(),
             tx,
             run_record,
             self.shutdown.clone(),
+            slot,
         ));
         let stream = retype(
             rx,
@@ -397,10 +438,15 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<StreamStepsRequest>,
     ) -> Result<Response<Self::StreamRunStepsStream>, Status> {
+        let peer = request.remote_addr();
         let r = request.into_inner();
-        self.follow::<pb::StepStreamMessage, _, _>(r.run_id, r.since_seq, StreamKind::Steps, |m| {
-            m.steps
-        })
+        self.follow::<pb::StepStreamMessage, _, _>(
+            r.run_id,
+            r.since_seq,
+            StreamKind::Steps,
+            peer,
+            |m| m.steps,
+        )
     }
 
     type StreamRunEpisodesStream = Out<legacy::RunEpisode>;
@@ -409,11 +455,13 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<StreamEpisodesRequest>,
     ) -> Result<Response<Self::StreamRunEpisodesStream>, Status> {
+        let peer = request.remote_addr();
         let r = request.into_inner();
         self.follow::<pb::EpisodeStreamMessage, _, _>(
             r.run_id,
             r.since_seq,
             StreamKind::Episodes,
+            peer,
             |m| m.episodes,
         )
     }

@@ -28,7 +28,10 @@
 //!   fails with `UNAVAILABLE`, and the shim resends from its last ack.
 //! - **One retry policy** ([`RetryPolicy`]) for retryable store errors; backends try once.
 //! - **Bounded everywhere**: the writer queue, each stream's window, hub rings and subscriber
-//!   queues, fences, the run registry (docs/ARCHITECTURE.md lists each limit and full policy).
+//!   queues, fences, the run registry; and per client: stream message bytes, HTTP/2 streams
+//!   and live streams per connection, WatchRuns streams, running and pending workers, the
+//!   size of a submission, producer seq jumps (docs/ARCHITECTURE.md lists each limit and full
+//!   policy).
 //! - **Structural shutdown** ([`ServerHandle::shutdown`]): stop serving and close live streams,
 //!   stop workers, stop background tasks and upkeep, final checkpoint, release the lock.
 //!
@@ -84,21 +87,24 @@ mod query;
 mod runs;
 mod security;
 mod start;
+mod workqueue;
 
 pub use auth::{AuthError, Principal};
 pub use config::{
     default_proxy_exe, AuthConfig, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
     PROXY_EXE_NAME, SHUTDOWN_DRAIN,
 };
-pub use dispatch::new_run_id;
+pub use dispatch::{new_run_id, SubmitError, SubmitLimits};
 pub use error::ServerError;
 pub use handle::ServerHandle;
 pub use ingest_limits::IngestLimits;
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
+pub use query::QueryLimits;
 pub use start::start;
 pub use telemetry_hub::{
     CloseReason, Delivery, HubConfig, StreamKind, SubscribeError, SubscribeOptions, Subscription,
 };
 pub use telemetry_store::{Backend, SqliteBackend};
+pub use workqueue::QueueFull;

@@ -59,6 +59,19 @@ pub struct Metrics {
     pub wal_checkpoint_busy: Gauge,
     /// Checkpoints blocked in a row.
     pub wal_checkpoints_blocked_in_a_row: Gauge,
+    /// Streams refused by a per-client limit, by `reason` (`per_connection`, `watch_runs`).
+    pub subscriptions_refused: Family<Labels, Counter>,
+    /// Appends refused because a producer's first seq jumped too far past its watermark.
+    pub seq_jumps_refused: Counter,
+    /// Run submissions refused, by `reason` (`pending_queue_full`, `too_large`).
+    pub submissions_refused: Family<Labels, Counter>,
+    /// Submitted runs waiting for a worker slot.
+    pub dispatch_pending: Gauge,
+    /// Workers the daemon started that are running now.
+    pub dispatch_running: Gauge,
+    /// Commits of the predecessor's Publish streams, by `cause` (`records`, `bytes`, `pause`,
+    /// `end`).
+    pub legacy_publish_flushes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,6 +107,12 @@ impl Metrics {
             wal_checkpointed_frames: Gauge::default(),
             wal_checkpoint_busy: Gauge::default(),
             wal_checkpoints_blocked_in_a_row: Gauge::default(),
+            subscriptions_refused: Family::default(),
+            seq_jumps_refused: Counter::default(),
+            submissions_refused: Family::default(),
+            dispatch_pending: Gauge::default(),
+            dispatch_running: Gauge::default(),
+            legacy_publish_flushes: Family::default(),
         };
         reg.register("ingested_records", "Records stored", m.ingested.clone());
         reg.register(
@@ -182,6 +201,36 @@ impl Metrics {
             "Checkpoints blocked in a row",
             m.wal_checkpoints_blocked_in_a_row.clone(),
         );
+        reg.register(
+            "subscriptions_refused",
+            "Streams refused by a per-client limit, by reason",
+            m.subscriptions_refused.clone(),
+        );
+        reg.register(
+            "seq_jumps_refused",
+            "Appends refused: a producer's first seq was too far past its durable watermark",
+            m.seq_jumps_refused.clone(),
+        );
+        reg.register(
+            "submissions_refused",
+            "Run submissions refused, by reason",
+            m.submissions_refused.clone(),
+        );
+        reg.register(
+            "dispatch_pending_runs",
+            "Submitted runs waiting for a worker slot",
+            m.dispatch_pending.clone(),
+        );
+        reg.register(
+            "dispatch_running_workers",
+            "Workers started by the daemon that are running",
+            m.dispatch_running.clone(),
+        );
+        reg.register(
+            "legacy_publish_flushes",
+            "Commits of the predecessor's Publish streams, by what triggered them",
+            m.legacy_publish_flushes.clone(),
+        );
         m.registry = Arc::new(reg);
         m
     }
@@ -199,6 +248,27 @@ impl Metrics {
     pub fn reject(&self, reason: &str) {
         self.rejected
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts one stream refused by a per-client limit.
+    pub fn refuse_subscription(&self, reason: &str) {
+        self.subscriptions_refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts one refused run submission.
+    pub fn refuse_submission(&self, reason: &str) {
+        self.submissions_refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts one commit of a legacy Publish stream.
+    pub fn legacy_flush(&self, cause: &str) {
+        self.legacy_publish_flushes
+            .get_or_create(&vec![("cause".to_owned(), cause.to_owned())])
             .inc();
     }
 

@@ -123,6 +123,10 @@ impl From<PublishError> for Status {
     fn from(e: PublishError) -> Status {
         match &e {
             PublishError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            // Bad data: resending the same records can never succeed.
+            PublishError::Write(WriteError::SeqJump { .. }) => {
+                Status::invalid_argument(e.to_string())
+            }
             // UNAVAILABLE: the standard retryable code; the shim resends from its last ack.
             PublishError::Write(_) | PublishError::Closed => Status::unavailable(e.to_string()),
         }
@@ -147,6 +151,10 @@ impl Publisher {
 
     pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Validates, stores and acknowledges one batch (a unary call: it never counts as a new

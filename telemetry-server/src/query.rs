@@ -7,14 +7,20 @@
 //! plain store read and cannot follow. Each stream task ends when the client goes away, even if
 //! no record arrives.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures::Stream;
 use telemetry_core::{
     pb::{
         query_server::Query, record::Kind, stream_notice, CaughtUp, EpisodeStreamMessage, Gap,
-        Lagged, ListRunsRequest, ListRunsResponse, Record, RunEpisode, RunState, RunStep,
-        RunSummary, StepStreamMessage, StreamNotice, StreamRequest,
+        Lagged, ListRunsRequest, ListRunsResponse, Record, RunState, RunSummary, StepStreamMessage,
+        StreamNotice, StreamRequest,
     },
     timestamp, ControlMode,
 };
@@ -27,12 +33,80 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::runs::Registry;
+use crate::{metrics::Metrics, runs::Registry};
 
 /// Records per message when the client does not say.
 pub const DEFAULT_MAX_BATCH: usize = 256;
 /// Messages buffered per stream between the stream task and gRPC.
 const STREAM_BUFFER: usize = 16;
+/// Largest page the store-backed stream reads at once, in records (its byte bound is
+/// [`QueryLimits::max_message_bytes`], see [`read_all`]).
+const MAX_PAGE_RECORDS: usize = 4096;
+/// Records of the first page of a store-backed stream, before record sizes are known.
+const FIRST_PAGE_RECORDS: usize = 16;
+
+/// Limits of the Query streams (and of the predecessor's, which open the same streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Largest stream message, in encoded bytes. A message still holds at least one record, so
+    /// every valid record (at most `telemetry_core::validate::Limits::max_record_bytes`) can
+    /// be streamed; the store-backed stream also sizes its store pages by it.
+    pub max_message_bytes: usize,
+    /// Live streams one client connection (TCP peer address and port) may hold at once.
+    pub max_subscriptions_per_connection: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_message_bytes: 3 * 1024 * 1024,
+            max_subscriptions_per_connection: 64,
+        }
+    }
+}
+
+/// Live streams per client connection, each held by a [`PeerSlot`] for as long as its stream
+/// task runs.
+#[derive(Clone, Default)]
+struct PeerSlots {
+    held: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+}
+
+/// One stream's place in its connection's count; released on drop.
+struct PeerSlot {
+    held: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    peer: SocketAddr,
+}
+
+impl PeerSlots {
+    /// A slot for one more stream of `peer`, or `None` when it holds `cap` already. Streams
+    /// without a peer address (not over TCP) are not counted.
+    fn acquire(&self, peer: Option<SocketAddr>, cap: usize) -> Result<Option<PeerSlot>, usize> {
+        let Some(peer) = peer else { return Ok(None) };
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(peer).or_insert(0);
+        if *n >= cap {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(Some(PeerSlot {
+            held: self.held.clone(),
+            peer,
+        }))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// The Query service.
 #[derive(Clone)]
@@ -40,31 +114,62 @@ pub struct QueryService {
     hub: Hub,
     reader: Arc<dyn BackendReader>,
     registry: Registry,
+    limits: QueryLimits,
+    metrics: Metrics,
+    slots: PeerSlots,
 }
 
 /// A step or an episode message, so one forwarding loop serves both streams.
 pub trait StreamMessage: Send + 'static {
-    /// A message carrying records.
-    fn records(records: &[Arc<Record>]) -> Option<Self>
+    /// The records of this stream's kind in `records`, as messages of at most `max_bytes`
+    /// encoded bytes each, in order. A message holds at least one record, so a record larger
+    /// than `max_bytes` (never larger than the validation limit) still goes out, alone.
+    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self>
     where
         Self: Sized;
     /// A message carrying a notice.
     fn notice(kind: stream_notice::Kind) -> Self;
 }
 
+/// Bytes one element of a repeated message field (field number < 16) takes in its message.
+fn element_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Packs `items` into groups of at most `max_bytes` encoded bytes each (at least one item per
+/// group), in order.
+fn pack<T: prost::Message>(items: impl Iterator<Item = T>, max_bytes: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let len = element_len(item.encoded_len());
+        if !current.is_empty() && bytes + len > max_bytes {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += len;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 impl StreamMessage for StepStreamMessage {
-    fn records(records: &[Arc<Record>]) -> Option<Self> {
-        let steps: Vec<RunStep> = records
-            .iter()
-            .filter_map(|r| match &r.kind {
-                Some(Kind::Step(s)) => Some(s.clone()),
-                _ => None,
+    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
+        let steps = records.iter().filter_map(|r| match &r.kind {
+            Some(Kind::Step(s)) => Some(s.clone()),
+            _ => None,
+        });
+        pack(steps, max_bytes)
+            .into_iter()
+            .map(|steps| StepStreamMessage {
+                steps,
+                notice: None,
             })
-            .collect();
-        (!steps.is_empty()).then_some(StepStreamMessage {
-            steps,
-            notice: None,
-        })
+            .collect()
     }
     fn notice(kind: stream_notice::Kind) -> Self {
         StepStreamMessage {
@@ -75,18 +180,18 @@ impl StreamMessage for StepStreamMessage {
 }
 
 impl StreamMessage for EpisodeStreamMessage {
-    fn records(records: &[Arc<Record>]) -> Option<Self> {
-        let episodes: Vec<RunEpisode> = records
-            .iter()
-            .filter_map(|r| match &r.kind {
-                Some(Kind::Episode(e)) => Some(e.clone()),
-                _ => None,
+    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
+        let episodes = records.iter().filter_map(|r| match &r.kind {
+            Some(Kind::Episode(e)) => Some(e.clone()),
+            _ => None,
+        });
+        pack(episodes, max_bytes)
+            .into_iter()
+            .map(|episodes| EpisodeStreamMessage {
+                episodes,
+                notice: None,
             })
-            .collect();
-        (!episodes.is_empty()).then_some(EpisodeStreamMessage {
-            episodes,
-            notice: None,
-        })
+            .collect()
     }
     fn notice(kind: stream_notice::Kind) -> Self {
         EpisodeStreamMessage {
@@ -146,7 +251,11 @@ pub fn subscribe_options(
 
 /// Forwards a hub subscription into a gRPC stream until the run completes, the subscription
 /// closes, or the client goes away.
-pub async fn forward<M: StreamMessage>(mut sub: Subscription, tx: mpsc::Sender<Result<M, Status>>) {
+pub async fn forward<M: StreamMessage>(
+    mut sub: Subscription,
+    tx: mpsc::Sender<Result<M, Status>>,
+    max_message_bytes: usize,
+) {
     loop {
         let delivery = tokio::select! {
             () = tx.closed() => return,
@@ -154,10 +263,14 @@ pub async fn forward<M: StreamMessage>(mut sub: Subscription, tx: mpsc::Sender<R
         };
         let Some(delivery) = delivery else { return };
         let (msg, last) = match delivery {
-            Delivery::Records(records) => match M::records(&records) {
-                Some(m) => (Ok(m), false),
-                None => continue,
-            },
+            Delivery::Records(records) => {
+                for m in M::records(&records, max_message_bytes) {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
             Delivery::Lagged {
                 dropped_steps,
                 dropped_episodes,
@@ -210,22 +323,42 @@ pub async fn forward<M: StreamMessage>(mut sub: Subscription, tx: mpsc::Sender<R
 }
 
 impl QueryService {
-    /// A service over the hub and the store file.
+    /// A service over the hub and the store file, with default [`QueryLimits`].
     pub fn new(hub: Hub, reader: Arc<dyn BackendReader>, registry: Registry) -> Self {
         QueryService {
             hub,
             reader,
             registry,
+            limits: QueryLimits::default(),
+            metrics: Metrics::new(),
+            slots: PeerSlots::default(),
         }
     }
 
+    /// The same service with these limits, counting refusals in `metrics`.
+    pub fn with_limits(mut self, limits: QueryLimits, metrics: Metrics) -> Self {
+        self.limits = limits;
+        self.metrics = metrics;
+        self
+    }
+
     /// Opens a stream of `stream` records for `req` (hub-backed for one run, store-backed for
-    /// every run).
+    /// every run) for the client connection `peer`: refused with `RESOURCE_EXHAUSTED` when that
+    /// connection holds [`QueryLimits::max_subscriptions_per_connection`] streams already.
     pub fn open<M: StreamMessage>(
         &self,
         req: &StreamRequest,
         stream: StreamKind,
+        peer: Option<SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<M, Status>>, Status> {
+        let cap = self.limits.max_subscriptions_per_connection;
+        let slot = self.slots.acquire(peer, cap).map_err(|held| {
+            self.metrics.refuse_subscription("per_connection");
+            Status::resource_exhausted(format!(
+                "this connection holds {held} streams already (at most {cap} per connection)"
+            ))
+        })?;
+        let max_bytes = self.limits.max_message_bytes;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         if req.run_id.is_empty() {
             if req.follow {
@@ -244,8 +377,13 @@ impl QueryService {
                 0 => DEFAULT_MAX_BATCH,
                 n => n as usize,
             };
+            let page = Page {
+                records: batch.min(MAX_PAGE_RECORDS),
+                bytes: max_bytes,
+            };
             tokio::task::spawn_blocking(move || {
-                read_all::<M>(reader.as_ref(), since, filter, stream, batch, tx)
+                let _slot = slot;
+                read_all::<M>(reader.as_ref(), since, filter, stream, page, tx);
             });
             return Ok(rx);
         }
@@ -253,7 +391,10 @@ impl QueryService {
             .hub
             .try_subscribe(subscribe_options(req, stream)?)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        tokio::spawn(forward(sub, tx));
+        tokio::spawn(async move {
+            let _slot = slot;
+            forward(sub, tx, max_bytes).await;
+        });
         Ok(rx)
     }
 
@@ -316,42 +457,62 @@ impl QueryService {
     }
 }
 
+/// How much a store-backed stream reads and sends at once.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    /// Records per page (the client's `max_batch`).
+    records: usize,
+    /// Bytes per message, and roughly per page.
+    bytes: usize,
+}
+
+/// Streams every stored record after `since` matching `filter`. Pages are bounded in records
+/// and in bytes: the first reads a few records, each later one as many as fit `page.bytes` at
+/// the largest record size seen so far (at least one), so a page of large records stays near
+/// the byte budget and a page of small ones is a full `page.records`.
 fn read_all<M: StreamMessage>(
     reader: &dyn BackendReader,
     since: u64,
     filter: Filter,
     stream: StreamKind,
-    batch: usize,
+    page: Page,
     tx: mpsc::Sender<Result<M, Status>>,
 ) {
     let mut cursor = since;
+    let mut largest = 0usize;
+    let mut limit = page.records.clamp(1, FIRST_PAGE_RECORDS);
     loop {
-        let page: Result<Vec<Record>, _> = match stream {
+        let read: Result<Vec<Record>, _> = match stream {
             StreamKind::Steps => reader
-                .steps_page(cursor, &filter, batch)
+                .steps_page(cursor, &filter, limit)
                 .map(|v| v.into_iter().map(Record::from).collect()),
             StreamKind::Episodes => reader
-                .episodes_page(cursor, &filter, batch)
+                .episodes_page(cursor, &filter, limit)
                 .map(|v| v.into_iter().map(Record::from).collect()),
-            StreamKind::Lifecycle => reader.events_page(cursor, None, batch),
+            StreamKind::Lifecycle => reader.events_page(cursor, None, limit),
         };
-        let page = match page {
+        let records = match read {
             Ok(p) => p,
             Err(e) => {
                 let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
                 return;
             }
         };
-        let Some(last) = page.last().map(Record::seq_id) else {
+        let Some(last) = records.last().map(Record::seq_id) else {
             let _ = tx.blocking_send(Ok(M::notice(stream_notice::Kind::CaughtUp(CaughtUp {
                 last_seq: cursor,
             }))));
             return;
         };
         cursor = last;
-        let full = page.len() >= batch;
-        let arcs: Vec<Arc<Record>> = page.into_iter().map(Arc::new).collect();
-        if let Some(m) = M::records(&arcs) {
+        let full = records.len() >= limit;
+        largest = records
+            .iter()
+            .map(prost::Message::encoded_len)
+            .fold(largest, usize::max);
+        limit = (page.bytes / largest.max(1)).clamp(1, page.records.max(1));
+        let arcs: Vec<Arc<Record>> = records.into_iter().map(Arc::new).collect();
+        for m in M::records(&arcs, page.bytes) {
             if tx.blocking_send(Ok(m)).is_err() {
                 return;
             }
@@ -376,7 +537,8 @@ impl Query for QueryService {
         &self,
         request: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamRunStepsStream>, Status> {
-        let rx = self.open::<StepStreamMessage>(request.get_ref(), StreamKind::Steps)?;
+        let peer = request.remote_addr();
+        let rx = self.open::<StepStreamMessage>(request.get_ref(), StreamKind::Steps, peer)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -384,7 +546,9 @@ impl Query for QueryService {
         &self,
         request: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamRunEpisodesStream>, Status> {
-        let rx = self.open::<EpisodeStreamMessage>(request.get_ref(), StreamKind::Episodes)?;
+        let peer = request.remote_addr();
+        let rx =
+            self.open::<EpisodeStreamMessage>(request.get_ref(), StreamKind::Episodes, peer)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -398,5 +562,48 @@ impl Query for QueryService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn step(seq: u64, bytes: usize) -> Arc<Record> {
+        Arc::new(Record::from(telemetry_core::pb::RunStep {
+            run_id: "r".into(),
+            observation_json: "x".repeat(bytes),
+            producer_seq: seq,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn messages_stay_within_the_byte_budget_and_keep_every_record_in_order() {
+        let records: Vec<_> = (1..=50)
+            .map(|s| step(s, 900 * (s as usize % 7 + 1)))
+            .collect();
+        let budget = 8 * 1024;
+        let msgs = StepStreamMessage::records(&records, budget);
+        assert!(msgs.len() > 1);
+        for m in &msgs {
+            assert!(m.encoded_len() <= budget, "{} > {budget}", m.encoded_len());
+            assert!(!m.steps.is_empty());
+        }
+        let seqs: Vec<u64> = msgs
+            .iter()
+            .flat_map(|m| m.steps.iter().map(|s| s.producer_seq))
+            .collect();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_larger_than_the_budget_goes_alone() {
+        let records = vec![step(1, 10), step(2, 5000), step(3, 10)];
+        let msgs = StepStreamMessage::records(&records, 1000);
+        let sizes: Vec<usize> = msgs.iter().map(|m| m.steps.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+        assert!(EpisodeStreamMessage::records(&records, 1000).is_empty());
     }
 }

@@ -15,7 +15,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +34,23 @@ use crate::pipeline::Pipeline;
 pub const MAX_TRACKED_RUNS: usize = 10_000;
 /// Changes buffered per `WatchRuns` subscriber.
 pub const WATCH_BUFFER: usize = 1024;
+/// `WatchRuns` streams (ours and the predecessor's together) at once, by default.
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
+
+/// How many `WatchRuns` streams are open, and how many may be.
+struct WatchLimit {
+    held: AtomicUsize,
+    max: usize,
+}
+
+/// One open `WatchRuns` stream's place; released on drop.
+pub struct WatchSlot(Arc<WatchLimit>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Is this state final?
 pub fn is_final(state: i32) -> bool {
@@ -65,6 +85,7 @@ struct Inner {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     changes: broadcast::Sender<RunInfo>,
+    watchers: Arc<WatchLimit>,
     writer: Pipeline,
     /// Where workers' logs and queues live.
     pub var_dir: PathBuf,
@@ -80,9 +101,34 @@ impl Registry {
                 next_order: 0,
             })),
             changes,
+            watchers: Arc::new(WatchLimit {
+                held: AtomicUsize::new(0),
+                max: DEFAULT_MAX_WATCHERS,
+            }),
             writer,
             var_dir,
         }
+    }
+
+    /// The same registry with at most `max` `WatchRuns` streams at once (call before cloning).
+    pub fn with_max_watchers(mut self, max: usize) -> Self {
+        self.watchers = Arc::new(WatchLimit {
+            held: AtomicUsize::new(0),
+            max,
+        });
+        self
+    }
+
+    /// A place for one more `WatchRuns` stream, held for as long as the stream runs, or the
+    /// number already open when all are taken.
+    pub fn watch_slot(&self) -> Result<WatchSlot, usize> {
+        let limit = &self.watchers;
+        limit
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit.max).then_some(n + 1)
+            })
+            .map(|_| WatchSlot(limit.clone()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -93,36 +139,13 @@ impl Registry {
     /// Loads the runs a previous daemon persisted. Runs it left pending or running were
     /// interrupted by its death: they are marked failed. Returns the ids so marked.
     pub async fn restore(&self, stored: Vec<RunInfo>) -> Vec<String> {
-        let mut interrupted = Vec::new();
-        let mut changed = Vec::new();
-        {
+        let (interrupted, changed) = {
             let mut inner = self.lock();
-            for mut info in stored {
-                if !is_final(info.state) {
-                    info.state = RunState::Failed as i32;
-                    info.failure_reason =
-                        "interrupted: the daemon stopped while the run was active".into();
-                    info.updated_at = Some(timestamp::now());
-                    interrupted.push(info.run_id.clone());
-                    changed.push(info.clone());
-                }
-                let order = inner.next_order;
-                inner.next_order += 1;
-                inner.runs.insert(
-                    info.run_id.clone(),
-                    Entry {
-                        info,
-                        process: None,
-                        // Not re-recorded at restart: a run fed by a worker started by hand may
-                        // still be alive and reconnect (issue 13 tells spawned runs apart).
-                        completion_recorded: true,
-                        last_beat: Instant::now(),
-                        order,
-                    },
-                );
-            }
+            let marked = insert_restored(&mut inner, stored);
+            // Once after the bulk insert: one pass however many runs were restored.
             evict(&mut inner);
-        }
+            marked
+        };
         for info in changed {
             self.persist(info).await;
         }
@@ -184,15 +207,20 @@ impl Registry {
         changed
     }
 
-    /// The worker was spawned.
-    pub(crate) async fn mark_running(&self, run_id: &str, control: ProcessControl) {
+    /// The worker was spawned. Returns false (and changes nothing) when the run ended
+    /// meanwhile (cancelled while it was being started): the caller stops the worker.
+    pub(crate) async fn mark_running(&self, run_id: &str, control: ProcessControl) -> bool {
         self.update(run_id, |e| {
+            if is_final(e.info.state) {
+                return false;
+            }
             e.process = Some(control);
             e.last_beat = Instant::now();
             e.info.state = RunState::Running as i32;
             true
         })
-        .await;
+        .await
+        .is_some()
     }
 
     /// The worker could not be started or has exited: sets the final state.
@@ -412,19 +440,153 @@ impl Registry {
     }
 }
 
-fn evict(inner: &mut Inner) {
-    while inner.runs.len() > MAX_TRACKED_RUNS {
-        let oldest_final = inner
+/// Inserts the runs a previous daemon persisted, in their order, marking the ones it left
+/// active as failed (interrupted). Returns their ids and their changed infos. Does not evict.
+fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<String>, Vec<RunInfo>) {
+    let mut interrupted = Vec::new();
+    let mut changed = Vec::new();
+    inner.runs.reserve(stored.len());
+    for mut info in stored {
+        if !is_final(info.state) {
+            info.state = RunState::Failed as i32;
+            info.failure_reason = "interrupted: the daemon stopped while the run was active".into();
+            info.updated_at = Some(timestamp::now());
+            interrupted.push(info.run_id.clone());
+            changed.push(info.clone());
+        }
+        let order = inner.next_order;
+        inner.next_order += 1;
+        inner.runs.insert(
+            info.run_id.clone(),
+            Entry {
+                info,
+                process: None,
+                // Not re-recorded at restart: a run fed by a worker started by hand may still be
+                // alive and reconnect (issue 13 tells spawned runs apart).
+                completion_recorded: true,
+                last_beat: Instant::now(),
+                order,
+            },
+        );
+    }
+    (interrupted, changed)
+}
+
+/// Keeps at most [`MAX_TRACKED_RUNS`] runs by removing the oldest finished ones (active runs
+/// are kept, even over the limit). One pass over the runs plus a selection of the excess,
+/// however many must go: linear, not a scan per removed run. Returns the entries scanned.
+fn evict(inner: &mut Inner) -> usize {
+    let excess = inner.runs.len().saturating_sub(MAX_TRACKED_RUNS);
+    if excess == 0 {
+        return 0;
+    }
+    let scanned = inner.runs.len();
+    let mut finished: Vec<(u64, String)> = inner
+        .runs
+        .values()
+        .filter(|e| is_final(e.info.state))
+        .map(|e| (e.order, e.info.run_id.clone()))
+        .collect();
+    if finished.len() > excess {
+        // Orders are unique: the `excess` smallest are exactly the oldest finished runs.
+        finished.select_nth_unstable(excess - 1);
+        finished.truncate(excess);
+    }
+    for (_, id) in finished {
+        inner.runs.remove(&id);
+    }
+    scanned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(i: usize, state: RunState) -> RunInfo {
+        RunInfo {
+            run_id: format!("run-{i:05}"),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn empty() -> Inner {
+        Inner {
+            runs: HashMap::new(),
+            next_order: 0,
+        }
+    }
+
+    #[test]
+    fn restoring_more_than_the_limit_keeps_the_newest_in_one_pass() {
+        const EXTRA: usize = 500;
+        let total = MAX_TRACKED_RUNS + EXTRA;
+        // Every 7th run was left running by the dead daemon: restored as failed (interrupted).
+        let stored: Vec<RunInfo> = (0..total)
+            .map(|i| {
+                let state = if i % 7 == 0 {
+                    RunState::Running
+                } else {
+                    RunState::Completed
+                };
+                info(i, state)
+            })
+            .collect();
+        let mut inner = empty();
+        let (interrupted, changed) = insert_restored(&mut inner, stored);
+        assert_eq!(interrupted.len(), total.div_ceil(7));
+        assert_eq!(changed.len(), interrupted.len());
+        assert_eq!(inner.runs.len(), total);
+
+        let scanned = evict(&mut inner);
+        assert_eq!(
+            scanned, total,
+            "one pass over the runs, not one per evicted run"
+        );
+        assert_eq!(inner.runs.len(), MAX_TRACKED_RUNS);
+        for i in 0..EXTRA {
+            assert!(!inner.runs.contains_key(&format!("run-{i:05}")), "{i} kept");
+        }
+        for i in EXTRA..total {
+            assert!(
+                inner.runs.contains_key(&format!("run-{i:05}")),
+                "{i} evicted"
+            );
+        }
+        assert!(inner
             .runs
             .values()
-            .filter(|e| is_final(e.info.state))
-            .min_by_key(|e| e.order)
-            .map(|e| e.info.run_id.clone());
-        match oldest_final {
-            Some(id) => {
-                inner.runs.remove(&id);
+            .all(|e| e.info.state == RunState::Failed as i32 || e.completion_recorded));
+        // Under the limit nothing is scanned.
+        assert_eq!(evict(&mut inner), 0);
+    }
+
+    #[test]
+    fn active_runs_are_never_evicted() {
+        let mut inner = empty();
+        let _ = insert_restored(
+            &mut inner,
+            (0..MAX_TRACKED_RUNS)
+                .map(|i| info(i, RunState::Completed))
+                .collect(),
+        );
+        // Make the two oldest active (as a pending submission would be).
+        for i in 0..2 {
+            if let Some(e) = inner.runs.get_mut(&format!("run-{i:05}")) {
+                e.info.state = RunState::Pending as i32;
             }
-            None => break,
         }
+        let _ = insert_restored(
+            &mut inner,
+            vec![info(MAX_TRACKED_RUNS, RunState::Completed)],
+        );
+        evict(&mut inner);
+        assert_eq!(inner.runs.len(), MAX_TRACKED_RUNS);
+        assert!(inner.runs.contains_key("run-00000"));
+        assert!(inner.runs.contains_key("run-00001"));
+        assert!(
+            !inner.runs.contains_key("run-00002"),
+            "the oldest finished run goes"
+        );
     }
 }

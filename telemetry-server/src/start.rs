@@ -42,6 +42,7 @@ use crate::{
     query::QueryService,
     runs::Registry,
     security,
+    workqueue::WorkQueue,
 };
 
 /// Starts a server on the caller's tokio runtime: takes the lock, opens the store, recovers,
@@ -71,9 +72,17 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
-    let dispatch_cfg = Arc::new(dispatch_config(&cfg, addr, &credentials)?);
+    let cancel = CancellationToken::new();
+    let dispatch_cfg = Arc::new(dispatch_config(
+        &cfg,
+        addr,
+        &credentials,
+        &metrics,
+        &cancel,
+    )?);
 
-    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone());
+    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
+        .with_max_watchers(cfg.max_run_watchers);
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(
@@ -88,7 +97,6 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         None => None,
     };
 
-    let cancel = CancellationToken::new();
     let publisher = Publisher::new(
         pipeline.clone(),
         registry.clone(),
@@ -266,6 +274,8 @@ fn dispatch_config(
     cfg: &ServerConfig,
     addr: SocketAddr,
     credentials: &Credentials,
+    metrics: &Metrics,
+    stopping: &CancellationToken,
 ) -> Result<DispatchConfig, ServerError> {
     let tls = worker_tls(cfg)?;
     Ok(DispatchConfig {
@@ -275,6 +285,13 @@ fn dispatch_config(
         proxy_exe: cfg.proxy_exe.clone(),
         grace: cfg.cancel_grace,
         max_log_bytes: 8 * 1024 * 1024,
+        limits: cfg.submit,
+        queue: WorkQueue::new(
+            cfg.max_running_workers,
+            cfg.max_pending_runs,
+            stopping.clone(),
+            metrics.clone(),
+        ),
     })
 }
 
@@ -319,7 +336,8 @@ async fn services(
 ) -> Result<Router, ServerError> {
     let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
-    let query = QueryService::new(hub.clone(), reader, registry.clone());
+    let query = QueryService::new(hub.clone(), reader, registry.clone())
+        .with_limits(cfg.query, metrics.clone());
     let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
     let legacy = LegacyService::new(
         publisher.clone(),
@@ -349,7 +367,7 @@ async fn services(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let max = cfg.max_message_bytes;
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().max_concurrent_streams(cfg.max_concurrent_streams);
     if let Some(tls) = &cfg.tls {
         let cert =
             std::fs::read(&tls.cert).map_err(io(format!("reading {}", tls.cert.display())))?;

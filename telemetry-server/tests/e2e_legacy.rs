@@ -112,3 +112,54 @@ async fn legacy_clients_publish_and_stream_unchanged() {
     assert!(runs.into_inner().runs.iter().any(|r| r.run_id == "old"));
     d.shutdown().await.unwrap();
 }
+
+/// The legacy Publish streams are committed as they arrive, not held until the client closes.
+#[tokio::test]
+async fn a_legacy_publish_stream_stores_records_before_it_is_closed() {
+    use telemetry_store::{Filter, StoreConfig, StoreReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path()).await;
+    let mut legacy = TrainerServiceClient::new(channel(&d).await);
+    let (tx, rx) = tokio::sync::mpsc::channel::<RunStep>(4);
+    let call = tokio::spawn(async move {
+        legacy
+            .publish_run_steps(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let step = |i: u64| RunStep {
+        run_id: "open".into(),
+        step_index: i,
+        action_json: "1".into(),
+        observation_json: "{}".into(),
+        ..Default::default()
+    };
+    let stored = || {
+        let Ok(reader) = StoreReader::open(&StoreConfig::in_var_dir(dir.path()).path) else {
+            return 0;
+        };
+        reader
+            .stream_steps_since(0, &Filter::default())
+            .filter_map(Result::ok)
+            .filter(|s| s.run_id == "open")
+            .count()
+    };
+    for n in 1..=3u64 {
+        tx.send(step(n)).await.unwrap();
+        // The stream stays open: the record must reach the store anyway (bounded wait).
+        bounded("the record to be stored while the stream is open", async {
+            while stored() < n as usize {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+    drop(tx);
+    let resp = bounded("the response", call)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!((resp.accepted, resp.dropped), (3, 0));
+    assert_eq!(stored(), 3);
+    d.shutdown().await.unwrap();
+}

@@ -32,6 +32,11 @@ pub enum ShimError {
         /// The limit.
         max: usize,
     },
+    /// Every `producer_seq` of this producer has been handed out (the counter is at
+    /// `u64::MAX`); the record was not accepted (it is counted in `dropped`). A new producer
+    /// (another queue directory) starts again from 1.
+    #[error("producer seqs exhausted: the record was dropped")]
+    SeqExhausted,
     /// Dry run: the record fails the daemon's validation (counted in `rejected`).
     #[error("invalid record: {0}")]
     Invalid(#[from] ValidationError),

@@ -13,7 +13,7 @@ use std::{
     sync::{atomic::Ordering::Relaxed, Arc, Condvar, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
-use telemetry_core::pb::Record;
+use telemetry_core::{pb::Record, Watermark, MAX_SEQ_JUMP};
 use tokio::sync::Notify;
 
 /// A record waiting for the sender, with its encoded size.
@@ -30,6 +30,8 @@ struct State {
     queue_bytes: usize,
     next_seq: u64,
     closed: bool,
+    /// A daemon watermark too far ahead was refused and logged (logged once per inbox).
+    floor_refusal_logged: bool,
     /// Callers blocked waiting for room.
     waiting: usize,
 }
@@ -41,6 +43,17 @@ pub(crate) struct Limits {
     pub max_bytes: usize,
     pub batch_records: usize,
     pub batch_bytes: usize,
+}
+
+/// What [`Inbox::raise_floor`] did with a daemon's watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Floor {
+    /// The watermark is below our counter: nothing to do.
+    Unchanged,
+    /// Our counter skipped past the watermark.
+    Raised,
+    /// Too far ahead (more than `MAX_SEQ_JUMP`, or `u64::MAX`): not adopted, counted.
+    Refused,
 }
 
 pub(crate) struct Inbox {
@@ -64,6 +77,7 @@ impl Inbox {
                 queue_bytes: 0,
                 next_seq,
                 closed: false,
+                floor_refusal_logged: false,
                 waiting: 0,
             }),
             not_full: Condvar::new(),
@@ -149,7 +163,12 @@ impl Inbox {
             return Err(ShimError::Closed);
         }
         let seq = st.next_seq;
-        st.next_seq += 1;
+        let Some(next) = seq.checked_add(1) else {
+            drop(st);
+            self.dropped(1);
+            return Err(ShimError::SeqExhausted);
+        };
+        st.next_seq = next;
         record.set_producer("", seq);
         st.queue.push_back(Pending { record, size });
         st.records += 1;
@@ -212,17 +231,36 @@ impl Inbox {
 
     /// The last seq handed out.
     pub fn last_seq(&self) -> u64 {
-        self.lock().next_seq - 1
+        self.lock().next_seq.saturating_sub(1)
     }
 
     /// The daemon knows seqs up to `watermark` (our state was lost): never hand them out again.
-    pub fn raise_floor(&self, watermark: u64) -> bool {
+    /// A watermark more than [`MAX_SEQ_JUMP`] ahead of our own counter (or at `u64::MAX`) is
+    /// not adopted: it would exhaust or overflow the counter, and an honest daemon never
+    /// reports one (it refuses such seqs). It is counted and logged once; the counter is kept.
+    pub fn raise_floor(&self, watermark: u64) -> Floor {
         let mut st = self.lock();
-        if watermark >= st.next_seq {
-            st.next_seq = watermark + 1;
-            true
-        } else {
-            false
+        if watermark < st.next_seq {
+            return Floor::Unchanged;
+        }
+        let ours = Watermark::at(st.next_seq.saturating_sub(1));
+        match watermark.checked_add(1) {
+            Some(next) if ours.within_jump(watermark) => {
+                st.next_seq = next;
+                Floor::Raised
+            }
+            _ => {
+                let first = !st.floor_refusal_logged;
+                st.floor_refusal_logged = true;
+                let next_seq = st.next_seq;
+                drop(st);
+                Counters::add(&self.counters.refused_watermarks, 1);
+                if first {
+                    tracing::error!(watermark, next_seq, max_jump = MAX_SEQ_JUMP,
+                        "the daemon reported a watermark too far ahead of this shim's seqs; not adopted");
+                }
+                Floor::Refused
+            }
         }
     }
 
@@ -337,8 +375,52 @@ mod tests {
     fn the_floor_skips_seqs_the_daemon_already_has() {
         let (inbox, _) = inbox(10, FullPolicy::DropNewest);
         inbox.push(rec(), 1).expect("room");
-        assert!(!inbox.raise_floor(1));
-        assert!(inbox.raise_floor(40));
+        assert_eq!(inbox.raise_floor(1), Floor::Unchanged);
+        assert_eq!(inbox.raise_floor(40), Floor::Raised);
         assert_eq!(inbox.push(rec(), 1).expect("room"), 41);
+    }
+
+    #[test]
+    fn a_watermark_too_far_ahead_is_not_adopted_and_is_counted() {
+        let (inbox, counters) = inbox(10, FullPolicy::DropNewest);
+        assert_eq!(inbox.push(rec(), 1).expect("room"), 1);
+        // u64::MAX would overflow the counter; MAX_SEQ_JUMP + 2 is one past the bound.
+        assert_eq!(inbox.raise_floor(u64::MAX), Floor::Refused);
+        assert_eq!(inbox.raise_floor(1 + MAX_SEQ_JUMP + 1), Floor::Refused);
+        assert_eq!(counters.refused_watermarks.load(Relaxed), 2);
+        assert_eq!(
+            inbox.push(rec(), 1).expect("room"),
+            2,
+            "the counter is kept"
+        );
+        // Right at the bound is adopted.
+        assert_eq!(inbox.raise_floor(2 + MAX_SEQ_JUMP), Floor::Raised);
+        assert_eq!(inbox.push(rec(), 1).expect("room"), 3 + MAX_SEQ_JUMP);
+        assert_eq!(counters.snapshot().refused_watermarks, 2);
+    }
+
+    #[test]
+    fn an_exhausted_counter_refuses_records_instead_of_wrapping() {
+        let counters = Arc::new(Counters::default());
+        let limits = Limits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            batch_records: 10,
+            batch_bytes: 1 << 20,
+        };
+        let inbox = Inbox::new(
+            limits,
+            FullPolicy::DropNewest,
+            u64::MAX - 1,
+            counters.clone(),
+        );
+        assert_eq!(inbox.push(rec(), 1).expect("room"), u64::MAX - 1);
+        let err = inbox.push(rec(), 1).expect_err("exhausted");
+        assert!(matches!(err, ShimError::SeqExhausted), "{err}");
+        assert!(matches!(inbox.push(rec(), 1), Err(ShimError::SeqExhausted)));
+        assert_eq!(counters.dropped.load(Relaxed), 2);
+        assert_eq!(counters.accepted.load(Relaxed), 1);
+        assert_eq!(inbox.last_seq(), u64::MAX - 1);
+        assert_eq!(seqs(&inbox.take()), vec![u64::MAX - 1]);
     }
 }

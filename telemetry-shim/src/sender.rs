@@ -15,7 +15,7 @@ use crate::{
     backoff,
     disk_queue::{AppendOutcome, QueueError},
     flush::FlushReport,
-    inbox::{Inbox, Pending},
+    inbox::{Floor, Inbox, Pending},
     ratelimit::RateLimited,
     stats::Counters,
     ShimConfig, ShimError,
@@ -548,7 +548,7 @@ impl Sender {
             }
             self.sent_upto = self.sent_upto.max(w);
             self.in_flight.retain(|b| b.last_seq > w);
-            if self.inbox.raise_floor(w) {
+            if self.inbox.raise_floor(w) == Floor::Raised {
                 tracing::warn!(watermark = w, producer_id = %ours,
                     "the daemon has seen seqs this shim had not assigned yet (queue state lost?); skipping past them");
             }

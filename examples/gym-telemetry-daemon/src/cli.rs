@@ -105,6 +105,13 @@ pub struct ServeArgs {
     /// beside this executable, else `gym-telemetry-proxy` on PATH.
     #[arg(long, env = "GYM_TELEMETRY_PROXY_BIN")]
     pub proxy_bin: Option<PathBuf>,
+    /// Workers started by SubmitRun running at once; further submissions wait as pending and
+    /// start in submission order as workers exit.
+    #[arg(long, env = "GYM_TELEMETRY_MAX_RUNNING_WORKERS", default_value_t = 8)]
+    pub max_running_workers: usize,
+    /// Submissions waiting for a worker slot at most; beyond, SubmitRun is refused.
+    #[arg(long, env = "GYM_TELEMETRY_MAX_PENDING_RUNS", default_value_t = 1024)]
+    pub max_pending_runs: usize,
 }
 
 /// `dump`.

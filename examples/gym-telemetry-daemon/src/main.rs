@@ -103,6 +103,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     cfg.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout.max(1));
     cfg.cancel_grace = Duration::from_secs(a.cancel_grace);
+    cfg.max_running_workers = a.max_running_workers.max(1);
+    cfg.max_pending_runs = a.max_pending_runs;
     if let Some(proxy) = a.proxy_bin {
         cfg.proxy_exe = proxy;
     }

@@ -10,7 +10,10 @@ use std::{
     time::Instant,
 };
 
-use telemetry_core::pb::{Record, RunInfo};
+use telemetry_core::{
+    pb::{Record, RunInfo},
+    Watermark,
+};
 use telemetry_hub::Hub;
 use telemetry_store::{AppendOutcome, AppendReport, BackendWriter, StoreError};
 use tokio::sync::oneshot;
@@ -113,6 +116,14 @@ impl Committer {
         reply: Reply,
     ) {
         let spans = spans(&records, &rejected);
+        if let Err(e) = self.check_jumps(&spans) {
+            if matches!(e, WriteError::SeqJump { .. }) {
+                self.metrics.seq_jumps_refused.inc();
+            }
+            tracing::warn!(error = %e, records = records.len(), "batch refused");
+            let _ = reply.send(Err(e));
+            return;
+        }
         if let Err((producer_id, durable_seq)) =
             self.fences.admit(&spans, origin.epoch, Instant::now())
         {
@@ -132,6 +143,32 @@ impl Committer {
         });
         group.records.extend(records);
         group.rejected.extend(rejected);
+    }
+
+    /// Refuses an append whose seqs for a producer reach more than `MAX_SEQ_JUMP` past its
+    /// durable watermark ([`telemetry_core::Watermark::within_jump`]; the highest seq is
+    /// checked, so one bad record among good ones is caught too). Seqs within `MAX_SEQ_JUMP`
+    /// of 0 pass without a store read (every watermark is at least 0): the common case costs
+    /// nothing.
+    fn check_jumps(&self, spans: &[Span]) -> Result<(), WriteError> {
+        for s in spans {
+            if Watermark::NONE.within_jump(s.last) {
+                continue;
+            }
+            let durable_seq = self
+                .writer
+                .watermark(&s.producer)
+                .map_err(|e| WriteError::Store(e.to_string()))?;
+            if !Watermark::at(durable_seq).within_jump(s.last) {
+                return Err(WriteError::SeqJump {
+                    producer_id: s.producer.clone(),
+                    durable_seq,
+                    first_seq: s.first,
+                    last_seq: s.last,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Commits a group: every member gets its own report, or the error; stored records are

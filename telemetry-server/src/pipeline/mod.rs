@@ -117,12 +117,32 @@ pub enum WriteError {
         /// Its durable watermark.
         durable_seq: u64,
     },
+    /// The append's seqs for this producer (`first_seq..=last_seq`) reach more than
+    /// [`telemetry_core::MAX_SEQ_JUMP`] past the producer's durable watermark (0 when it has
+    /// none): storing them would move the watermark so far that every later record of the
+    /// producer would count as a duplicate. Nothing of the append was stored; resending it can
+    /// never succeed.
+    #[error(
+        "producer {producer_id}: seqs {first_seq}..={last_seq} reach more than {} past its \
+         durable watermark {durable_seq}",
+        telemetry_core::MAX_SEQ_JUMP
+    )]
+    SeqJump {
+        /// The producer.
+        producer_id: String,
+        /// Its durable watermark.
+        durable_seq: u64,
+        /// The first (lowest) seq of the append for that producer.
+        first_seq: u64,
+        /// The highest seq of the append for that producer (the one checked).
+        last_seq: u64,
+    },
 }
 
 impl WriteError {
     /// Whether sending the same records again later may succeed (every case but bad data).
     pub fn is_retryable(&self) -> bool {
-        true
+        !matches!(self, WriteError::SeqJump { .. })
     }
 }
 

@@ -207,3 +207,25 @@ pub async fn until_final(
     })
     .await
 }
+
+/// The daemon's Prometheus text (it must have been started with a metrics address).
+pub async fn metrics_text(d: &ServerHandle) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = d.metrics_addr.expect("metrics bound");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    bounded("metrics", s.read_to_string(&mut out))
+        .await
+        .unwrap();
+    out
+}
+
+/// A test configuration on `var_dir` that also serves metrics on an ephemeral port.
+pub fn config_with_metrics(var_dir: &std::path::Path) -> ServerConfig {
+    let mut cfg = config(var_dir);
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg
+}
