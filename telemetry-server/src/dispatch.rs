@@ -15,7 +15,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use telemetry_core::{
-    pb::{CompletionStatus, RunCompleted, RunInfo, RunState, SubmitRunRequest},
+    pb::{CompletionStatus, RunInfo, RunState, SubmitRunRequest},
     timestamp, ControlMode,
 };
 use tokio::{
@@ -419,6 +419,10 @@ async fn spawn_worker(
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let cancel = Arc::new(Notify::new());
+    // Kept in the registry, so a restarted daemon finds this process again.
+    let worker = child
+        .id()
+        .map(|pid| (pid, crate::process::start_ticks(pid).unwrap_or(0)));
     let started = registry
         .mark_running(
             &run_id,
@@ -427,6 +431,7 @@ async fn spawn_worker(
                 stop_reason: None,
                 stop_requested: false,
             },
+            worker,
         )
         .await;
     if !started {
@@ -442,6 +447,7 @@ async fn spawn_worker(
     let registry = registry.clone();
     let grace = cfg.grace;
     let id = run_id.clone();
+    let drain_cfg = cfg.clone();
     tokio::spawn(async move {
         let status = tokio::select! {
             s = child.wait() => s,
@@ -462,6 +468,17 @@ async fn spawn_worker(
         // The log is complete before the run is reported finished (bounded: a descendant that
         // left the process group could hold the pipes open).
         let _ = tokio::time::timeout(LOG_DRAIN, logs).await;
+        // Its queue's undelivered tail goes in before its completion (a server that is stopping
+        // leaves it for the next start-up's drain).
+        if !drain_cfg.queue.stopping() {
+            crate::drain::drain_run(
+                &drain_cfg,
+                &registry.var_dir,
+                &id,
+                drain_cfg.queue.metrics(),
+            )
+            .await;
+        }
         on_exit(&registry, &id, status).await;
         drop(slot); // the next waiting run may start now
     });
@@ -539,7 +556,7 @@ async fn on_exit(
 }
 
 /// Stores a `RunCompleted` for the run unless one (the worker's own) is already stored; storing
-/// it ends every live view of the run.
+/// it ends every live view of the run. (The rule lives in the registry: [`Registry::complete`].)
 pub async fn record_completion(
     registry: &Registry,
     run_id: &str,
@@ -548,32 +565,9 @@ pub async fn record_completion(
     exit_code: Option<i32>,
     signal: Option<i32>,
 ) {
-    if registry.completion_recorded(run_id) {
-        return;
-    }
-    registry.set_completion_recorded(run_id);
-    let failed = status == CompletionStatus::Failed;
-    let done = RunCompleted {
-        run_id: run_id.to_owned(),
-        timestamp: Some(timestamp::now()),
-        status: status as i32,
-        exit_code,
-        signal,
-        error: if failed {
-            reason.clone()
-        } else {
-            String::new()
-        },
-        reason: if failed { String::new() } else { reason },
-        ..Default::default()
-    };
-    if let Err(e) = registry
-        .writer()
-        .append(vec![done.into()], Vec::new())
-        .await
-    {
-        tracing::warn!(run_id, error = %e, "run_completed not stored");
-    }
+    registry
+        .complete(run_id, status, reason, exit_code, signal)
+        .await;
 }
 
 async fn capture_logs(

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub fenced_producers: Gauge,
     /// Commands waiting in the store writer's queue.
     pub writer_queue_depth: Gauge,
+    /// Records the server delivered from spawned workers' queue dirs.
+    pub queue_records_drained: Counter,
     /// RPCs refused for a missing or wrong token.
     pub unauthenticated: Counter,
     /// Seconds per store commit (group).
@@ -95,6 +97,7 @@ impl Metrics {
             fenced_batches: Counter::default(),
             fenced_producers: Gauge::default(),
             writer_queue_depth: Gauge::default(),
+            queue_records_drained: Counter::default(),
             unauthenticated: Counter::default(),
             commit_seconds: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -145,6 +148,11 @@ impl Metrics {
             "fenced_producers",
             "Producers that must resend a failed batch before later ones commit",
             m.fenced_producers.clone(),
+        );
+        reg.register(
+            "queue_records_drained",
+            "Records the server delivered from spawned workers' queue dirs",
+            m.queue_records_drained.clone(),
         );
         reg.register(
             "writer_queue_depth",

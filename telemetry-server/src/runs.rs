@@ -138,7 +138,7 @@ impl Registry {
 
     /// Loads the runs a previous daemon persisted. Runs it left pending or running were
     /// interrupted by its death: they are marked failed. Returns the ids so marked.
-    pub async fn restore(&self, stored: Vec<RunInfo>) -> Vec<String> {
+    pub async fn restore(&self, stored: Vec<RunInfo>) -> Vec<Interrupted> {
         let (interrupted, changed) = {
             let mut inner = self.lock();
             let marked = insert_restored(&mut inner, stored);
@@ -209,12 +209,19 @@ impl Registry {
 
     /// The worker was spawned. Returns false (and changes nothing) when the run ended
     /// meanwhile (cancelled while it was being started): the caller stops the worker.
-    pub(crate) async fn mark_running(&self, run_id: &str, control: ProcessControl) -> bool {
+    pub(crate) async fn mark_running(
+        &self,
+        run_id: &str,
+        control: ProcessControl,
+        worker: Option<(u32, u64)>,
+    ) -> bool {
         self.update(run_id, |e| {
             if is_final(e.info.state) {
                 return false;
             }
             e.process = Some(control);
+            e.info.worker_pid = worker.map(|w| w.0);
+            e.info.worker_start_ticks = worker.map(|w| w.1);
             e.last_beat = Instant::now();
             e.info.state = RunState::Running as i32;
             true
@@ -395,11 +402,55 @@ impl Registry {
             let reason = format!("no heartbeat for {}s", timeout.as_secs());
             tracing::warn!(run_id = %run_id, %reason, "failing run");
             if !self.request_stop(run_id, Some(reason.clone())) {
-                self.finish(run_id, RunState::Failed, reason, None, None)
+                // No process of ours (a worker started by hand): fail it here, with a stored
+                // completion so its live views end (with a process, its exit records one).
+                self.finish(run_id, RunState::Failed, reason.clone(), None, None)
                     .await;
+                self.complete(
+                    run_id,
+                    telemetry_core::pb::CompletionStatus::Failed,
+                    reason,
+                    None,
+                    None,
+                )
+                .await;
             }
         }
         stale
+    }
+
+    /// Stores a `RunCompleted` for the run unless one (the worker's own) is already stored;
+    /// storing it ends every live view of the run. The one place the server makes completions.
+    pub async fn complete(
+        &self,
+        run_id: &str,
+        status: telemetry_core::pb::CompletionStatus,
+        reason: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        if self.completion_recorded(run_id) {
+            return;
+        }
+        self.set_completion_recorded(run_id);
+        let failed = status == telemetry_core::pb::CompletionStatus::Failed;
+        let done = RunCompleted {
+            run_id: run_id.to_owned(),
+            timestamp: Some(timestamp::now()),
+            status: status as i32,
+            exit_code,
+            signal,
+            error: if failed {
+                reason.clone()
+            } else {
+                String::new()
+            },
+            reason: if failed { String::new() } else { reason },
+            ..Default::default()
+        };
+        if let Err(e) = self.writer.append(vec![done.into()], Vec::new()).await {
+            tracing::warn!(run_id, error = %e, "run_completed not stored");
+        }
     }
 
     /// Every run, oldest first.
@@ -440,18 +491,39 @@ impl Registry {
     }
 }
 
-/// Inserts the runs a previous daemon persisted, in their order, marking the ones it left
-/// active as failed (interrupted). Returns their ids and their changed infos. Does not evict.
-fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<String>, Vec<RunInfo>) {
+/// A run a dead server left active that this one ends: spawned by it (its worker pid and start
+/// ticks, to stop a worker that outlived it) or still pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The run.
+    pub run_id: String,
+    /// The worker the dead server spawned: `(pid, start ticks)`.
+    pub worker: Option<(u32, u64)>,
+}
+
+/// The reason stored for a run interrupted by a server restart.
+pub const INTERRUPTED: &str = "interrupted: the daemon stopped while the run was active";
+
+/// Inserts the runs a previous server persisted, in their order. Runs it spawned (they carry a
+/// worker pid) and runs still pending are failed as interrupted and returned, to get a stored
+/// `RunCompleted`; runs fed by a worker started by hand stay running (such a worker reconnects
+/// and goes on) under the heartbeat timeout, which fails them, with a stored completion, if it
+/// does not. Returns the interrupted runs and the changed infos. Does not evict.
+fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<Interrupted>, Vec<RunInfo>) {
     let mut interrupted = Vec::new();
     let mut changed = Vec::new();
     inner.runs.reserve(stored.len());
     for mut info in stored {
-        if !is_final(info.state) {
+        let active = !is_final(info.state);
+        let spawned = info.worker_pid.is_some();
+        if active && (spawned || info.state == RunState::Pending as i32) {
+            interrupted.push(Interrupted {
+                run_id: info.run_id.clone(),
+                worker: info.worker_pid.zip(info.worker_start_ticks),
+            });
             info.state = RunState::Failed as i32;
-            info.failure_reason = "interrupted: the daemon stopped while the run was active".into();
+            info.failure_reason = INTERRUPTED.into();
             info.updated_at = Some(timestamp::now());
-            interrupted.push(info.run_id.clone());
             changed.push(info.clone());
         }
         let order = inner.next_order;
@@ -461,9 +533,9 @@ fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<String>, Vec
             Entry {
                 info,
                 process: None,
-                // Not re-recorded at restart: a run fed by a worker started by hand may still be
-                // alive and reconnect (issue 13 tells spawned runs apart).
-                completion_recorded: true,
+                // Active runs have no stored completion yet: the server makes one (for an
+                // external run, when its heartbeat times out).
+                completion_recorded: !active,
                 last_beat: Instant::now(),
                 order,
             },
@@ -521,15 +593,18 @@ mod tests {
     fn restoring_more_than_the_limit_keeps_the_newest_in_one_pass() {
         const EXTRA: usize = 500;
         let total = MAX_TRACKED_RUNS + EXTRA;
-        // Every 7th run was left running by the dead daemon: restored as failed (interrupted).
+        // Every 7th run was left running by the dead daemon, which had spawned its worker:
+        // restored as failed (interrupted).
         let stored: Vec<RunInfo> = (0..total)
             .map(|i| {
-                let state = if i % 7 == 0 {
-                    RunState::Running
+                if i % 7 == 0 {
+                    RunInfo {
+                        worker_pid: Some(4242),
+                        ..info(i, RunState::Running)
+                    }
                 } else {
-                    RunState::Completed
-                };
-                info(i, state)
+                    info(i, RunState::Completed)
+                }
             })
             .collect();
         let mut inner = empty();
@@ -556,9 +631,49 @@ mod tests {
         assert!(inner
             .runs
             .values()
-            .all(|e| e.info.state == RunState::Failed as i32 || e.completion_recorded));
+            .all(|e| (e.info.state == RunState::Failed as i32) != e.completion_recorded));
         // Under the limit nothing is scanned.
         assert_eq!(evict(&mut inner), 0);
+    }
+
+    #[test]
+    fn spawned_and_pending_runs_are_interrupted_but_external_ones_go_on() {
+        let mut inner = empty();
+        let spawned = RunInfo {
+            worker_pid: Some(7),
+            worker_start_ticks: Some(99),
+            ..info(0, RunState::Running)
+        };
+        let (interrupted, changed) = insert_restored(
+            &mut inner,
+            vec![
+                spawned,
+                info(1, RunState::Pending),
+                info(2, RunState::Running),
+                info(3, RunState::Completed),
+            ],
+        );
+        assert_eq!(
+            interrupted,
+            vec![
+                Interrupted {
+                    run_id: "run-00000".into(),
+                    worker: Some((7, 99))
+                },
+                Interrupted {
+                    run_id: "run-00001".into(),
+                    worker: None
+                },
+            ]
+        );
+        assert_eq!(changed.len(), 2);
+        let external = &inner.runs["run-00002"];
+        assert_eq!(external.info.state, RunState::Running as i32, "goes on");
+        assert!(
+            !external.completion_recorded,
+            "its heartbeat timeout stores one"
+        );
+        assert!(inner.runs["run-00003"].completion_recorded);
     }
 
     #[test]

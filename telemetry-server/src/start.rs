@@ -29,7 +29,7 @@ use crate::{
     config::AuthConfig,
     config::{ServerConfig, SHUTDOWN_DRAIN},
     control::ControlService,
-    dispatch::{self, DispatchConfig, WorkerTls},
+    dispatch::{DispatchConfig, WorkerTls},
     error::{io, ServerError},
     handle::{endpoint_for, ServerHandle},
     housekeeping::{housekeeping, stop_workers},
@@ -134,6 +134,20 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &cancel,
     );
 
+    // Queues left by workers of a previous server: delivered through the shim code, once we
+    // serve (a shutdown cancels the drain; what is left waits for the next start).
+    {
+        let dispatch_cfg = dispatch_cfg.clone();
+        let var_dir = cfg.var_dir.clone();
+        let metrics = metrics.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = crate::drain::drain_all(&dispatch_cfg, &var_dir, &metrics) => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
     let stopped = Stopped {
         lock,
         registry,
@@ -304,20 +318,25 @@ async fn recover(
     cfg: &ServerConfig,
 ) -> Result<Vec<String>, ServerError> {
     let interrupted = registry.restore(reader.run_infos()?).await;
-    for run_id in &interrupted {
-        tracing::warn!(run_id = %run_id, "run was active when the previous server stopped; marked failed");
-        dispatch::record_completion(
-            registry,
-            run_id,
-            CompletionStatus::Failed,
-            "interrupted: the daemon stopped while the run was active".into(),
-            None,
-            None,
-        )
-        .await;
+    for run in &interrupted {
+        let mut reason = crate::runs::INTERRUPTED.to_owned();
+        if let Some((pid, ticks)) = run.worker {
+            if crate::process::is_same_process(pid, ticks) {
+                // It outlived the dead server: stop it (its queue is drained after start).
+                let stopped = crate::process::stop_group(pid, ticks, cfg.cancel_grace).await;
+                tracing::warn!(run_id = %run.run_id, pid, stopped, "stopped a worker that outlived the previous server");
+                reason.push_str(&format!(
+                    "; its worker (pid {pid}) outlived it and was stopped"
+                ));
+            }
+        }
+        tracing::warn!(run_id = %run.run_id, "run was active when the previous server stopped; marked failed");
+        registry
+            .complete(&run.run_id, CompletionStatus::Failed, reason, None, None)
+            .await;
     }
     catchup::warm_hub(reader, hub, cfg.hub.ring_records)?;
-    Ok(interrupted)
+    Ok(interrupted.into_iter().map(|r| r.run_id).collect())
 }
 
 /// The gRPC router: health and reflection open, our services and the predecessor's behind the
@@ -435,23 +454,28 @@ async fn serve(
         .with_keepalive(Some(Duration::from_secs(60)));
     let drained = cancel.clone();
     let serve_cancel = cancel.clone();
+    let registry = s.registry.clone();
+    let grace = s.grace;
     let serve = router.serve_with_incoming_shutdown(incoming, async move {
         serve_cancel.cancelled().await;
+        // Workers first, while we still serve: their shims (and proxies) flush what they hold
+        // during the SIGTERM grace, instead of leaving it in their queues.
+        stop_workers(&registry, grace).await;
         hub.shutdown().await;
     });
     let result = tokio::select! {
         r = serve => r,
         () = async {
             drained.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+            // Workers get their grace (and SIGKILL 2 s after it) before clients are cut off.
+            tokio::time::sleep(SHUTDOWN_DRAIN + grace + Duration::from_secs(2)).await;
         } => {
             tracing::warn!("clients did not close their streams in time; closing connections");
             Ok(())
         }
     };
-    // Then, in dependency order: workers (their shims keep unsent telemetry in their queues
-    // for the next server), background tasks, upkeep, the pipeline (final checkpoint); the
-    // lock goes last.
+    // Then, in dependency order: any worker still left (none normally: they were stopped while
+    // serving), background tasks, upkeep, the pipeline (final checkpoint); the lock goes last.
     stop_workers(&s.registry, s.grace).await;
     s.tasks.close();
     s.tasks.wait().await;

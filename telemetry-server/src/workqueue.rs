@@ -219,6 +219,11 @@ impl WorkQueue {
     }
 
     /// The metrics it counts in.
+    /// Whether the server is stopping (then nothing new starts, and exits skip the queue drain).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }

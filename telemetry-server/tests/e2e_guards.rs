@@ -74,6 +74,9 @@ async fn runs_left_running_by_a_dead_daemon_are_failed_as_interrupted() {
             .put_run_info(&RunInfo {
                 run_id: "orphan".into(),
                 state: RunState::Running as i32,
+                // Spawned by that daemon; the process is gone (no such pid).
+                worker_pid: Some(u32::MAX - 1),
+                worker_start_ticks: Some(12345),
                 ..Default::default()
             })
             .unwrap();
@@ -105,5 +108,19 @@ async fn runs_left_running_by_a_dead_daemon_are_failed_as_interrupted() {
     .await;
     assert_eq!(info.state, RunState::Failed as i32);
     assert!(info.failure_reason.contains("interrupted"));
+    // Its live views end: a RunCompleted (failed, with the reason) is stored.
+    let reader = telemetry_store::StoreReader::open(
+        &telemetry_store::StoreConfig::in_var_dir(dir.path()).path,
+    )
+    .unwrap();
+    let done = reader
+        .run_completion("orphan")
+        .unwrap()
+        .expect("a stored RunCompleted");
+    assert_eq!(
+        done.status,
+        telemetry_core::pb::CompletionStatus::Failed as i32
+    );
+    assert!(done.error.contains("interrupted"), "{done:?}");
     d.shutdown().await.unwrap();
 }
