@@ -34,7 +34,7 @@ const MAX_EMPTY_PAGES: u32 = 3;
 
 enum Read {
     Page {
-        handle: JoinHandle<Result<Vec<Record>, CatchUpError>>,
+        handle: JoinHandle<Result<(Vec<Record>, bool), CatchUpError>>,
         hw: u64,
     },
     Completion(JoinHandle<Result<Option<RunCompleted>, CatchUpError>>),
@@ -88,12 +88,14 @@ impl Backlog {
     fn accept_page(
         &mut self,
         page: Vec<Record>,
+        cut_by_bytes: bool,
         hw: u64,
         hub: &HubInner,
         shared: &SubShared,
         stash: &mut VecDeque<Staged>,
     ) -> Result<bool, CatchUpError> {
-        let full = page.len() >= hub.config.catch_up_page;
+        // A page cut short by its byte budget is not "nothing more".
+        let full = (cut_by_bytes && !page.is_empty()) || page.len() >= hub.config.catch_up_page;
         let start = self.cursor;
         let now = Instant::now();
         let stream = self.query.stream;
@@ -288,7 +290,9 @@ impl Backlog {
                     let res = res
                         .map_err(|e| CatchUpError::Task(e.to_string()))
                         .and_then(|r| r)
-                        .and_then(|page| self.accept_page(page, hw, hub, shared, stash));
+                        .and_then(|(page, cut)| {
+                            self.accept_page(page, cut, hw, hub, shared, stash)
+                        });
                     match res {
                         Ok(completed) => {
                             self.failures = 0;
@@ -376,10 +380,14 @@ impl Backlog {
             let hw = hub.last_seq(self.query.run_id.as_deref(), self.query.stream);
             let source = Arc::clone(&hub.source);
             let query = self.query.clone();
-            let (since, limit) = (self.cursor, hub.config.catch_up_page);
+            let (since, limit, bytes) = (
+                self.cursor,
+                hub.config.catch_up_page,
+                hub.config.catch_up_page_bytes,
+            );
             let handle = hub
                 .tracker
-                .spawn_blocking(move || source.read_page(&query, since, limit));
+                .spawn_blocking(move || source.read_page_bounded(&query, since, limit, bytes));
             hub.counters.catchup_reads.fetch_add(1, Ordering::Relaxed);
             self.read = Some(Read::Page { handle, hw });
         }

@@ -30,6 +30,9 @@ pub struct HubConfig {
     pub max_subscribers: usize,
     /// Records asked of the [`CatchUpSource`](crate::CatchUpSource) per page. Default 512.
     pub catch_up_page: usize,
+    /// Bytes of records one catch-up page may hold (the source ends a page early past it, with
+    /// at least one record). Default 4 MiB.
+    pub catch_up_page_bytes: usize,
     /// Failed catch-up reads retried before the subscription is closed. Default 3.
     pub catch_up_retries: u32,
     /// Delay before the first retry of a failed read; doubled for each further retry.
@@ -47,6 +50,7 @@ impl Default for HubConfig {
             max_runs: 256,
             max_subscribers: 1024,
             catch_up_page: 512,
+            catch_up_page_bytes: 4 << 20,
             catch_up_retries: 3,
             catch_up_retry_delay: Duration::from_millis(100),
         }
@@ -83,6 +87,7 @@ impl HubConfig {
             ("max_runs", self.max_runs),
             ("max_subscribers", self.max_subscribers),
             ("catch_up_page", self.catch_up_page),
+            ("catch_up_page_bytes", self.catch_up_page_bytes),
         ];
         for (field, value) in fields {
             if value == 0 {
@@ -110,6 +115,7 @@ impl HubConfig {
             &mut self.max_runs,
             &mut self.max_subscribers,
             &mut self.catch_up_page,
+            &mut self.catch_up_page_bytes,
         ] {
             *v = (*v).max(1);
         }

@@ -71,6 +71,22 @@ pub trait CatchUpSource: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Record>, CatchUpError>;
 
+    /// [`CatchUpSource::read_page`], but the page may end early once about `max_bytes` of
+    /// records are read (always at least one record when any is there), so that one catch-up
+    /// read holds a bounded amount of memory however large the records are. Returns the page and
+    /// whether it was cut short by bytes (then it does not mean "nothing more"). The default
+    /// ignores `max_bytes`.
+    fn read_page_bounded(
+        &self,
+        query: &CatchUpQuery,
+        since_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Record>, bool), CatchUpError> {
+        let _ = max_bytes;
+        self.read_page(query, since_seq, limit).map(|p| (p, false))
+    }
+
     /// The stored `RunCompleted` of a run, if it has one. Asked once at the end of a catch-up
     /// for a run the hub has seen no record of (for example after a daemon restart), so that a
     /// following subscriber of an already finished run still ends. The default says "unknown".
@@ -98,6 +114,16 @@ impl<T: CatchUpSource> CatchUpSource for Arc<T> {
         limit: usize,
     ) -> Result<Vec<Record>, CatchUpError> {
         (**self).read_page(query, since_seq, limit)
+    }
+
+    fn read_page_bounded(
+        &self,
+        query: &CatchUpQuery,
+        since_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Record>, bool), CatchUpError> {
+        (**self).read_page_bounded(query, since_seq, limit, max_bytes)
     }
 
     fn run_completion(&self, run_id: &str) -> Result<Option<RunCompleted>, CatchUpError> {

@@ -405,3 +405,57 @@ async fn shutdown_waits_for_a_blocked_read_and_closes_every_stream() {
     );
     hub.shutdown().await;
 }
+
+/// A source whose pages are cut short by their byte budget: two records at most.
+struct TwoPerPage(std::sync::Arc<FakeStore>);
+
+impl telemetry_hub::CatchUpSource for TwoPerPage {
+    fn read_page(
+        &self,
+        q: &telemetry_hub::CatchUpQuery,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<telemetry_core::pb::Record>, telemetry_hub::CatchUpError> {
+        self.0.read_page(q, since, limit)
+    }
+
+    fn read_page_bounded(
+        &self,
+        q: &telemetry_hub::CatchUpQuery,
+        since: u64,
+        limit: usize,
+        _max_bytes: usize,
+    ) -> Result<(Vec<telemetry_core::pb::Record>, bool), telemetry_hub::CatchUpError> {
+        let page = self.0.read_page(q, since, limit.min(2))?;
+        let cut = page.len() == 2 && limit > 2;
+        Ok((page, cut))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_page_cut_short_by_its_byte_budget_is_not_the_end_of_the_catch_up() {
+    let store = FakeStore::new();
+    for i in 0..30 {
+        store.commit(step("r", "a", 0, i)); // stored only: catch-up must read them all
+    }
+    let hub = telemetry_hub::Hub::new(
+        small_ring(),
+        std::sync::Arc::new(TwoPerPage(std::sync::Arc::clone(&store)))
+            as std::sync::Arc<dyn telemetry_hub::CatchUpSource>,
+    );
+    let mut sub = hub.subscribe(
+        SubscribeOptions::run("r", StreamKind::Steps)
+            .since(0)
+            .follow(false),
+    );
+    let got = drain(&mut sub).await;
+    assert_eq!(seqs(&got), (1..=30).collect::<Vec<u64>>());
+    assert!(
+        matches!(
+            notices(&got).first(),
+            Some(Delivery::CaughtUp { last_seq: 30 })
+        ),
+        "caught up only after the last record: {:?}",
+        notices(&got)
+    );
+}

@@ -24,8 +24,12 @@ impl StoreCatchUp {
     }
 }
 
-impl CatchUpSource for StoreCatchUp {
-    fn read_page(
+/// Records read from the store at a time while filling a byte-bounded catch-up page: the most
+/// held beyond the page's byte budget (each record is at most 1 MiB by validation).
+pub const CATCH_UP_SUB_PAGE: usize = 32;
+
+impl StoreCatchUp {
+    fn read(
         &self,
         query: &CatchUpQuery,
         since_seq: u64,
@@ -47,6 +51,50 @@ impl CatchUpSource for StoreCatchUp {
             StreamKind::Lifecycle => r.events_page(since_seq, query.run_id.as_deref(), limit),
         };
         page.map_err(CatchUpError::read)
+    }
+}
+
+impl CatchUpSource for StoreCatchUp {
+    fn read_page(
+        &self,
+        query: &CatchUpQuery,
+        since_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, CatchUpError> {
+        self.read(query, since_seq, limit)
+    }
+
+    /// Reads sub-pages of [`CATCH_UP_SUB_PAGE`] records until `limit` records or `max_bytes`
+    /// (encoded) are reached, so a catch-up of large records holds at most about `max_bytes`
+    /// plus one sub-page.
+    fn read_page_bounded(
+        &self,
+        query: &CatchUpQuery,
+        since_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Record>, bool), CatchUpError> {
+        let mut out: Vec<Record> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = since_seq;
+        while out.len() < limit {
+            let want = CATCH_UP_SUB_PAGE.min(limit - out.len());
+            let sub = self.read(query, cursor, want)?;
+            let short = sub.len() < want;
+            if let Some(last) = sub.last() {
+                cursor = last.seq_id();
+            }
+            bytes += sub.iter().map(prost::Message::encoded_len).sum::<usize>();
+            out.extend(sub);
+            if short {
+                return Ok((out, false));
+            }
+            if bytes >= max_bytes {
+                let cut = out.len() < limit;
+                return Ok((out, cut));
+            }
+        }
+        Ok((out, false))
     }
 
     fn run_completion(&self, run_id: &str) -> Result<Option<RunCompleted>, CatchUpError> {

@@ -121,7 +121,10 @@ async fn a_later_batch_never_commits_past_a_failed_one_and_the_resend_stores_eve
         .unwrap();
     let a = bounded("ack", again.next_ack()).await.unwrap().unwrap();
     let b = bounded("ack", again.next_ack()).await.unwrap().unwrap();
-    assert_eq!((durable(&a, "p"), durable(&b, "p")), (10, 20));
+    // Each ack carries the watermark after its commit: 10 then 20, or 20 and 20 when the writer
+    // merged both batches into one transaction (group commit).
+    assert!(matches!(durable(&a, "p"), 10 | 20), "{a:?}");
+    assert_eq!(durable(&b, "p"), 20);
     assert_eq!(stored(dir.path(), "p"), (1..=20).collect::<Vec<_>>());
     d.shutdown().await.unwrap();
 }
