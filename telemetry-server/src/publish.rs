@@ -252,9 +252,14 @@ impl Publisher {
                 .then(|| access(principal, &owner, &mut owners, &record))
                 .flatten();
             if let Some((label, reason)) = denied {
-                // Refused for its credential: its stamp must not move anyone's watermark.
                 self.metrics.reject(label);
                 let (pid, pseq) = record.producer();
+                // A record of the wrong run is the sender's own mistake: its stamp advances its
+                // own producer's watermark (so its flush ends, as for any rejected record). A
+                // record under another credential's producer id must not move that watermark.
+                if label == "wrong_run" && !pid.is_empty() {
+                    rejected_stamps.push((pid.to_owned(), pseq));
+                }
                 tracing::debug!(batch_id, index, %reason, "record refused for its credential");
                 rejected.push(RejectedRecord {
                     index: u32::try_from(index).unwrap_or(u32::MAX),

@@ -176,6 +176,8 @@ async fn a_worker_credential_writes_only_its_own_run_and_controls_nothing() {
     assert_eq!(ack.rejected.len(), 1);
     assert_eq!(ack.rejected[0].index, 1);
     assert!(ack.rejected[0].reason.contains("r2"), "{ack:?}");
+    // Its own producer's watermark still covers the refused record, so its flush can end.
+    assert_eq!(ack.watermarks[0].durable_seq, 2, "{ack:?}");
 
     let mut ctl = control(&d, Some(&worker)).await;
     let err = ctl
