@@ -105,6 +105,12 @@ pub struct ServerConfig {
     pub store_retry: RetryPolicy,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// The built-in demo worker (`gym-telemetry-demo`, run as `<demo_exe> worker`) that the
+    /// predecessor's `SubmitRun` starts for a TrainRunConfig naming no worker module or script.
+    pub demo_exe: PathBuf,
+    /// GPU slots the predecessor's `SubmitRun` may assign to runs (`--gpus 0,1`); none by
+    /// default.
+    pub gpus: Vec<u32>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -124,6 +130,15 @@ impl std::fmt::Debug for ServerConfig {
 /// Where `gym-telemetry-proxy` is: beside the running executable (or one directory up, which
 /// covers test binaries in `target/*/deps`), else the bare name, found on `PATH`.
 pub fn default_proxy_exe() -> PathBuf {
+    beside_current_exe(PROXY_EXE_NAME)
+}
+
+/// Where `gym-telemetry-demo` is, found the way [`default_proxy_exe`] finds the proxy.
+pub fn default_demo_exe() -> PathBuf {
+    beside_current_exe(crate::legacy_runs::DEMO_EXE_NAME)
+}
+
+fn beside_current_exe(name: &str) -> PathBuf {
     let beside = std::env::current_exe().ok().and_then(|exe| {
         let dir = exe.parent()?.to_path_buf();
         [
@@ -131,10 +146,10 @@ pub fn default_proxy_exe() -> PathBuf {
             dir.parent().map(Path::to_path_buf).unwrap_or(dir),
         ]
         .into_iter()
-        .map(|d| d.join(PROXY_EXE_NAME))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
     });
-    beside.unwrap_or_else(|| PROXY_EXE_NAME.into())
+    beside.unwrap_or_else(|| name.into())
 }
 
 impl ServerConfig {
@@ -162,6 +177,8 @@ impl ServerConfig {
             ingest: IngestLimits::default(),
             store_retry: RetryPolicy::default(),
             max_message_bytes: 16 * 1024 * 1024,
+            demo_exe: default_demo_exe(),
+            gpus: Vec::new(),
         }
     }
 

@@ -75,6 +75,8 @@ mod housekeeping;
 mod ingest;
 mod ingest_limits;
 mod legacy;
+mod legacy_config;
+mod legacy_runs;
 mod lock;
 mod metrics;
 mod owners;
@@ -87,13 +89,18 @@ mod start;
 
 pub use auth::{AuthError, Principal};
 pub use config::{
-    default_proxy_exe, AuthConfig, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
-    PROXY_EXE_NAME, SHUTDOWN_DRAIN,
+    default_demo_exe, default_proxy_exe, AuthConfig, ServerConfig, TlsFiles, DEFAULT_LISTEN,
+    DEFAULT_METRICS_LISTEN, PROXY_EXE_NAME, SHUTDOWN_DRAIN,
 };
 pub use dispatch::new_run_id;
 pub use error::ServerError;
 pub use handle::ServerHandle;
 pub use ingest_limits::IngestLimits;
+pub use legacy_config::{
+    canonical_json, derived_run_id, iso8601, parse_train_run_config, ConfigError, TrainRunConfig,
+    WorkerSpec,
+};
+pub use legacy_runs::{LegacyOptions, DEMO_EXE_NAME, WORKER_CONFIG_FILE};
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};

@@ -105,6 +105,13 @@ pub struct ServeArgs {
     /// beside this executable, else `gym-telemetry-proxy` on PATH.
     #[arg(long, env = "GYM_TELEMETRY_PROXY_BIN")]
     pub proxy_bin: Option<PathBuf>,
+    /// The built-in demo worker (`gym-telemetry-demo`) that the predecessor's `SubmitRun` runs
+    /// for a TrainRunConfig naming no worker. Default: beside this executable, else on PATH.
+    #[arg(long, env = "GYM_TELEMETRY_DEMO_BIN")]
+    pub demo_bin: Option<PathBuf>,
+    /// GPU slots the predecessor's `SubmitRun` may assign (`0,1,2`); none by default.
+    #[arg(long, env = "GYM_TELEMETRY_GPUS", value_delimiter = ',')]
+    pub gpus: Vec<u32>,
 }
 
 /// `dump`.

@@ -106,6 +106,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(proxy) = a.proxy_bin {
         cfg.proxy_exe = proxy;
     }
+    if let Some(demo) = a.demo_bin {
+        cfg.demo_exe = demo;
+    }
+    cfg.gpus = a.gpus;
     let daemon = telemetry_server::start(cfg).await?;
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
     if token_file_default {
