@@ -583,3 +583,252 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    /// A config as the predecessor's GUI builds it.
+    fn base() -> Value {
+        json!({
+            "run_name": "frozen-lake",
+            "entry_point": "python",
+            "arguments": ["-m", "spadeBDI_RL_refactored.worker"],
+            "environment": {"PYTHONUNBUFFERED": "1"},
+            "resources": {"cpus": 2, "memory_mb": 2048, "gpus": {"requested": 0}},
+            "artifacts": {"output_prefix": "runs/fl"},
+        })
+    }
+
+    fn with(path: &[&str], v: Value) -> Value {
+        let mut cfg = base();
+        let mut cur = &mut cfg;
+        for k in &path[..path.len() - 1] {
+            cur = cur.get_mut(*k).unwrap();
+        }
+        let last = path[path.len() - 1];
+        if v.is_null() {
+            cur.as_object_mut().unwrap().remove(last);
+        } else {
+            cur[last] = v;
+        }
+        cfg
+    }
+
+    fn error_path(cfg: &Value) -> String {
+        parse_train_run_config(cfg).unwrap_err().path
+    }
+
+    #[test]
+    fn each_rule_is_enforced_and_names_its_path() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!([1]), "$"),
+            (with(&["run_name"], Value::Null), "$.run_name"),
+            (with(&["run_name"], json!("")), "$.run_name"),
+            (with(&["run_name"], json!("x".repeat(121))), "$.run_name"),
+            (with(&["run_name"], json!(5)), "$.run_name"),
+            (with(&["entry_point"], json!("")), "$.entry_point"),
+            (with(&["arguments"], json!("-m x")), "$.arguments"),
+            (with(&["arguments"], json!(["-m", 3])), "$.arguments[1]"),
+            (with(&["environment"], json!({"A": 1})), "$.environment.A"),
+            (
+                with(&["environment"], json!({"A=B": "1"})),
+                "$.environment.A=B",
+            ),
+            (with(&["environment"], Value::Null), "$.environment"),
+            (with(&["resources", "cpus"], json!(0)), "$.resources.cpus"),
+            (with(&["resources", "cpus"], json!(1.5)), "$.resources.cpus"),
+            (
+                with(&["resources", "cpus"], json!(true)),
+                "$.resources.cpus",
+            ),
+            (
+                with(&["resources", "memory_mb"], json!(255)),
+                "$.resources.memory_mb",
+            ),
+            (with(&["resources", "disk"], json!(1)), "$.resources.disk"),
+            (
+                with(&["resources", "gpus"], Value::Null),
+                "$.resources.gpus",
+            ),
+            (
+                with(&["resources", "gpus", "requested"], json!(9)),
+                "$.resources.gpus.requested",
+            ),
+            (
+                with(&["resources", "gpus", "requested"], json!(-1)),
+                "$.resources.gpus.requested",
+            ),
+            (
+                with(&["resources", "gpus", "mandatory"], json!("yes")),
+                "$.resources.gpus.mandatory",
+            ),
+            (
+                with(&["resources", "gpus", "kind"], json!("a100")),
+                "$.resources.gpus.kind",
+            ),
+            (
+                with(&["artifacts", "output_prefix"], json!("")),
+                "$.artifacts.output_prefix",
+            ),
+            (
+                with(&["artifacts", "persist_logs"], json!(1)),
+                "$.artifacts.persist_logs",
+            ),
+            (with(&["artifacts", "extra"], json!(1)), "$.artifacts.extra"),
+            (with(&["metadata"], json!([])), "$.metadata"),
+            (
+                with(&["metadata"], json!({"worker": {"arguments": [1]}})),
+                "$.metadata.worker.arguments[0]",
+            ),
+            (
+                with(&["metadata"], json!({"worker": {"config": 3}})),
+                "$.metadata.worker.config",
+            ),
+            (
+                with(&["schedule"], json!({"max_duration_seconds": 0})),
+                "$.schedule.max_duration_seconds",
+            ),
+            (
+                with(&["schedule"], json!({"max_steps": 0})),
+                "$.schedule.max_steps",
+            ),
+            (with(&["schedule"], json!({"every": 1})), "$.schedule.every"),
+            (with(&["argv_extra"], json!(1)), "$.argv_extra"),
+        ];
+        for (cfg, path) in cases {
+            assert_eq!(error_path(&cfg), path, "{cfg}");
+        }
+        let e = parse_train_run_config(&with(&["resources", "cpus"], json!(0))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config_json $.resources.cpus: must be an integer ≥ 1"
+        );
+        // The limits themselves are allowed.
+        let ok = with(&["run_name"], json!("é".repeat(120)));
+        assert!(parse_train_run_config(&ok).is_ok());
+        let ok = with(
+            &["resources"],
+            json!({"cpus": 1, "memory_mb": 256, "gpus": {"requested": 8}}),
+        );
+        assert!(parse_train_run_config(&ok).is_ok());
+    }
+
+    #[test]
+    fn normalisation_fills_defaults_and_keeps_schedule_keys_only() {
+        let cfg = parse_train_run_config(&base()).unwrap();
+        assert_eq!(
+            cfg.canonical(),
+            r#"{"arguments":["-m","spadeBDI_RL_refactored.worker"],"artifacts":{"keep_checkpoints":true,"output_prefix":"runs/fl","persist_logs":true},"entry_point":"python","environment":{"PYTHONUNBUFFERED":"1"},"metadata":{},"resources":{"cpus":2,"gpus":{"mandatory":false,"requested":0},"memory_mb":2048},"run_name":"frozen-lake"}"#
+        );
+        assert_eq!(cfg.max_duration_seconds, None);
+        let cfg = parse_train_run_config(&with(
+            &["schedule"],
+            json!({"max_duration_seconds": 30, "max_steps": null}),
+        ))
+        .unwrap();
+        assert!(cfg
+            .canonical()
+            .ends_with(r#""schedule":{"max_duration_seconds":30}}"#));
+        assert_eq!(cfg.max_duration_seconds, Some(30));
+        // The same config written in another key order has the same digest.
+        let reordered: Value = serde_json::from_str(
+            r#"{"artifacts":{"output_prefix":"runs/fl"},"resources":{"gpus":{"requested":0},"memory_mb":2048,"cpus":2},"environment":{"PYTHONUNBUFFERED":"1"},"arguments":["-m","spadeBDI_RL_refactored.worker"],"entry_point":"python","run_name":"frozen-lake"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_train_run_config(&reordered).unwrap().digest(),
+            parse_train_run_config(&base()).unwrap().digest()
+        );
+    }
+
+    #[test]
+    fn digest_and_run_id_match_python() {
+        // Digests computed with Python 3:
+        //   s = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+        //   hashlib.sha256(s.encode()).hexdigest()
+        //   hashlib.sha1(f"{run_name}::{submitted_at}::{digest}".encode()).hexdigest()
+        let raw = r#"{
+            "schedule": {"max_steps": 1000, "max_duration_seconds": 60},
+            "run_name": "frozen-lake ü 🚀",
+            "entry_point": "python",
+            "arguments": ["-m", "spadeBDI_RL_refactored.worker"],
+            "environment": {"B": "2", "A": "1\n\"q\""},
+            "resources": {"memory_mb": 2048, "cpus": 2, "gpus": {"requested": 0, "mandatory": false}},
+            "artifacts": {"output_prefix": "runs/fl", "persist_logs": true, "keep_checkpoints": false},
+            "metadata": {"worker": {"module": "w", "config": {"seed": 123, "epsilon": 0.1, "tiny": 1e-05, "big": 1e16, "one": 1.0, "neg": -2.5, "ctl": "\u0001\u007f"}}}
+        }"#;
+        let cfg = parse_train_run_config(&serde_json::from_str(raw).unwrap()).unwrap();
+        assert_eq!(
+            cfg.canonical(),
+            r#"{"arguments":["-m","spadeBDI_RL_refactored.worker"],"artifacts":{"keep_checkpoints":false,"output_prefix":"runs/fl","persist_logs":true},"entry_point":"python","environment":{"A":"1\n\"q\"","B":"2"},"metadata":{"worker":{"config":{"big":1e+16,"ctl":"\u0001\u007f","epsilon":0.1,"neg":-2.5,"one":1.0,"seed":123,"tiny":1e-05},"module":"w"}},"resources":{"cpus":2,"gpus":{"mandatory":false,"requested":0},"memory_mb":2048},"run_name":"frozen-lake \u00fc \ud83d\ude80","schedule":{"max_duration_seconds":60,"max_steps":1000}}"#
+        );
+        let digest = cfg.digest();
+        assert_eq!(
+            digest,
+            "2e2a0975ed8780c05be8ad90b15d695f113a7a9f6ccb762380e59383b311caf3"
+        );
+        let at = iso8601(&Timestamp {
+            seconds: 1_760_709_780,
+            nanos: 123_456_000,
+        });
+        assert_eq!(at, "2025-10-17T14:03:00.123456+00:00");
+        assert_eq!(
+            iso8601(&Timestamp {
+                seconds: 1_760_709_780,
+                nanos: 0
+            }),
+            "2025-10-17T14:03:00+00:00"
+        );
+        assert_eq!(
+            derived_run_id(&cfg.run_name, &at, &digest),
+            "978f4d77a5847ebfd29532751eeb2cc4cea4e108"
+        );
+        assert!(telemetry_core::check_run_id(&derived_run_id("a", &at, &digest)).is_ok());
+    }
+
+    #[test]
+    fn worker_spec_and_agent_id_fallback() {
+        let cfg = parse_train_run_config(&with(
+            &["metadata"],
+            json!({"worker": {"script": "w.py", "arguments": ["--x"], "config": {"agent_id": "from-config"}, "use_grpc": true, "grpc_target": "127.0.0.1:1"}}),
+        ))
+        .unwrap();
+        let w = &cfg.worker;
+        assert_eq!(
+            (w.module.as_deref(), w.script.as_deref()),
+            (None, Some("w.py"))
+        );
+        assert_eq!(w.arguments, vec!["--x".to_owned()]);
+        assert_eq!(w.agent_id, "from-config");
+        assert!(w.use_grpc);
+        assert_eq!(w.grpc_target.as_deref(), Some("127.0.0.1:1"));
+        let cfg = parse_train_run_config(&with(
+            &["metadata"],
+            json!({"worker": {"agent_id": "own", "config": {"agent_id": "from-config"}}}),
+        ))
+        .unwrap();
+        assert_eq!(cfg.worker.agent_id, "own");
+    }
+
+    #[test]
+    fn floats_are_written_like_python_repr() {
+        for (f, py) in [
+            (0.1, "0.1"),
+            (1.0, "1.0"),
+            (-2.5, "-2.5"),
+            (100.0, "100.0"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (123_456_789.125, "123456789.125"),
+            (1e15, "1000000000000000.0"),
+            (0.0, "0.0"),
+        ] {
+            assert_eq!(python_float(f), py, "{f}");
+        }
+    }
+}
