@@ -38,7 +38,7 @@ pub enum DurabilityArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write stored telemetry to stdout as JSONL (streaming; flat memory).
     Dump(DumpArgs),
     /// Copy the predecessor's telemetry.sqlite into the store (idempotent).

@@ -62,7 +62,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Serve(a) => runtime()?.block_on(serve(a)),
+        Command::Serve(a) => runtime()?.block_on(serve(*a)),
         Command::Dump(a) => dump_cmd(a),
         Command::ImportLegacy(a) => import(a),
     }
