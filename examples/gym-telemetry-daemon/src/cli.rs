@@ -35,10 +35,13 @@ pub enum DurabilityArg {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of `serve`'s arguments does not matter (and boxing them
+// hides their ids from the `ArgMatches` lookups in main.rs).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Write stored telemetry to stdout as JSONL (streaming; flat memory).
     Dump(DumpArgs),
     /// Copy the predecessor's telemetry.sqlite into the store (idempotent).

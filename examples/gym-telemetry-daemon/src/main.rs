@@ -42,7 +42,8 @@ fn main() -> std::process::ExitCode {
 fn parse() -> anyhow::Result<Cli> {
     use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
-    if let Some((_, sub)) = matches.subcommand() {
+    // Only `serve` has the flag (asking another subcommand about it panics in clap).
+    if let Some(("serve", sub)) = matches.subcommand() {
         if sub.value_source("auth_token") == Some(ValueSource::CommandLine) {
             bail!(
                 "--auth-token on the command line is visible to every local account (ps); \
@@ -62,7 +63,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Serve(a) => runtime()?.block_on(serve(*a)),
+        Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Dump(a) => dump_cmd(a),
         Command::ImportLegacy(a) => import(a),
     }
