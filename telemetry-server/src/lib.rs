@@ -60,7 +60,8 @@
 //! ## Layout
 //!
 //! Modules are private; imports point one way: `start` → services (`ingest`, `query`,
-//! `control`, `legacy`) → `publish` → `pipeline` (→ `fence`, `commit`) and `runs`/`dispatch` →
+//! `control`, `legacy`, which uses `legacy_config` for the predecessor's TrainRunConfig and
+//! `legacy_runs` for its view of runs) → `publish` → `pipeline` (→ `fence`, `commit`) and `runs`/`dispatch` →
 //! `metrics`. Nothing below imports `start`.
 
 mod auth;
