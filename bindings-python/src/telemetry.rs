@@ -97,6 +97,8 @@ pub struct Telemetry {
     hooks: Arc<Hooks>,
     counters: Counters,
     limit: logbridge::RateLimit,
+    /// What `record_jsonl` learnt from each run's `run_started` (as the JSONL proxy does).
+    jsonl_context: Mutex<telemetry_core::jsonl::RunContext>,
 }
 
 fn closed_error() -> PyErr {
@@ -151,6 +153,7 @@ impl Telemetry {
             hooks: Arc::new(Hooks::new(max_record_bytes)),
             counters: Counters::default(),
             limit: logbridge::RateLimit::default(),
+            jsonl_context: Mutex::new(telemetry_core::jsonl::RunContext::new()),
         })
     }
 
@@ -575,6 +578,31 @@ impl Telemetry {
                 ..Artifact::default()
             };
             self.submit(py, shim, artifact.into())
+        })();
+        self.counted(py, r)
+    }
+
+    /// Records one line of the worker JSONL contract (what a legacy worker prints and
+    /// `gym-telemetry-proxy` reads), mapped exactly as the proxy maps it: the same parser, and
+    /// each run's `run_started` filling the agent id / control mode / seed / game of its later
+    /// steps and episodes. `run_id` replaces the line's run id (the proxy's `--run-id`). A line
+    /// that breaks the contract is a `ValueError` naming the problem.
+    #[pyo3(signature = (line, *, run_id=None))]
+    fn record_jsonl(&self, py: Python<'_>, line: &str, run_id: Option<&str>) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let r = (|| {
+            let mut record = telemetry_core::jsonl::parse_line(line.as_bytes(), 0)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            // The proxy's order: the context learns under the line's own run id, then the
+            // run id is replaced.
+            lock(&self.jsonl_context).apply(&mut record);
+            if let Some(id) = run_id {
+                records::set_run_id(&mut record, id);
+            }
+            let shim = self.live()?;
+            self.submit(py, shim, record)
         })();
         self.counted(py, r)
     }

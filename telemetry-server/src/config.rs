@@ -124,6 +124,12 @@ pub struct ServerConfig {
     /// `WatchRuns` streams (ours and the predecessor's together) open at once (64); beyond,
     /// `RESOURCE_EXHAUSTED`.
     pub max_run_watchers: usize,
+    /// The built-in demo worker (`gym-telemetry-demo`, run as `<demo_exe> worker`) that the
+    /// predecessor's `SubmitRun` starts for a TrainRunConfig naming no worker module or script.
+    pub demo_exe: PathBuf,
+    /// GPU slots the predecessor's `SubmitRun` may assign to runs (`--gpus 0,1`); none by
+    /// default.
+    pub gpus: Vec<u32>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -143,6 +149,15 @@ impl std::fmt::Debug for ServerConfig {
 /// Where `gym-telemetry-proxy` is: beside the running executable (or one directory up, which
 /// covers test binaries in `target/*/deps`), else the bare name, found on `PATH`.
 pub fn default_proxy_exe() -> PathBuf {
+    beside_current_exe(PROXY_EXE_NAME)
+}
+
+/// Where `gym-telemetry-demo` is, found the way [`default_proxy_exe`] finds the proxy.
+pub fn default_demo_exe() -> PathBuf {
+    beside_current_exe(crate::legacy_runs::DEMO_EXE_NAME)
+}
+
+fn beside_current_exe(name: &str) -> PathBuf {
     let beside = std::env::current_exe().ok().and_then(|exe| {
         let dir = exe.parent()?.to_path_buf();
         [
@@ -150,10 +165,10 @@ pub fn default_proxy_exe() -> PathBuf {
             dir.parent().map(Path::to_path_buf).unwrap_or(dir),
         ]
         .into_iter()
-        .map(|d| d.join(PROXY_EXE_NAME))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
     });
-    beside.unwrap_or_else(|| PROXY_EXE_NAME.into())
+    beside.unwrap_or_else(|| name.into())
 }
 
 impl ServerConfig {
@@ -187,6 +202,8 @@ impl ServerConfig {
             max_pending_runs: 1024,
             submit: SubmitLimits::default(),
             max_run_watchers: crate::runs::DEFAULT_MAX_WATCHERS,
+            demo_exe: default_demo_exe(),
+            gpus: Vec::new(),
         }
     }
 

@@ -5,13 +5,21 @@
 //! running proof of the compatibility the proto files promise. What the old API cannot express
 //! is left out: its step streams carry no lag/gap notices (they end when the run completes), and
 //! its records carry no producer stamp (so they are not deduplicated).
+//!
+//! Every call needs the daemon's credential, like our own API: `authorization: Bearer <token>`
+//! call metadata, the operator's token being in `<var-dir>/auth-token`. The predecessor's GUI
+//! sent none, so it needs that one change (one `metadata=` argument per call), or the daemon
+//! started with `--insecure-no-auth` (loopback only).
+//!
+//! `SubmitRun` takes the predecessor's `TrainRunConfig` (validated and normalised as
+//! [`crate::legacy_config`] describes; the worker is run as [`crate::legacy_runs`] describes:
+//! `metadata.worker.module` as `<entry_point> -m <module>`, else `script` as
+//! `<entry_point> <script>`, then `metadata.worker.arguments`, under the JSONL proxy with
+//! `environment` merged in; with neither, the built-in demo worker `gym-telemetry-demo worker`).
+//! A config with an `argv` (or `command`) key is the older invented form, see [`parse_submit`].
+//! `GetHealth` answers with the daemon's pid, start time and listen address.
 
-use std::{
-    collections::hash_map::DefaultHasher,
-    hash::{Hash, Hasher},
-    pin::Pin,
-    sync::Arc,
-};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use prost::Message;
@@ -19,11 +27,12 @@ use telemetry_core::pb::{
     self,
     legacy::{
         self, trainer_service_server::TrainerService, CancelRunRequest, CancelRunResponse,
-        HealthRequest, HealthResponse, HeartbeatRequest, HeartbeatResponse, ListRunsRequest,
-        ListRunsResponse, PublishTelemetryResponse, RunRecord, RunStatus, StreamEpisodesRequest,
-        StreamStepsRequest, SubmitRunRequest, SubmitRunResponse, WatchRunsRequest,
+        HealthCheckRequest, HealthCheckResponse, HeartbeatRequest, HeartbeatResponse,
+        ListRunsRequest, ListRunsResponse, PublishTelemetryResponse, RunRecord,
+        StreamEpisodesRequest, StreamStepsRequest, SubmitRunRequest, SubmitRunResponse,
+        WatchRunsRequest,
     },
-    IngestBatch, Record, RunInfo, RunState, StreamRequest, WorkerCommand,
+    IngestBatch, Record, StreamRequest, WorkerCommand,
 };
 use telemetry_hub::StreamKind;
 use tokio::sync::mpsc;
@@ -33,8 +42,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::Principal,
-    control::{forward_runs, watch_slot},
+    control::watch_slot,
     dispatch::{self, DispatchConfig},
+    legacy_config::{is_train_run_config, parse_train_run_config},
+    legacy_runs::{build_submission, run_id_for, LegacyOptions, LegacyRuns},
     publish::Publisher,
     query::QueryService,
     runs::Registry,
@@ -53,6 +64,7 @@ pub struct LegacyService {
     registry: Registry,
     dispatch: Arc<DispatchConfig>,
     shutdown: CancellationToken,
+    compat: Arc<LegacyRuns>,
 }
 
 impl LegacyService {
@@ -64,13 +76,78 @@ impl LegacyService {
         dispatch: Arc<DispatchConfig>,
         shutdown: CancellationToken,
     ) -> Self {
+        let compat = LegacyRuns::start(&registry, LegacyOptions::default(), shutdown.clone());
         LegacyService {
             ingest,
             query,
             registry,
             dispatch,
             shutdown,
+            compat,
         }
+    }
+
+    /// Sets the GPU pool, the demo worker and the listen address reported by `GetHealth`.
+    #[must_use]
+    pub fn with_options(self, opts: LegacyOptions) -> Self {
+        self.compat.set_opts(opts);
+        self
+    }
+
+    /// `SubmitRun` with a TrainRunConfig.
+    async fn submit_train_run(
+        &self,
+        run_id: &str,
+        config: &serde_json::Value,
+    ) -> Result<SubmitRunResponse, Status> {
+        let cfg =
+            parse_train_run_config(config).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let run_id = run_id_for(run_id, &cfg, &telemetry_core::timestamp::now());
+        telemetry_core::check_run_id(&run_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.registry.get(&run_id).is_some() {
+            return Err(Status::already_exists(format!(
+                "run {run_id:?} already exists"
+            )));
+        }
+        let opts = self.compat.opts();
+        let slots = self
+            .compat
+            .take_gpus(&run_id, cfg.gpus_requested, cfg.gpus_mandatory)
+            .map_err(Status::resource_exhausted)?;
+        let sub = match build_submission(
+            &cfg,
+            &run_id,
+            &self.registry.var_dir,
+            &opts.demo_exe,
+            &slots,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.compat.release_gpus(&run_id);
+                return Err(e);
+            }
+        };
+        self.compat.mark_dispatching(&run_id);
+        let run_id = match dispatch::submit(&self.registry, &self.dispatch, sub.request).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.compat.release_gpus(&run_id);
+                return Err(Status::from(e));
+            }
+        };
+        if let Some(secs) = cfg.max_duration_seconds {
+            self.compat.enforce_duration(
+                self.registry.clone(),
+                run_id.clone(),
+                Duration::from_secs(secs),
+                self.shutdown.clone(),
+            );
+        }
+        Ok(SubmitRunResponse {
+            run_id,
+            digest: sub.digest,
+        })
     }
 
     /// Stores a legacy Publish stream as it arrives: records are committed in batches of at
@@ -179,40 +256,10 @@ pub fn transcode<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
         .map_err(|e| Status::invalid_argument(format!("undecodable record: {e}")))
 }
 
-/// The predecessor's status for one of our run states.
-pub fn legacy_status(state: i32) -> RunStatus {
-    match RunState::try_from(state) {
-        Ok(RunState::Pending) => RunStatus::Pending,
-        Ok(RunState::Running) => RunStatus::Running,
-        Ok(RunState::Completed) => RunStatus::Completed,
-        Ok(RunState::Failed) => RunStatus::Failed,
-        Ok(RunState::Cancelled) => RunStatus::Cancelled,
-        _ => RunStatus::Unspecified,
-    }
-}
+pub use crate::legacy_runs::run_record;
 
-/// The predecessor's run record for one of ours.
-pub fn run_record(info: RunInfo) -> RunRecord {
-    let mut h = DefaultHasher::new();
-    info.metadata_json.hash(&mut h);
-    info.agent_id.hash(&mut h);
-    info.game_id.hash(&mut h);
-    RunRecord {
-        status: legacy_status(info.state) as i32,
-        digest: format!("{:016x}", h.finish()),
-        created_at: info.created_at,
-        updated_at: info.updated_at,
-        last_heartbeat: info.last_heartbeat,
-        gpu_slot: None,
-        failure_reason: (!info.failure_reason.is_empty()).then_some(info.failure_reason),
-        gpu_slots: Vec::new(),
-        seq_id: 0,
-        run_id: info.run_id,
-    }
-}
-
-/// The predecessor submitted a JSON run configuration. Understood keys: `argv` (or `command`,
-/// a list or a shell string), `env`, `working_dir` (or `cwd`), `run_id`, `agent_id`,
+/// The older, invented configuration form (kept for scripts written against it; a config with
+/// an `argv` or `command` key). Understood keys: `argv` (or `command`, a list or a shell string), `env`, `working_dir` (or `cwd`), `run_id`, `agent_id`,
 /// `control_mode`, `game_id` (or `env_id`), `seed`, and `legacy_jsonl` (default true: the
 /// predecessor's workers print JSONL).
 pub fn parse_submit(req: &SubmitRunRequest) -> Result<pb::SubmitRunRequest, Status> {
@@ -335,6 +382,13 @@ impl TrainerService for LegacyService {
             }
             .into());
         }
+        let cfg: serde_json::Value = serde_json::from_str(&req.config_json)
+            .map_err(|e| Status::invalid_argument(format!("config_json is not JSON: {e}")))?;
+        if cfg.as_object().is_some_and(is_train_run_config) || !cfg.is_object() {
+            return Ok(Response::new(
+                self.submit_train_run(&req.run_id, &cfg).await?,
+            ));
+        }
         let ours = parse_submit(&req)?;
         let run_id = dispatch::submit(&self.registry, &self.dispatch, ours)
             .await
@@ -368,7 +422,7 @@ impl TrainerService for LegacyService {
             .registry
             .snapshot()
             .into_iter()
-            .map(run_record)
+            .map(|i| self.compat.view(i))
             .filter(|r| filter.is_empty() || filter.contains(&r.status))
             .collect();
         Ok(Response::new(ListRunsResponse { runs }))
@@ -380,28 +434,17 @@ impl TrainerService for LegacyService {
         &self,
         request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        let filter = request.into_inner().status_filter;
         let slot = watch_slot(&self.registry, &self.dispatch)?;
+        let req = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(forward_runs(
-            self.registry.clone(),
+        self.compat.watch(
+            req.since_seq,
+            req.status_filter,
             tx,
-            run_record,
             self.shutdown.clone(),
             slot,
-        ));
-        let stream = retype(
-            rx,
-            move |r: RunRecord| {
-                if filter.is_empty() || filter.contains(&r.status) {
-                    vec![r]
-                } else {
-                    Vec::new()
-                }
-            },
-            self.shutdown.clone(),
         );
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn heartbeat(
@@ -424,11 +467,13 @@ impl TrainerService for LegacyService {
 
     async fn get_health(
         &self,
-        _request: Request<HealthRequest>,
-    ) -> Result<Response<HealthResponse>, Status> {
-        Ok(Response::new(HealthResponse {
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        Ok(Response::new(HealthCheckResponse {
+            pid: u64::from(std::process::id()),
+            started_at: Some(self.compat.started_at),
+            listen_address: self.compat.opts().listen_address,
             healthy: !self.shutdown.is_cancelled(),
-            detail: format!("gym-telemetry-daemon {}", env!("CARGO_PKG_VERSION")),
         }))
     }
 

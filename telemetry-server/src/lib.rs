@@ -63,7 +63,8 @@
 //! ## Layout
 //!
 //! Modules are private; imports point one way: `start` → services (`ingest`, `query`,
-//! `control`, `legacy`) → `publish` → `pipeline` (→ `fence`, `commit`) and `runs`/`dispatch` →
+//! `control`, `legacy`, which uses `legacy_config` for the predecessor's TrainRunConfig and
+//! `legacy_runs` for its view of runs) → `publish` → `pipeline` (→ `fence`, `commit`) and `runs`/`dispatch` →
 //! `metrics`. Nothing below imports `start`.
 
 mod auth;
@@ -79,6 +80,8 @@ mod housekeeping;
 mod ingest;
 mod ingest_limits;
 mod legacy;
+mod legacy_config;
+mod legacy_runs;
 mod lock;
 mod metrics;
 mod owners;
@@ -93,13 +96,18 @@ mod workqueue;
 
 pub use auth::{AuthError, Principal};
 pub use config::{
-    default_proxy_exe, AuthConfig, ServerConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
-    PROXY_EXE_NAME, SHUTDOWN_DRAIN,
+    default_demo_exe, default_proxy_exe, AuthConfig, ServerConfig, TlsFiles, DEFAULT_LISTEN,
+    DEFAULT_METRICS_LISTEN, PROXY_EXE_NAME, SHUTDOWN_DRAIN,
 };
 pub use dispatch::{new_run_id, SubmitError, SubmitLimits};
 pub use error::ServerError;
 pub use handle::ServerHandle;
 pub use ingest_limits::IngestLimits;
+pub use legacy_config::{
+    canonical_json, derived_run_id, iso8601, parse_train_run_config, ConfigError, TrainRunConfig,
+    WorkerSpec,
+};
+pub use legacy_runs::{LegacyOptions, DEMO_EXE_NAME, WORKER_CONFIG_FILE};
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};

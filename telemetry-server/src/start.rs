@@ -105,6 +105,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     );
     let router = services(
         &cfg,
+        addr,
         &credentials,
         &publisher,
         &hub,
@@ -344,6 +345,7 @@ async fn recover(
 #[allow(clippy::too_many_arguments)]
 async fn services(
     cfg: &ServerConfig,
+    addr: SocketAddr,
     credentials: &Credentials,
     publisher: &Publisher,
     hub: &Hub,
@@ -364,7 +366,12 @@ async fn services(
         registry.clone(),
         dispatch_cfg.clone(),
         cancel.clone(),
-    );
+    )
+    .with_options(crate::legacy_runs::LegacyOptions {
+        gpus: cfg.gpus.clone(),
+        demo_exe: cfg.demo_exe.clone(),
+        listen_address: addr.to_string(),
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use telemetry_core::pb::legacy::{
-    trainer_service_client::TrainerServiceClient, HealthRequest, ListRunsRequest, RunEpisode,
+    trainer_service_client::TrainerServiceClient, HealthCheckRequest, ListRunsRequest, RunEpisode,
     RunStep, StreamEpisodesRequest, StreamStepsRequest,
 };
 use tokio_stream::StreamExt;
@@ -18,11 +18,18 @@ async fn legacy_clients_publish_and_stream_unchanged() {
     let mut legacy = TrainerServiceClient::new(channel(&d).await);
 
     let health = legacy
-        .get_health(HealthRequest {})
+        .get_health(HealthCheckRequest {})
         .await
         .unwrap()
         .into_inner();
     assert!(health.healthy);
+    assert_eq!(health.pid, u64::from(std::process::id()));
+    assert!(health.started_at.is_some());
+    assert_eq!(
+        format!("http://{}", health.listen_address),
+        d.endpoint(),
+        "the address the daemon listens on"
+    );
 
     let steps: Vec<RunStep> = (0..5)
         .map(|i| RunStep {

@@ -35,6 +35,9 @@ pub enum DurabilityArg {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of `serve`'s arguments does not matter (and boxing them
+// hides their ids from the `ArgMatches` lookups in main.rs).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
@@ -112,6 +115,13 @@ pub struct ServeArgs {
     /// Submissions waiting for a worker slot at most; beyond, SubmitRun is refused.
     #[arg(long, env = "GYM_TELEMETRY_MAX_PENDING_RUNS", default_value_t = 1024)]
     pub max_pending_runs: usize,
+    /// The built-in demo worker (`gym-telemetry-demo`) that the predecessor's `SubmitRun` runs
+    /// for a TrainRunConfig naming no worker. Default: beside this executable, else on PATH.
+    #[arg(long, env = "GYM_TELEMETRY_DEMO_BIN")]
+    pub demo_bin: Option<PathBuf>,
+    /// GPU slots the predecessor's `SubmitRun` may assign (`0,1,2`); none by default.
+    #[arg(long, env = "GYM_TELEMETRY_GPUS", value_delimiter = ',')]
+    pub gpus: Vec<u32>,
 }
 
 /// `dump`.

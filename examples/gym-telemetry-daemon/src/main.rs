@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
 fn parse() -> anyhow::Result<Cli> {
     use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
+    // Only `serve` has the flag (asking another subcommand about it panics in clap).
     if let Some(("serve", sub)) = matches.subcommand() {
         if sub.value_source("auth_token") == Some(ValueSource::CommandLine) {
             bail!(
@@ -108,6 +109,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(proxy) = a.proxy_bin {
         cfg.proxy_exe = proxy;
     }
+    if let Some(demo) = a.demo_bin {
+        cfg.demo_exe = demo;
+    }
+    cfg.gpus = a.gpus;
     let daemon = telemetry_server::start(cfg).await?;
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
     if token_file_default {
