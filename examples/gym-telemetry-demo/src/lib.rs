@@ -81,6 +81,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
                 .tempdir()
                 .context("creating a temporary var dir")?;
             let p = t.path().to_path_buf();
+            // Private, as a server's var dir should be (the server warns otherwise).
+            #[cfg(unix)]
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .context("making the demo var dir private")?;
             (Some(t), p)
         }
     };
