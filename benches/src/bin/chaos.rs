@@ -251,7 +251,10 @@ fn stored_seqs(store: &StoreReader, run: &str) -> AnyResult<Vec<u64>> {
 /// (stored, lost, duplicated) of seqs that should be exactly `1..=sent`.
 fn tally(seqs: &[u64], sent: u64) -> (u64, u64, u64) {
     let distinct: HashSet<u64> = seqs.iter().copied().collect();
-    let in_range = distinct.iter().filter(|&&s| (1..=sent).contains(&s)).count() as u64;
+    let in_range = distinct
+        .iter()
+        .filter(|&&s| (1..=sent).contains(&s))
+        .count() as u64;
     let stored = seqs.len() as u64;
     (stored, sent - in_range, stored - distinct.len() as u64)
 }
@@ -299,9 +302,17 @@ fn produce(
     })
 }
 
-/// Kills and restarts `d` once `progress` passes each point, down for a random while.
-fn kill_at(d: &mut Daemon, progress: impl Fn() -> u64, points: &[u64], rng: &mut fastrand::Rng) -> AnyResult<()> {
-    for &p in points {
+/// Kills and restarts `d` once `progress` passes each point, down for a random while, except
+/// the first outage: `first_down` long, with `before_first` run just before it.
+fn kill_at(
+    d: &mut Daemon,
+    progress: impl Fn() -> u64,
+    points: &[u64],
+    rng: &mut fastrand::Rng,
+    first_down: Duration,
+    mut before_first: impl FnMut() -> AnyResult<()>,
+) -> AnyResult<()> {
+    for (k, &p) in points.iter().enumerate() {
         let deadline = Instant::now() + WAIT;
         while progress() < p {
             if Instant::now() >= deadline {
@@ -309,8 +320,16 @@ fn kill_at(d: &mut Daemon, progress: impl Fn() -> u64, points: &[u64], rng: &mut
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        if k == 0 {
+            before_first()?;
+        }
         d.kill()?;
-        std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+        let down = if k == 0 {
+            first_down
+        } else {
+            Duration::from_millis(rng.u64(20..400))
+        };
+        std::thread::sleep(down);
         d.start()?;
     }
     Ok(())
@@ -339,7 +358,10 @@ fn daemon_kill(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcome> {
     d.start()?;
     let token = d.token()?;
 
-    // The proxy replays a file of `proxy_n` steps through its own queue.
+    // The proxy replays a file of `proxy_n` steps through its own queue. It starts just
+    // before the first kill, whose outage (1.5 s) outlasts its replay: its final flush begins
+    // with the daemon down (the proxy exited 0 there, its records still queued), and
+    // the later kills meet it while it delivers.
     let input = work.path().join("proxy-input.jsonl");
     {
         let mut f = std::io::BufWriter::new(File::create(&input)?);
@@ -354,7 +376,8 @@ fn daemon_kill(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcome> {
         f.flush()?;
     }
     let proxy_log = work.path().join("proxy.log");
-    let mut proxy = Command::new(o.bin_dir.join("gym-telemetry-proxy"))
+    let mut proxy_cmd = Command::new(o.bin_dir.join("gym-telemetry-proxy"));
+    proxy_cmd
         .arg("--input")
         .arg(&input)
         .arg("--queue-dir")
@@ -367,19 +390,35 @@ fn daemon_kill(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcome> {
         .env("GYM_TELEMETRY_RECONNECT_MAX_MS", "500")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(File::create(&proxy_log)?)
-        .spawn()?;
+        .stderr(File::create(&proxy_log)?);
+    let mut proxy = None;
 
-    let s = Arc::new(shim(&d.endpoint(), "chaos-kill-shim", &work.path().join("q-shim"), &token)?);
+    let s = Arc::new(shim(
+        &d.endpoint(),
+        "chaos-kill-shim",
+        &work.path().join("q-shim"),
+        &token,
+    )?);
     let producer = produce(Arc::clone(&s), "chaos-kill-shim", n, over);
     let mut points: Vec<u64> = (0..kills).map(|_| rng.u64(n / 20..n * 19 / 20)).collect();
     points.sort_unstable();
     let watched = Arc::clone(&s);
-    kill_at(&mut d, || watched.stats().accepted, &points, rng)?;
+    kill_at(
+        &mut d,
+        || watched.stats().accepted,
+        &points,
+        rng,
+        Duration::from_millis(1500),
+        || {
+            proxy = Some(proxy_cmd.spawn()?);
+            Ok(())
+        },
+    )?;
     drop(watched);
     let refused = producer.join().map_err(|_| "producer panicked")?;
     let shim = Arc::try_unwrap(s).map_err(|_| "shim still shared")?;
     let closed = shim.close(WAIT);
+    let mut proxy = proxy.ok_or("the proxy never started")?;
     let proxy_status = wait_child(&mut proxy, WAIT)?;
     if proxy_status.is_none() {
         let _ = proxy.kill();
@@ -429,7 +468,15 @@ fn worker_kill(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcome> {
     let run = "chaos-worker";
     let worker = |episodes: u32| -> AnyResult<Child> {
         Ok(Command::new(o.bin_dir.join("gym-telemetry-demo"))
-            .args(["worker", "--agents", "1", "--run-id", run, "--step-delay-ms", "1"])
+            .args([
+                "worker",
+                "--agents",
+                "1",
+                "--run-id",
+                run,
+                "--step-delay-ms",
+                "1",
+            ])
             .args(["--episodes", &episodes.to_string()])
             .env("GYM_TELEMETRY_QUEUE_DIR", &queue)
             .env("GYM_TELEMETRY_ENDPOINT", d.endpoint())
@@ -516,7 +563,10 @@ impl Faults {
     }
 
     fn total(&self) -> u64 {
-        self.injected.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+        self.injected
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn summary(&self) -> String {
@@ -560,7 +610,9 @@ impl FaultProxy {
                 while !st.load(Ordering::Relaxed) {
                     let accepted =
                         tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
-                    let Ok(Ok((down, _))) = accepted else { continue };
+                    let Ok(Ok((down, _))) = accepted else {
+                        continue;
+                    };
                     tokio::spawn(relay(down, upstream, Arc::clone(&f), rng.u64(..)));
                 }
             });
@@ -653,7 +705,11 @@ fn tcp_faults(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcome> {
     let mut d = Daemon::new(&o.bin_dir, work.path())?;
     d.start()?;
     let token = d.token()?;
-    let faults = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], d.port)), budget, rng.u64(..))?;
+    let faults = FaultProxy::start(
+        SocketAddr::from(([127, 0, 0, 1], d.port)),
+        budget,
+        rng.u64(..),
+    )?;
     let run = "chaos-tcp";
     let s = Arc::new(shim(
         &format!("http://{}", faults.listen),
