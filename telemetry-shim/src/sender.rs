@@ -6,7 +6,7 @@
 //! batches read back from the backlog after the last seq it sent. It moves forward **only** on
 //! the daemon's durable ack watermark: the backlog is trimmed to it, and after any reconnect the
 //! stream restarts right after it (the daemon drops what it already has). Reconnects back off
-//! exponentially with jitter. Everything it meets is counted and logged at a bounded rate.
+//! exponentially with jitter (at most 100 ms apart while a flush or close waits). Everything it meets is counted and logged at a bounded rate.
 //! The connection states are in `sender/link.rs`, the answering of flushes and closes in
 //! `sender/flushes.rs`.
 
