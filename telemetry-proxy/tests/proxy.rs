@@ -447,7 +447,10 @@ fn a_daemon_down_for_a_while_is_waited_for_and_gets_everything_once() {
             panic!("the proxy did not finish");
         }
     };
-    seen.extend(lines.try_iter());
+    // The rest of its stderr, up to EOF (the reader thread then drops its sender).
+    while let Ok(line) = lines.recv_timeout(WAIT) {
+        seen.push(line);
+    }
     let err = seen.join("\n");
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("flush=Acked; undelivered=0; exit=0"), "{err}");
