@@ -16,3 +16,8 @@ cargo build -p gym-telemetry-daemon
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 export GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/debug/gym-telemetry-daemon"
 (cd bindings-python && ../.venv/bin/python -m pytest -q)
+echo "== chaos (scripts/chaos.sh --quick: daemon kills, worker kills, TCP faults)"
+# Debug binaries: `cargo test --workspace` above built every dependency in debug already, so
+# this only links the harness (seconds); a release build would compile the tree again (minutes
+# on 2 cores). The quick scenarios take well under a minute either way.
+scripts/chaos.sh --quick --debug

@@ -16,6 +16,12 @@
 //!   CANCELLED when it was a SIGTERM/SIGINT the proxy forwarded);
 //! - forwards SIGTERM and SIGINT to the worker and exits with the worker's code (128 + signal
 //!   when it was killed, 127 when it could not be started);
+//! - at the end waits up to `--flush-timeout-secs` for the daemon to ack everything, **reconnecting
+//!   for as long as that lasts** (a daemon restarting meanwhile is waited for). When records are
+//!   still undelivered then, it says how many and where they are (the queue directory, or
+//!   memory only) on stderr and exits non-zero: the worker's code when that is already non-zero,
+//!   else [`EXIT_UNDELIVERED`] (75, `EX_TEMPFAIL`: run the same `--queue-dir` again, e.g. with
+//!   `--input /dev/null`, to deliver them);
 //! - with `--input FILE` replays a JSONL file instead (no lifecycle records are made up);
 //! - counts lines parsed / rejected / passed through; the binary prints them on one line.
 //!
@@ -33,12 +39,16 @@ use std::{
     fs::File,
     io::BufReader,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use telemetry_core::jsonl::{JsonlError, JsonlReader, DEFAULT_MAX_LINE_BYTES};
 use telemetry_shim::{
     DryRunTarget, FlushOutcome, Mode, ShimConfig, ShimError, ShimStats, Telemetry,
 };
+
+/// The exit code of a proxy whose worker (or replay) succeeded but whose records are not all
+/// delivered at exit (`EX_TEMPFAIL` of sysexits.h: trying again later can succeed).
+pub const EXIT_UNDELIVERED: i32 = 75;
 
 /// Command line of `gym-telemetry-proxy` (each flag falls back to its `GYM_TELEMETRY_*`
 /// variable; the shim's other variables apply as documented in [`ShimConfig`]).
@@ -70,7 +80,7 @@ pub struct ProxyArgs {
     /// Longest accepted stdout line in bytes; longer lines are rejected and skipped.
     #[arg(long, default_value_t = DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
-    /// How long to wait at the end for the daemon to ack everything.
+    /// How long to wait at the end for the daemon to ack everything (reconnecting meanwhile).
     #[arg(long, default_value_t = 10)]
     pub flush_timeout_secs: u64,
     /// The worker's command line.
@@ -104,8 +114,13 @@ pub enum ProxyError {
 pub struct ProxySummary {
     /// Line counts.
     pub counts: LineCounts,
-    /// The exit code to use (the worker's; 0 for `--input`).
+    /// The exit code to use: the worker's (0 for `--input`), or [`EXIT_UNDELIVERED`] when that
+    /// is 0 but records are left undelivered.
     pub exit_code: i32,
+    /// Records accepted but not acked by the daemon when the proxy gave up waiting.
+    pub undelivered: u64,
+    /// Where the undelivered records are kept (`None`: in memory only, lost at exit).
+    pub queue_dir: Option<PathBuf>,
     /// How the final flush ended (or why it failed).
     pub flush: Result<FlushOutcome, String>,
     /// The shim's counters after the flush.
@@ -124,7 +139,7 @@ impl ProxySummary {
         format!(
             "gym-telemetry-proxy: lines parsed={} rejected={} passed_through={} stderr={} \
              synthesized={}; records accepted={} acked={} dropped={} rejected_by_daemon={}; \
-             flush={flush}; exit={}",
+             flush={flush}; undelivered={}; exit={}",
             c.parsed,
             c.rejected,
             c.passed_through,
@@ -134,8 +149,30 @@ impl ProxySummary {
             s.acked,
             s.dropped,
             s.rejected,
+            self.undelivered,
             self.exit_code
         )
+    }
+
+    /// What to tell the user about records left undelivered (`None` when there are none).
+    pub fn undelivered_line(&self) -> Option<String> {
+        if self.undelivered == 0 {
+            return None;
+        }
+        Some(match &self.queue_dir {
+            Some(q) => format!(
+                "gym-telemetry-proxy: {n} records not delivered; they are kept in the queue \
+                 directory {q} and are sent by the next shim or proxy on it \
+                 (gym-telemetry-proxy --queue-dir {q} --input /dev/null)",
+                n = self.undelivered,
+                q = q.display()
+            ),
+            None => format!(
+                "gym-telemetry-proxy: {} records not delivered and lost (held in memory only; \
+                 use --queue-dir to keep them)",
+                self.undelivered
+            ),
+        })
     }
 }
 
@@ -169,7 +206,9 @@ pub fn shim_config(args: &ProxyArgs) -> Result<ShimConfig, ShimError> {
 
 /// Runs the proxy to the end: the worker (or the replay), then the final flush.
 pub fn run(args: &ProxyArgs) -> Result<ProxySummary, ProxyError> {
-    let shim = Telemetry::new(shim_config(args)?)?;
+    let config = shim_config(args)?;
+    let queue_dir = config.queue_dir.clone();
+    let shim = Telemetry::new(config)?;
     let (counts, exit_code) = match &args.input {
         Some(path) => (replay(&shim, args, path)?, 0),
         None => {
@@ -182,17 +221,37 @@ pub fn run(args: &ProxyArgs) -> Result<ProxySummary, ProxyError> {
         }
     };
     let timeout = Duration::from_secs(args.flush_timeout_secs);
-    let flush = shim
-        .flush(timeout)
-        .map(|r| r.outcome)
-        .map_err(|e| e.to_string());
+    let deadline = Instant::now() + timeout;
+    tracing::info!(
+        records = shim.stats().accepted,
+        timeout_secs = args.flush_timeout_secs,
+        "waiting for the daemon to ack every record"
+    );
+    let flushed = shim.flush(timeout);
     let stats = shim.stats();
-    if let Err(e) = shim.close(timeout) {
-        tracing::warn!(error = %e, "closing the shim");
+    let mut undelivered = match &flushed {
+        Ok(r) => r.pending_records,
+        Err(ShimError::FlushTimeout { pending } | ShimError::NotDelivered { pending, .. }) => {
+            *pending
+        }
+        Err(_) => stats.queue_records + stats.buffered_records,
+    };
+    let flush = flushed.map(|r| r.outcome).map_err(|e| e.to_string());
+    // The flush has waited already: the close only syncs and stops.
+    match shim.close(deadline.saturating_duration_since(Instant::now())) {
+        Ok(r) => undelivered = undelivered.max(r.pending_records),
+        Err(e) => tracing::warn!(error = %e, "closing the shim"),
     }
+    let exit_code = if undelivered > 0 && exit_code == 0 {
+        EXIT_UNDELIVERED
+    } else {
+        exit_code
+    };
     Ok(ProxySummary {
         counts,
         exit_code,
+        undelivered,
+        queue_dir: queue_dir.filter(|_| undelivered > 0),
         flush,
         stats,
     })

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     match proxy::run(&args) {
         Ok(summary) => {
             eprintln!("{}", summary.line());
+            if let Some(line) = summary.undelivered_line() {
+                eprintln!("{line}");
+            }
             ExitCode::from(u8::try_from(summary.exit_code.rem_euclid(256)).unwrap_or(1))
         }
         Err(e) => {

@@ -382,3 +382,151 @@ fn sigterm_is_forwarded_and_the_run_is_cancelled() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `legacy-demo-worker.jsonl` repeated `times` times (15 records each), as a replay input.
+fn repeated_fixture(dir: &Path, times: usize) -> (PathBuf, u64) {
+    let lines =
+        std::fs::read_to_string(fixtures().join("legacy-demo-worker.jsonl")).expect("fixture");
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, lines.repeat(times)).expect("write the input");
+    (path, 15 * times as u64)
+}
+
+#[test]
+fn a_daemon_down_for_a_while_is_waited_for_and_gets_everything_once() {
+    let mut fake = FakeIngest::start().expect("fake daemon");
+    fake.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, n) = repeated_fixture(dir.path(), 200);
+    let mut child = proxy()
+        .env("GYM_TELEMETRY_LOG", "info")
+        .args(["--endpoint", &fake.endpoint(), "--run-id", "R-down"])
+        .arg("--queue-dir")
+        .arg(dir.path().join("q"))
+        .arg("--input")
+        .arg(&input)
+        .args(["--flush-timeout-secs", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the proxy");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let stderr_pipe = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr_pipe.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Down until the proxy has failed to connect and is in its final wait.
+    let mut seen = Vec::new();
+    let (mut unreachable, mut waiting) = (false, false);
+    while !(unreachable && waiting) {
+        match lines.recv_timeout(WAIT) {
+            Ok(line) => {
+                unreachable |= line.contains("telemetry daemon unreachable");
+                waiting |= line.contains("waiting for the daemon to ack every record");
+                seen.push(line);
+            }
+            Err(_) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                panic!("the proxy never waited for the daemon: {seen:#?}");
+            }
+        }
+    }
+    fake.restart().expect("the daemon comes back");
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait());
+    });
+    let status = match done.recv_timeout(WAIT) {
+        Ok(s) => s.expect("proxy exit"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("the proxy did not finish");
+        }
+    };
+    // The rest of its stderr, up to EOF (the reader thread then drops its sender).
+    while let Ok(line) = lines.recv_timeout(WAIT) {
+        seen.push(line);
+    }
+    let err = seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("flush=Acked; undelivered=0; exit=0"), "{err}");
+    assert!(!err.contains("not delivered"), "{err}");
+    let stored = fake.state().records();
+    assert_eq!(
+        seqs(&stored),
+        (1..=n).collect::<Vec<_>>(),
+        "everything, each record once"
+    );
+    assert_eq!(fake.state().duplicates(), 0);
+}
+
+#[test]
+fn a_daemon_that_never_comes_back_makes_the_proxy_fail_and_say_what_remains() {
+    let addr = telemetry_shim::fake_ingest::reserve_port().expect("port");
+    let endpoint = format!("http://{addr}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, n) = repeated_fixture(dir.path(), 20);
+    let queue = dir.path().join("q");
+
+    let mut cmd = proxy();
+    cmd.args(["--endpoint", &endpoint, "--run-id", "R-gone"])
+        .arg("--queue-dir")
+        .arg(&queue)
+        .arg("--input")
+        .arg(&input)
+        .args(["--flush-timeout-secs", "1"]);
+    let started = std::time::Instant::now();
+    let out = run(cmd);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(telemetry_proxy::EXIT_UNDELIVERED),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited out its flush timeout"
+    );
+    assert!(
+        err.contains(&format!("flush=OnDisk; undelivered={n}; exit=75")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{n} records not delivered; they are kept in the queue directory {}",
+            queue.display()
+        )),
+        "{err}"
+    );
+
+    // Without a queue directory they are lost, and it says so.
+    let mut cmd = proxy();
+    cmd.args(["--endpoint", &endpoint, "--run-id", "R-gone"])
+        .arg("--input")
+        .arg(&input)
+        .args(["--flush-timeout-secs", "1"]);
+    let out = run(cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!("{n} records not delivered and lost")),
+        "{err}"
+    );
+
+    // The command it names delivers the queued records, once.
+    let fake =
+        FakeIngest::start_with(addr, telemetry_shim::fake_ingest::FakeState::new()).expect("up");
+    let mut cmd = proxy();
+    cmd.args(["--endpoint", &endpoint])
+        .arg("--queue-dir")
+        .arg(&queue)
+        .args(["--input", "/dev/null"]);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(seqs(&fake.state().records()), (1..=n).collect::<Vec<_>>());
+    assert_eq!(fake.state().duplicates(), 0);
+}

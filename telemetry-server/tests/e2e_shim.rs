@@ -95,22 +95,24 @@ async fn offline_then_online_stores_every_record_exactly_once() {
         })
         .unwrap();
     }
-    let report = tokio::task::block_in_place(|| s.flush(Duration::from_secs(10))).unwrap();
-    assert!(
-        format!("{report:?}").to_lowercase().contains("disk") || s.stats().spilled > 0,
+    // The flush waits out its (short) timeout reconnecting, then reports the queue.
+    let report = tokio::task::block_in_place(|| s.flush(Duration::from_millis(300))).unwrap();
+    assert_eq!(
+        report.outcome,
+        telemetry_shim::FlushOutcome::OnDisk,
         "{report:?}"
     );
+    assert_eq!(report.pending_records, 500, "{report:?}");
+    assert_eq!(s.stats().spilled, 500);
 
     // Daemon up on that port: the shim reconnects and delivers.
     let mut cfg = config(var.path());
     cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let d = telemetry_server::start(cfg).await.unwrap();
     tokio::task::block_in_place(|| {
-        // A flush that meets a failing connection attempt reports OnDisk; the next continues.
-        let deadline = std::time::Instant::now() + WAIT;
-        while s.flush(WAIT).unwrap().outcome != telemetry_shim::FlushOutcome::Acked {
-            assert!(std::time::Instant::now() < deadline, "never acknowledged");
-        }
+        // One flush keeps reconnecting until the daemon acks everything.
+        let r = s.flush(WAIT).unwrap();
+        assert_eq!(r.outcome, telemetry_shim::FlushOutcome::Acked, "{r:?}");
         let r = s.close(WAIT).unwrap();
         assert_eq!(r.outcome, telemetry_shim::FlushOutcome::Acked, "{r:?}");
     });
@@ -177,4 +179,51 @@ async fn a_worker_killed_mid_run_loses_nothing_it_synced_and_duplicates_nothing(
     d.shutdown().await.unwrap();
     assert!(stored_steps(var.path(), "killed").len() >= 200);
     assert_exactly_once_and_contiguous(stored_producer_seqs(var.path(), "killed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credential_answers_a_flush_at_once_instead_of_waiting() {
+    let var = tempfile::tempdir().unwrap();
+    let queue = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(var.path());
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.auth = telemetry_server::AuthConfig::Token("the-right-token".into());
+    let d = telemetry_server::start(cfg).await.unwrap();
+    let wrong = |queue: Option<&Path>| {
+        Telemetry::new(ShimConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            run_id: Some("refused".into()),
+            auth_token: Some("a-wrong-token".into()),
+            queue_dir: queue.map(Path::to_path_buf),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    tokio::task::block_in_place(|| {
+        // UNAUTHENTICATED cannot heal by waiting: no queue -> NotDelivered, well before WAIT.
+        let s = wrong(None);
+        s.step(RunStep::default()).unwrap();
+        let started = std::time::Instant::now();
+        match s.flush(WAIT) {
+            Err(telemetry_shim::ShimError::NotDelivered { pending, reason }) => {
+                assert_eq!(pending, 1);
+                assert!(reason.contains("Unauthenticated"), "{reason}");
+            }
+            other => panic!("expected NotDelivered, got {other:?}"),
+        }
+        assert!(started.elapsed() < WAIT / 2, "answered at once");
+        s.abandon();
+        // With a queue: OnDisk at once, kept for a corrected credential.
+        let s = wrong(Some(queue.path()));
+        s.step(RunStep::default()).unwrap();
+        let started = std::time::Instant::now();
+        let r = s.flush(WAIT).unwrap();
+        assert_eq!(r.outcome, telemetry_shim::FlushOutcome::OnDisk, "{r:?}");
+        assert_eq!(r.pending_records, 1);
+        assert!(started.elapsed() < WAIT / 2, "answered at once");
+        s.abandon();
+    });
+    d.shutdown().await.unwrap();
+    assert!(stored_steps(var.path(), "refused").is_empty());
 }

@@ -47,8 +47,9 @@ pub enum ShimError {
         /// Records queued and not acked when the flush gave up.
         pending: u64,
     },
-    /// No queue directory, and the daemon could not be reached: the records are only in memory.
-    #[error("daemon unreachable ({reason}); {pending} records held in memory only")]
+    /// No queue directory, and the daemon refused the connection for a reason waiting cannot
+    /// heal (TLS handshake, credentials): the records are only in memory.
+    #[error("the daemon refused the connection ({reason}); {pending} records held in memory only")]
     NotDelivered {
         /// Records queued and not acked.
         pending: u64,

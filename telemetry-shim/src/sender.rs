@@ -6,7 +6,7 @@
 //! batches read back from the backlog after the last seq it sent. It moves forward **only** on
 //! the daemon's durable ack watermark: the backlog is trimmed to it, and after any reconnect the
 //! stream restarts right after it (the daemon drops what it already has). Reconnects back off
-//! exponentially with jitter. Everything it meets is counted and logged at a bounded rate.
+//! exponentially with jitter (at most 100 ms apart while a flush or close waits). Everything it meets is counted and logged at a bounded rate.
 //! The connection states are in `sender/link.rs`, the answering of flushes and closes in
 //! `sender/flushes.rs`.
 
@@ -240,13 +240,25 @@ impl Sender {
                 })) => self.add_flush(upto, deadline, reply, true),
                 Event::Wake | Event::Timer => {}
                 Event::Connected(Ok(channel)) => self.start_stream(channel),
-                Event::Connected(Err(e)) => self.link_failed(e),
+                Event::Connected(Err(e)) => {
+                    let refused = link::permanent_transport(&e);
+                    self.link_failed(e, refused);
+                }
                 Event::Ack(Ok(ack)) => self.on_ack(ack),
-                Event::Ack(Err(status)) => self.link_failed(format!(
-                    "stream: {} ({:?})",
-                    status.message(),
-                    status.code()
-                )),
+                Event::Ack(Err(status)) => {
+                    let refused = link::permanent_status(&status);
+                    self.link_failed(
+                        format!(
+                            "stream: {} ({:?}){}",
+                            status.message(),
+                            status.code(),
+                            std::error::Error::source(&status)
+                                .map(|e| format!(": {}", describe(e)))
+                                .unwrap_or_default()
+                        ),
+                        refused,
+                    );
+                }
             }
             if let Some(close) = self.work() {
                 self.finish(Some(close));
@@ -451,20 +463,28 @@ impl Sender {
         }
     }
 
-    fn link_failed(&mut self, error: String) {
+    /// The link is gone. `refused`: by an error waiting cannot heal (answers pending flushes at
+    /// once, see `sender/flushes.rs`); otherwise pending flushes keep waiting and the next
+    /// attempt comes promptly while any does.
+    fn link_failed(&mut self, error: String, refused: bool) {
         let was_up = matches!(self.link, Link::Up(_));
         self.link.shut();
         self.in_flight.clear();
         self.sent_upto = self.acked;
-        let delay = backoff::next(
+        let mut delay = backoff::next(
             self.s.reconnect_initial,
             self.s.reconnect_max,
             self.attempts,
         );
+        if !self.flushes.is_empty() && !refused {
+            delay = delay.min(flushes::FLUSH_RETRY);
+        }
         self.attempts = self.attempts.saturating_add(1);
         self.retry_at = Instant::now() + delay;
-        for f in &mut self.flushes {
-            f.link_failed = true;
+        if refused {
+            for f in &mut self.flushes {
+                f.refused = true;
+            }
         }
         if let Some(held) = self.logs.link.allow() {
             tracing::warn!(endpoint = %self.s.endpoint.uri(), error = %error, was_up,
@@ -523,7 +543,7 @@ impl Sender {
             }
         }
         if let Some(e) = lost {
-            self.link_failed(e);
+            self.link_failed(e, false);
         }
     }
 

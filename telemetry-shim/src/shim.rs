@@ -254,10 +254,12 @@ impl Telemetry {
         }
     }
 
-    /// Waits (at most `timeout`) until everything accepted so far is acked by the daemon; when
-    /// the daemon is unreachable or too slow, until it is synced to the queue directory instead
-    /// (the report says which). Without a queue directory and without a daemon the records
-    /// cannot be made safe: [`ShimError::NotDelivered`].
+    /// Waits (at most `timeout`) until everything accepted so far is acked by the daemon,
+    /// reconnecting meanwhile (a daemon that restarts within `timeout` gets everything). What is
+    /// still unacked at the deadline is synced to the queue directory (`OnDisk`); without one,
+    /// [`ShimError::FlushTimeout`] with the pending count. A connection refused for a reason
+    /// waiting cannot heal (untrusted TLS certificate, `UNAUTHENTICATED`, `PERMISSION_DENIED`)
+    /// answers at once: `OnDisk`, or without a queue directory [`ShimError::NotDelivered`].
     pub fn flush(&self, timeout: Duration) -> Result<FlushReport, ShimError> {
         match &self.inner {
             Inner::Disabled => Ok(FlushReport::trivial(FlushOutcome::Disabled)),

@@ -5,12 +5,51 @@
 mod common;
 
 use common::{config, flush_until_acked, seqs, step, WAIT};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use telemetry_shim::{
     fake_ingest::{reserve_port, FakeIngest, FakeState},
     pb::{record::Kind, RunEpisode},
     FlushOutcome, ShimConfig, ShimError, Telemetry,
 };
+
+/// The timeout of flushes that are expected to meet no daemon at all.
+const SHORT: Duration = Duration::from_millis(300);
+
+#[test]
+fn a_flush_keeps_reconnecting_until_a_daemon_that_comes_back_acks_everything() {
+    let addr = reserve_port().expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(&format!("http://{addr}"), Some(dir.path()));
+    // A backoff far longer than the test: only the waiting flush makes the attempts prompt.
+    c.reconnect_initial = Duration::from_secs(30);
+    c.reconnect_max = Duration::from_secs(60);
+    let shim = Telemetry::new(c).expect("shim");
+    for i in 0..100 {
+        shim.step(step(i))
+            .expect("accepted while the daemon is down");
+    }
+    let fake = std::thread::scope(|scope| {
+        let flush = scope.spawn(|| shim.flush(WAIT));
+        // The flush has met a refused connection and still waits (reconnecting).
+        let deadline = Instant::now() + WAIT;
+        while shim.stats().reconnects < 2 {
+            assert!(!flush.is_finished(), "answered before the daemon came back");
+            assert!(
+                Instant::now() < deadline,
+                "no prompt reconnect while flushing"
+            );
+            std::thread::yield_now();
+        }
+        let fake = FakeIngest::start_with(addr, FakeState::new()).expect("daemon up");
+        let report = flush.join().expect("flush thread").expect("flush");
+        assert_eq!(report.outcome, FlushOutcome::Acked);
+        assert_eq!((report.acked_through, report.pending_records), (100, 0));
+        fake
+    });
+    assert_eq!(seqs(&fake.state().records()), (1..=100).collect::<Vec<_>>());
+    assert_eq!(fake.state().duplicates(), 0);
+    shim.close(WAIT).expect("close");
+}
 
 #[test]
 fn records_reach_the_daemon_once_with_producer_stamps_and_auth() {
@@ -79,7 +118,10 @@ fn daemon_down_then_up_delivers_everything_exactly_once_from_disk() {
         shim.step(step(i))
             .expect("accepted while the daemon is down");
     }
-    let offline = shim.flush(WAIT).expect("flush while down");
+    // A flush waits out its timeout while the daemon stays down, then reports the queue.
+    let started = Instant::now();
+    let offline = shim.flush(SHORT).expect("flush while down");
+    assert!(started.elapsed() >= SHORT, "it waited while reconnecting");
     assert_eq!(offline.outcome, FlushOutcome::OnDisk);
     assert_eq!(offline.pending_records, 200);
     let stats = shim.stats();
@@ -105,10 +147,13 @@ fn without_a_queue_dir_an_unreachable_daemon_is_reported_then_caught_up() {
     for i in 0..50 {
         shim.step(step(i)).expect("accepted");
     }
-    match shim.flush(WAIT) {
-        Err(ShimError::NotDelivered { pending, .. }) => assert_eq!(pending, 50),
-        other => panic!("expected NotDelivered, got {other:?}"),
+    // Nothing can make them safe: at its deadline the flush reports them all still pending.
+    let started = Instant::now();
+    match shim.flush(SHORT) {
+        Err(ShimError::FlushTimeout { pending }) => assert_eq!(pending, 50),
+        other => panic!("expected FlushTimeout, got {other:?}"),
     }
+    assert!(started.elapsed() >= SHORT, "it waited while reconnecting");
     let fake = FakeIngest::start_with(addr, FakeState::new()).expect("daemon up");
     assert_eq!(
         shim.flush(WAIT).expect("flush").outcome,

@@ -1,7 +1,25 @@
 //! The sender's pending flushes and closes: when each is answered, and with what report.
 //!
-//! A flush is answered `Acked` once the daemon's watermark covers it, `OnDisk` when it times
-//! out (or the link fails) with a durable queue holding the rest, and an error otherwise;
+//! A flush (or close) **waits out its timeout while the sender reconnects**: a daemon that is
+//! restarting, a refused connection or a stream cut in the middle do not answer it. While a
+//! flush waits, reconnect attempts are made promptly (at most [`FLUSH_RETRY`] apart, whatever
+//! the backoff has grown to), so a daemon that comes back within the timeout gets everything.
+//! It is answered:
+//!
+//! - `Acked` once the daemon's durable watermark covers every record it covers;
+//! - at its deadline, with records still unacked: `OnDisk` with a durable queue (synced first),
+//!   else [`ShimError::FlushTimeout`] with the pending count (records not even moved out of
+//!   the inbox in time also end in `FlushTimeout`);
+//! - **at once** when the link fails with an error that waiting cannot heal: `OnDisk` with a
+//!   durable queue, else [`ShimError::NotDelivered`] with the pending count and the reason.
+//!   Those errors are, exactly (see `sender::link::permanent`): a TLS handshake refused (a
+//!   certificate the shim does not trust or that does not name the host, or a peer that does
+//!   not speak TLS at all), and a stream refused with `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+//!   The sender still keeps retrying in the background (a fixed token or certificate is picked
+//!   up on the next attempt); each later flush makes one prompt attempt and answers at once
+//!   again if it fails the same way. An invalid endpoint never reaches the sender: it is a
+//!   configuration error at `Telemetry::new`.
+//!
 //! `finish` answers everything at close. Split from the sender's send/ack loop (`sender.rs`)
 //! because these rules are what a caller of `flush`/`close` observes.
 
@@ -12,13 +30,17 @@ use crate::{
     stats::Counters,
     ShimError,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest pause between reconnect attempts while a flush or close is waiting.
+pub(super) const FLUSH_RETRY: Duration = Duration::from_millis(100);
 
 pub(super) struct PendingFlush {
     pub(super) upto: u64,
     pub(super) deadline: Instant,
     pub(super) reply: Reply,
-    pub(super) link_failed: bool,
+    /// The link failed with an error waiting cannot heal since this flush was made.
+    pub(super) refused: bool,
     pub(super) close: bool,
 }
 
@@ -28,7 +50,7 @@ impl Sender {
             upto,
             deadline,
             reply,
-            link_failed: false,
+            refused: false,
             close,
         });
         if matches!(self.link, Link::Down) {
@@ -74,7 +96,7 @@ impl Sender {
                 .is_none_or(|p| p.record.producer().1 > f.upto);
             let result = if !self.pending_upto(f.upto) {
                 Some(Ok(self.report(f.upto, FlushOutcome::Acked)))
-            } else if drained && (f.link_failed || now >= f.deadline) {
+            } else if drained && (f.refused || now >= f.deadline) {
                 let durable = self.backlog.as_ref().is_some_and(Backlog::is_durable);
                 if durable {
                     let synced = self.backlog.as_mut().map_or(Ok(()), Backlog::sync);
@@ -82,7 +104,7 @@ impl Sender {
                         Ok(()) => Ok(self.report(f.upto, FlushOutcome::OnDisk)),
                         Err(e) => Err(ShimError::Queue(e)),
                     })
-                } else if f.link_failed {
+                } else if f.refused {
                     Some(Err(ShimError::NotDelivered {
                         pending: self.report(f.upto, FlushOutcome::Acked).pending_records,
                         reason: self.last_link_error.clone(),

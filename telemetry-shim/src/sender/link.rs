@@ -67,3 +67,28 @@ pub(super) fn describe(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Whether a failed connection attempt is one waiting cannot heal: the TLS handshake was
+/// refused (an untrusted or misnamed certificate, or a peer that does not speak TLS). Refused
+/// connections, resets, timeouts and DNS failures are not: a restarting daemon causes them.
+pub(super) fn permanent_transport(description: &str) -> bool {
+    let d = description.to_ascii_lowercase();
+    d.contains("certificate") || d.contains("corrupt message") || d.contains("handshake failure")
+}
+
+/// Whether a stream ended by the daemon is one waiting cannot heal: the credentials are
+/// refused, or a TLS failure surfaced on the stream instead of at connect.
+pub(super) fn permanent_status(status: &Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => true,
+        _ => {
+            let source = std::error::Error::source(status).map(describe);
+            permanent_transport(&format!(
+                "{} {}",
+                status.message(),
+                source.unwrap_or_default()
+            ))
+        }
+    }
+}

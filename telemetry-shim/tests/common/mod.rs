@@ -71,9 +71,8 @@ pub fn fast_tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
-/// Flushes until the daemon has acknowledged everything, within `WAIT`. A flush that sees the
-/// connection drop or an attempt fail reports `OnDisk` (safe, not yet acknowledged) and the
-/// next one continues: this is how a worker waits for a daemon that is coming back.
+/// Flushes until the daemon has acknowledged everything, within `WAIT`. One flush keeps
+/// reconnecting until its timeout, so one normally suffices; the loop only bounds the test.
 pub fn flush_until_acked(shim: &telemetry_shim::Telemetry) -> telemetry_shim::FlushReport {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
