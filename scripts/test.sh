@@ -9,6 +9,9 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
+# Every binary first: some tests run other packages' binaries (the proxy, the demo worker, the
+# viewer as another account), and cargo test builds only the binaries of packages with tests.
+cargo build --workspace --bins
 cargo test --workspace
 echo "== python (bindings-python: pytest against the real daemon)"
 bindings-python/scripts/venv.sh

@@ -20,8 +20,9 @@ use telemetry_shim::{FlushOutcome, ShimConfig, Telemetry};
 
 use crate::{dispatch::DispatchConfig, metrics::Metrics};
 
-/// Longest one queue's drain may take.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one queue's drain may take (a drain still running when the server stops holds the
+/// shutdown at most this long: its shim waits out the timeout while reconnecting).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The queue dir of a spawned run.
 pub fn queue_dir(var_dir: &Path, run_id: &str) -> std::path::PathBuf {
