@@ -139,6 +139,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, endpoint = start_daemon(Path(tmp) / "var")
+        # The client finds the daemon's operator token as a user's worker would.
+        os.environ["GYM_TELEMETRY_VAR_DIR"] = str(Path(tmp) / "var")
         try:
             tel = gym_telemetry.Telemetry(endpoint=endpoint, run_id="bench-py")
             actions = np.random.default_rng(0).integers(4, size=chunk)
@@ -186,6 +188,10 @@ def main() -> int:
           f"dropped {stats['dropped']}", file=sys.stderr)
     print(f"BENCH py_wrapper_overhead {wrapped_us - bare_us:.3f} us/step ratio={wrapped_us / bare_us:.3f}")
     print(f"BENCH py_step_vs_jsonl {ours_us:.3f} us/step ratio={jsonl_us / ours_us:.2f}")
+    if report["outcome"] != "acked" or stats["acked"] != stats["accepted"]:
+        print("bench_wrapper: the daemon did not acknowledge every record; the figures measured "
+              "a path that did not deliver", file=sys.stderr)
+        return 1
     return 0
 
 
