@@ -68,6 +68,18 @@ impl Principal {
             .unwrap_or(Principal::Operator)
     }
 
+    /// `PERMISSION_DENIED` unless this credential may act on `run_id` (`what`: the action, for
+    /// the message).
+    pub fn require_run(&self, run_id: &str, what: &str) -> Result<(), Status> {
+        if self.may_write(run_id) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "this credential may not {what} run {run_id:?}"
+            )))
+        }
+    }
+
     /// `PERMISSION_DENIED` unless this is the operator.
     pub fn require_operator(&self, what: &str) -> Result<(), Status> {
         match self {

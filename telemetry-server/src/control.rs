@@ -158,11 +158,7 @@ impl RunControl for ControlService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let principal = Principal::of(&request);
         let run_id = request.into_inner().run_id;
-        if !principal.may_write(&run_id) {
-            return Err(Status::permission_denied(format!(
-                "this credential may not heartbeat run {run_id:?}"
-            )));
-        }
+        principal.require_run(&run_id, "heartbeat")?;
         let known = self.registry.heartbeat(&run_id);
         Ok(Response::new(HeartbeatResponse { known }))
     }
