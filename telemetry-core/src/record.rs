@@ -1,12 +1,14 @@
-//! Uniform accessors over the five record types.
+//! Uniform accessors over the six record types.
 //!
 //! Store, hub and shim all need the same few facts of any record (its run, its producer stamp,
-//! its store `seq`) without matching on five variants each time. The generated
+//! its store `seq`) without matching on six variants each time. The generated
 //! [`Record`](crate::pb::Record) gets them here as inherent methods.
 
-use crate::pb::{record::Kind, Artifact, Record, RunCompleted, RunEpisode, RunStarted, RunStep};
+use crate::pb::{
+    record::Kind, Artifact, Record, RunCompleted, RunEpisode, RunStarted, RunStep, Scalar,
+};
 
-/// Which of the five record types a record is.
+/// Which of the six record types a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     /// [`RunStep`].
@@ -19,6 +21,8 @@ pub enum RecordKind {
     RunCompleted,
     /// [`Artifact`].
     Artifact,
+    /// [`Scalar`].
+    Scalar,
 }
 
 impl RecordKind {
@@ -30,10 +34,11 @@ impl RecordKind {
             RecordKind::RunStarted => "run_started",
             RecordKind::RunCompleted => "run_completed",
             RecordKind::Artifact => "artifact",
+            RecordKind::Scalar => "scalar",
         }
     }
 
-    /// Steps and episodes are telemetry; the rest are lifecycle events.
+    /// Steps, episodes and scalars are telemetry; the rest are lifecycle events.
     pub const fn is_lifecycle(self) -> bool {
         matches!(
             self,
@@ -50,6 +55,7 @@ macro_rules! each_kind {
             Kind::RunStarted($r) => $e,
             Kind::RunCompleted($r) => $e,
             Kind::Artifact($r) => $e,
+            Kind::Scalar($r) => $e,
         }
     };
 }
@@ -63,6 +69,7 @@ impl Record {
             Kind::RunStarted(_) => RecordKind::RunStarted,
             Kind::RunCompleted(_) => RecordKind::RunCompleted,
             Kind::Artifact(_) => RecordKind::Artifact,
+            Kind::Scalar(_) => RecordKind::Scalar,
         })
     }
 
@@ -117,7 +124,7 @@ macro_rules! into_record {
         }
     )*};
 }
-into_record!(RunStarted, RunCompleted, Artifact);
+into_record!(RunStarted, RunCompleted, Artifact, Scalar);
 
 impl From<RunStep> for Record {
     fn from(r: RunStep) -> Self {
@@ -167,9 +174,15 @@ mod tests {
                 ..Default::default()
             }
             .into(),
+            Scalar {
+                run_id: "f".into(),
+                ..Default::default()
+            }
+            .into(),
         ];
         let ids: Vec<&str> = records.iter().map(Record::run_id).collect();
-        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(records[5].record_kind(), Some(RecordKind::Scalar));
         for (i, mut r) in records.into_iter().enumerate() {
             r.set_producer("p", i as u64 + 10);
             r.set_seq_id(i as u64 + 100);

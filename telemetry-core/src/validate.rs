@@ -14,6 +14,9 @@
 //! - Frames travel by reference: `frame_ref` is a short reference (at most
 //!   [`Limits::max_frame_ref_len`] bytes, not a `data:` URI) and `render_hint_json` is at most
 //!   [`Limits::max_render_hint_bytes`].
+//! - A scalar's `tag` is non-empty, at most [`MAX_TAG_LEN`] bytes, without control characters;
+//!   its `step` is not negative. Its `value` may be anything, NaN and infinities included: a
+//!   diverging loss is data, unlike a reward that feeds sums.
 //! - `control_mode` is empty or a known mode (legacy spellings included); [`normalize`] rewrites it
 //!   to the canonical spelling.
 
@@ -23,6 +26,9 @@ use crate::{
     ControlMode, ControlModeError,
 };
 use prost::Message;
+
+/// The longest scalar tag, in bytes.
+pub const MAX_TAG_LEN: usize = 256;
 
 /// Size limits applied to records. The defaults suit RL telemetry; all are configurable. (The
 /// id length is not: it is [`ids::MAX_ID_LEN`] everywhere.)
@@ -90,6 +96,22 @@ pub enum ValidationError {
     /// `control_mode` is not a known mode.
     #[error(transparent)]
     ControlMode(#[from] ControlModeError),
+    /// A scalar's tag is empty, too long or has control characters.
+    #[error("scalar tag {tag:?} is invalid: {reason}")]
+    InvalidTag {
+        /// The tag (cut to [`MAX_TAG_LEN`] bytes).
+        tag: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An index that must not be negative is.
+    #[error("{field} is negative ({value})")]
+    NegativeIndex {
+        /// Which field.
+        field: &'static str,
+        /// The value.
+        value: i64,
+    },
 }
 
 impl ValidationError {
@@ -106,6 +128,8 @@ impl ValidationError {
             ValidationError::NonFiniteReward { .. } => "non_finite_reward",
             ValidationError::InlineFrame { .. } => "inline_frame",
             ValidationError::ControlMode(_) => "control_mode",
+            ValidationError::InvalidTag { .. } => "invalid_tag",
+            ValidationError::NegativeIndex { .. } => "negative_index",
         }
     }
 }
@@ -128,6 +152,31 @@ fn check_reward(field: &'static str, value: f64) -> Result<(), ValidationError> 
     } else {
         Err(ValidationError::NonFiniteReward { field, value })
     }
+}
+
+/// The tag rule of a [`Scalar`](crate::pb::Scalar) (see the module rules); the shim and every
+/// importer call it before sending.
+pub fn check_tag(tag: &str) -> Result<(), ValidationError> {
+    let bad = |reason| {
+        let mut cut = tag.len().min(MAX_TAG_LEN);
+        while !tag.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Err(ValidationError::InvalidTag {
+            tag: tag[..cut].to_owned(),
+            reason,
+        })
+    };
+    if tag.is_empty() {
+        return bad("empty");
+    }
+    if tag.len() > MAX_TAG_LEN {
+        return bad("longer than 256 bytes");
+    }
+    if tag.chars().any(char::is_control) {
+        return bad("control character");
+    }
+    Ok(())
 }
 
 fn check_frame_ref(value: &str, limits: &Limits) -> Result<(), ValidationError> {
@@ -182,6 +231,16 @@ pub fn validate(record: &Record, limits: &Limits) -> Result<(), ValidationError>
         }
         Kind::RunCompleted(r) => check_json("info_json", &r.info_json)?,
         Kind::Artifact(a) => check_json("info_json", &a.info_json)?,
+        Kind::Scalar(s) => {
+            ids::check_id_chars("agent_id", &s.agent_id)?;
+            check_tag(&s.tag)?;
+            if s.step < 0 {
+                return Err(ValidationError::NegativeIndex {
+                    field: "step",
+                    value: s.step,
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -208,7 +267,27 @@ pub fn normalize(record: &mut Record, limits: &Limits) -> Result<(), ValidationE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{RunEpisode, RunStep};
+    use crate::pb::{RunEpisode, RunStep, Scalar};
+
+    #[test]
+    fn scalars_keep_nan_and_infinities() {
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 1e300] {
+            let r: Record = Scalar {
+                run_id: "r".into(),
+                tag: "losses/value_loss".into(),
+                value,
+                step: 3,
+                ..Default::default()
+            }
+            .into();
+            validate(&r, &Limits::default()).expect("any value is valid");
+        }
+        let long = "é".repeat(MAX_TAG_LEN);
+        match check_tag(&long) {
+            Err(ValidationError::InvalidTag { tag, .. }) => assert!(tag.len() <= MAX_TAG_LEN),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     fn step() -> RunStep {
         RunStep {
@@ -342,6 +421,43 @@ mod tests {
                 }
                 .into(),
                 "invalid_json",
+            ),
+            (
+                Scalar {
+                    run_id: "r".into(),
+                    tag: String::new(),
+                    ..Default::default()
+                }
+                .into(),
+                "invalid_tag",
+            ),
+            (
+                Scalar {
+                    run_id: "r".into(),
+                    tag: "t".repeat(MAX_TAG_LEN + 1),
+                    ..Default::default()
+                }
+                .into(),
+                "invalid_tag",
+            ),
+            (
+                Scalar {
+                    run_id: "r".into(),
+                    tag: "losses/\u{7}".into(),
+                    ..Default::default()
+                }
+                .into(),
+                "invalid_tag",
+            ),
+            (
+                Scalar {
+                    run_id: "r".into(),
+                    tag: "loss".into(),
+                    step: -1,
+                    ..Default::default()
+                }
+                .into(),
+                "negative_index",
             ),
         ];
         for (record, label) in cases {

@@ -140,6 +140,36 @@ impl Fields {
         }
     }
 
+    pub(super) fn i64(&mut self, keys: &[&'static str]) -> Result<Option<i64>, JsonlError> {
+        match self.take(keys) {
+            None => Ok(None),
+            Some((k, v)) => as_i64(&v)
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(k, "a 64-bit integer", &v)),
+        }
+    }
+
+    /// A number, or one of the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (JSON has no
+    /// literal for them; this is how [`to_line`](super::to_line) writes them).
+    pub(super) fn f64_or_non_finite(
+        &mut self,
+        keys: &[&'static str],
+    ) -> Result<Option<f64>, JsonlError> {
+        match self.take(keys) {
+            None => Ok(None),
+            Some((k, v)) => v
+                .as_f64()
+                .or_else(|| match v.as_str()? {
+                    "NaN" | "nan" => Some(f64::NAN),
+                    "Infinity" | "inf" => Some(f64::INFINITY),
+                    "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+                    _ => None,
+                })
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(k, "a number, \"NaN\" or \"Infinity\"", &v)),
+        }
+    }
+
     pub(super) fn bool(&mut self, keys: &[&'static str]) -> Result<Option<bool>, JsonlError> {
         match self.take(keys) {
             None => Ok(None),

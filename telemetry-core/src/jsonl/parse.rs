@@ -11,7 +11,9 @@ use super::{
     meta, JsonlError,
 };
 use crate::{
-    pb::{Artifact, CompletionStatus, Record, RunCompleted, RunEpisode, RunStarted, RunStep},
+    pb::{
+        Artifact, CompletionStatus, Record, RunCompleted, RunEpisode, RunStarted, RunStep, Scalar,
+    },
     ControlMode,
 };
 use serde_json::Value;
@@ -69,6 +71,7 @@ pub(super) fn parse(line: &[u8], line_no: u64) -> Result<Parsed, JsonlError> {
         "run_started" => run_started(f, legacy)?.into(),
         "run_completed" => run_completed(f)?.into(),
         "artifact" => artifact(f)?.into(),
+        "scalar" => scalar(f)?.into(),
         _ => {
             return Err(JsonlError::UnknownType {
                 line: line_no,
@@ -307,4 +310,25 @@ fn artifact(mut f: Fields) -> Result<Artifact, JsonlError> {
     info.merge_extras(f.into_extras(), "info_json", line)?;
     a.info_json = info.into_string();
     Ok(a)
+}
+
+fn scalar(mut f: Fields) -> Result<Scalar, JsonlError> {
+    let line = f.line();
+    let s = Scalar {
+        run_id: f.req_string("run_id", &["run_id"])?,
+        agent_id: f.string(&["agent_id"])?.unwrap_or_default(),
+        tag: f.req_string("tag", &["tag"])?,
+        value: f
+            .f64_or_non_finite(&["value"])?
+            .ok_or_else(|| f.missing("value"))?,
+        step: f.i64(&["step", "global_step"])?.unwrap_or_default(),
+        timestamp: f.timestamp()?,
+        producer_id: f.string(&["producer_id"])?.unwrap_or_default(),
+        producer_seq: f.u64(&["producer_seq"])?.unwrap_or_default(),
+        seq_id: f.u64(&["seq_id"])?.unwrap_or_default(),
+    };
+    if let Some((key, _)) = f.into_extras().into_iter().next() {
+        return Err(invalid(line, &key, "unknown field of a scalar"));
+    }
+    Ok(s)
 }

@@ -179,6 +179,34 @@ pub fn to_line(record: &Record) -> String {
             .u64("seq_id", a.seq_id)
             .str("info_json", &a.info_json)
             .finish(),
+        Kind::Scalar(v) => {
+            let mut o = Obj::new("scalar");
+            o.put("run_id", v.run_id.as_str())
+                .str("agent_id", &v.agent_id)
+                .put("tag", v.tag.as_str());
+            if v.value.is_finite() {
+                o.put("value", v.value);
+            } else {
+                o.put("value", non_finite_text(v.value));
+            }
+            o.put("step", v.step)
+                .ts(v.timestamp.as_ref())
+                .str("producer_id", &v.producer_id)
+                .u64("producer_seq", v.producer_seq)
+                .u64("seq_id", v.seq_id)
+                .finish()
+        }
+    }
+}
+
+/// How a NaN or an infinity is spelled in a line (JSON has no literal for them).
+fn non_finite_text(v: f64) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
     }
 }
 
