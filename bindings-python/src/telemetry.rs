@@ -599,7 +599,7 @@ impl Telemetry {
             // run id is replaced.
             lock(&self.jsonl_context).apply(&mut record);
             if let Some(id) = run_id {
-                records::set_run_id(&mut record, id);
+                record.set_run_id(id);
             }
             let shim = self.live()?;
             self.submit(py, shim, record)

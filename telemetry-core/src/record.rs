@@ -81,6 +81,17 @@ impl Record {
         }
     }
 
+    /// Sets the run this record belongs to (a no-op on an empty record).
+    pub fn set_run_id(&mut self, run_id: &str) {
+        if let Some(k) = &mut self.kind {
+            each_kind!(k, r => {
+                if r.run_id != run_id {
+                    run_id.clone_into(&mut r.run_id);
+                }
+            })
+        }
+    }
+
     /// The producer stamp `(producer_id, producer_seq)`.
     pub fn producer(&self) -> (&str, u64) {
         match &self.kind {

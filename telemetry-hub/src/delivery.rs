@@ -24,6 +24,8 @@ pub enum Delivery {
         dropped_episodes: u64,
         /// Lifecycle events dropped (lifecycle subscriptions only).
         dropped_lifecycle: u64,
+        /// Scalars dropped (scalar subscriptions only).
+        dropped_scalars: u64,
     },
     /// Records of this run/stream between `after_seq` and `next_seq` (exclusive) were not
     /// delivered and not counted as dropped; read them from the store.

@@ -38,7 +38,7 @@ pub(crate) struct Counters {
     pub ring_evicted: AtomicU64,
     pub runs_evicted: AtomicU64,
     pub runs_over_limit: AtomicU64,
-    pub dropped: [AtomicU64; 3],
+    pub dropped: [AtomicU64; StreamKind::COUNT],
     pub delivered_by_ended: AtomicU64,
     pub catchup_reads: AtomicU64,
     pub catchup_errors: AtomicU64,

@@ -38,6 +38,8 @@ pub struct HubMetrics {
     pub dropped_episodes_total: u64,
     /// Lifecycle events dropped from full subscriber queues (counter).
     pub dropped_lifecycle_total: u64,
+    /// Scalars dropped.
+    pub dropped_scalars_total: u64,
     /// Records in all rings (gauge).
     pub ring_records: usize,
     /// Bytes in all rings (gauge).
@@ -92,14 +94,14 @@ pub struct RunMetrics {
     pub run_id: String,
     /// Subscriptions following it.
     pub subscribers: usize,
-    /// Records published, per stream (steps, episodes, lifecycle).
-    pub published: [u64; 3],
+    /// Records published, per stream (steps, episodes, lifecycle, scalars).
+    pub published: [u64; crate::StreamKind::COUNT],
     /// All records published.
     pub published_total: u64,
     /// Records published per second since the previous snapshot.
     pub published_per_sec: f64,
     /// Last published seq per stream (0: none).
-    pub last_seq: [u64; 3],
+    pub last_seq: [u64; crate::StreamKind::COUNT],
     /// Records in the run's ring.
     pub ring_records: usize,
     /// Bytes in the run's ring.
@@ -112,6 +114,8 @@ pub struct RunMetrics {
     pub dropped_episodes_total: u64,
     /// Lifecycle events dropped from its subscribers' queues.
     pub dropped_lifecycle_total: u64,
+    /// Scalars dropped.
+    pub dropped_scalars_total: u64,
     /// Duplicate/out-of-order publishes ignored.
     pub rejected_out_of_order_total: u64,
     /// The run's `RunCompleted` was published.
@@ -155,6 +159,8 @@ pub struct SubscriberMetrics {
     pub dropped_episodes_total: u64,
     /// Lifecycle events dropped from its queue.
     pub dropped_lifecycle_total: u64,
+    /// Scalars dropped.
+    pub dropped_scalars_total: u64,
     /// Records it received from the ring or store during catch-up.
     pub catch_up_records_total: u64,
     /// Live records its buffer dropped during catch-up and re-read from the store instead.
@@ -183,6 +189,7 @@ pub(crate) fn collect(hub: &HubInner) -> HubMetrics {
         dropped_steps_total: c.dropped[0].load(Ordering::Relaxed),
         dropped_episodes_total: c.dropped[1].load(Ordering::Relaxed),
         dropped_lifecycle_total: c.dropped[2].load(Ordering::Relaxed),
+        dropped_scalars_total: c.dropped[3].load(Ordering::Relaxed),
         ring_evicted_total: c.ring_evicted.load(Ordering::Relaxed),
         runs_evicted_total: c.runs_evicted.load(Ordering::Relaxed),
         runs_over_limit_total: c.runs_over_limit.load(Ordering::Relaxed),
@@ -225,6 +232,7 @@ pub(crate) fn collect(hub: &HubInner) -> HubMetrics {
                 dropped_steps_total: run.dropped[0],
                 dropped_episodes_total: run.dropped[1],
                 dropped_lifecycle_total: run.dropped[2],
+                dropped_scalars_total: run.dropped[3],
                 rejected_out_of_order_total: run.rejected_out_of_order,
                 completed: run.completed.is_some(),
                 idle: now.saturating_duration_since(run.last_activity),
@@ -258,6 +266,7 @@ pub(crate) fn collect(hub: &HubInner) -> HubMetrics {
             dropped_steps_total: q.dropped[0],
             dropped_episodes_total: q.dropped[1],
             dropped_lifecycle_total: q.dropped[2],
+            dropped_scalars_total: q.dropped[3],
             catch_up_records_total: s.catchup_records.load(Ordering::Relaxed),
             catch_up_overflow_total: q.catchup_overflow_total,
             gaps_total: s.gaps.load(Ordering::Relaxed),

@@ -10,7 +10,7 @@ use telemetry_core::pb::{record::Kind, Record};
 
 use crate::filter::RecordFilter;
 
-/// The three seq streams of the store. Each has its own strictly increasing `seq_id`.
+/// The four seq streams of the store. Each has its own strictly increasing `seq_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum StreamKind {
     /// `RunStep` records.
@@ -20,15 +20,21 @@ pub enum StreamKind {
     Episodes,
     /// `RunStarted`, `RunCompleted` and `Artifact` records.
     Lifecycle,
+    /// `Scalar` records (training curves).
+    Scalars,
 }
 
 impl StreamKind {
     /// Every stream, in a stable order.
-    pub const ALL: [StreamKind; 3] = [
+    pub const ALL: [StreamKind; StreamKind::COUNT] = [
         StreamKind::Steps,
         StreamKind::Episodes,
         StreamKind::Lifecycle,
+        StreamKind::Scalars,
     ];
+
+    /// How many streams there are.
+    pub const COUNT: usize = 4;
 
     /// The stream a record belongs to (`None` for a record without payload).
     pub fn of(record: &Record) -> Option<StreamKind> {
@@ -38,6 +44,7 @@ impl StreamKind {
             Kind::RunStarted(_) | Kind::RunCompleted(_) | Kind::Artifact(_) => {
                 StreamKind::Lifecycle
             }
+            Kind::Scalar(_) => StreamKind::Scalars,
         })
     }
 
@@ -47,6 +54,7 @@ impl StreamKind {
             StreamKind::Steps => "steps",
             StreamKind::Episodes => "episodes",
             StreamKind::Lifecycle => "lifecycle",
+            StreamKind::Scalars => "scalars",
         }
     }
 
@@ -55,6 +63,7 @@ impl StreamKind {
             StreamKind::Steps => 0,
             StreamKind::Episodes => 1,
             StreamKind::Lifecycle => 2,
+            StreamKind::Scalars => 3,
         }
     }
 }

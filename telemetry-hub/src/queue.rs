@@ -57,6 +57,7 @@ pub(crate) enum Staged {
         steps: u64,
         episodes: u64,
         lifecycle: u64,
+        scalars: u64,
         through: u64,
     },
     /// Boxed: notices are rare and records must stay small to move cheaply.
@@ -97,6 +98,11 @@ impl Matcher {
         let (agent, mode) = match &record.kind {
             Some(Kind::Step(s)) => (s.agent_id.as_str(), s.control_mode.as_str()),
             Some(Kind::Episode(e)) => (e.agent_id.as_str(), e.control_mode.as_str()),
+            // Scalars have an agent but no control mode: the mode filter does not apply.
+            Some(Kind::Scalar(s)) => {
+                return self.agent.as_deref().is_none_or(|a| a == s.agent_id)
+                    && self.filter.as_ref().is_none_or(|f| f.keep(record));
+            }
             _ => return self.filter.as_ref().is_none_or(|f| f.keep(record)),
         };
         self.agent.as_deref().is_none_or(|a| a == agent)
@@ -116,7 +122,7 @@ pub(crate) enum Mode {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct PendingLag {
-    counts: [u64; 3],
+    counts: [u64; StreamKind::COUNT],
     through: u64,
 }
 
@@ -139,7 +145,7 @@ pub(crate) struct QueueState {
     close_waker: Option<Waker>,
     pub offered_total: u64,
     pub filtered_total: u64,
-    pub dropped: [u64; 3],
+    pub dropped: [u64; StreamKind::COUNT],
     pub catchup_overflow_total: u64,
 }
 
@@ -220,7 +226,7 @@ impl SubShared {
                 close_waker: None,
                 offered_total: 0,
                 filtered_total: 0,
-                dropped: [0; 3],
+                dropped: [0; StreamKind::COUNT],
                 catchup_overflow_total: 0,
             }),
             closed: AtomicBool::new(false),
@@ -244,8 +250,8 @@ impl SubShared {
         &self,
         records: impl Iterator<Item = &'a Accepted>,
         at: Instant,
-    ) -> [u64; 3] {
-        let mut dropped = [0u64; 3];
+    ) -> [u64; StreamKind::COUNT] {
+        let mut dropped = [0u64; StreamKind::COUNT];
         let mut q = self.state();
         if q.closed.is_some() || q.terminal.is_some() {
             return dropped;
@@ -371,6 +377,7 @@ impl SubShared {
             steps: lag.counts[0],
             episodes: lag.counts[1],
             lifecycle: lag.counts[2],
+            scalars: lag.counts[3],
             through: lag.through,
         });
         let n = q.items.len().min(max);
@@ -480,7 +487,7 @@ mod tests {
         }))
     }
 
-    fn offer(s: &SubShared, seq: u64) -> [u64; 3] {
+    fn offer(s: &SubShared, seq: u64) -> [u64; StreamKind::COUNT] {
         let a = Accepted {
             record: rec(seq),
             seq,
@@ -544,7 +551,7 @@ mod tests {
         for seq in 1..=4 {
             offer(&s, seq);
         }
-        assert_eq!(s.state().dropped, [0; 3]);
+        assert_eq!(s.state().dropped, [0; StreamKind::COUNT]);
         assert_eq!(s.state().catchup_overflow_total, 2);
         assert!(!s.try_switch(1, 1, false));
         assert!(s.try_switch(3, 3, false));

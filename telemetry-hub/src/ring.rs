@@ -32,7 +32,7 @@ pub(crate) struct RingEntry {
 /// The three per-stream rings of one run, sharing one budget.
 #[derive(Debug, Default)]
 pub(crate) struct Rings {
-    streams: [VecDeque<RingEntry>; 3],
+    streams: [VecDeque<RingEntry>; StreamKind::COUNT],
     records: usize,
     bytes: usize,
     pub evicted_total: u64,

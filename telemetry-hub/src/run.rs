@@ -29,12 +29,12 @@ pub(crate) struct Checked {
 pub(crate) struct RunState {
     pub run_id: Arc<str>,
     /// Last published seq per stream (0: none since the hub started tracking the run).
-    pub last: [u64; 3],
+    pub last: [u64; StreamKind::COUNT],
     pub rings: Rings,
-    pub subs: [Vec<Arc<SubShared>>; 3],
+    pub subs: [Vec<Arc<SubShared>>; StreamKind::COUNT],
     pub completed: Option<Arc<RunCompleted>>,
-    pub published: [u64; 3],
-    pub dropped: [u64; 3],
+    pub published: [u64; StreamKind::COUNT],
+    pub dropped: [u64; StreamKind::COUNT],
     pub rejected_out_of_order: u64,
     pub last_activity: Instant,
     /// (time, published total) at the previous metrics snapshot.
@@ -45,12 +45,12 @@ impl RunState {
     pub fn new(run_id: Arc<str>, now: Instant) -> Self {
         RunState {
             run_id,
-            last: [0; 3],
+            last: [0; StreamKind::COUNT],
             rings: Rings::default(),
             subs: Default::default(),
             completed: None,
-            published: [0; 3],
-            dropped: [0; 3],
+            published: [0; StreamKind::COUNT],
+            dropped: [0; StreamKind::COUNT],
             rejected_out_of_order: 0,
             last_activity: now,
             rate_mark: (now, 0),
@@ -107,8 +107,8 @@ impl RunState {
 
     /// Offers accepted records, in order, to the run's subscribers of their streams (one lock
     /// and at most one wake-up per subscriber). Returns the drops by stream.
-    pub fn fan_out(&mut self, pending: &[Accepted], now: Instant) -> [u64; 3] {
-        let mut dropped = [0u64; 3];
+    pub fn fan_out(&mut self, pending: &[Accepted], now: Instant) -> [u64; StreamKind::COUNT] {
+        let mut dropped = [0u64; StreamKind::COUNT];
         for stream in StreamKind::ALL {
             let i = stream.index();
             if self.subs[i].is_empty() || !pending.iter().any(|a| a.stream == stream) {

@@ -252,6 +252,7 @@ impl Subscription {
                     steps,
                     episodes,
                     lifecycle,
+                    scalars,
                     through,
                 } => {
                     self.la = self.la.max(through);
@@ -259,6 +260,7 @@ impl Subscription {
                         dropped_steps: steps,
                         dropped_episodes: episodes,
                         dropped_lifecycle: lifecycle,
+                        dropped_scalars: scalars,
                     });
                 }
                 Staged::Notice(d) => {

@@ -40,7 +40,8 @@ async fn a_slow_subscriber_loses_the_oldest_and_learns_exactly_how_many() {
         Delivery::Lagged {
             dropped_steps: 6,
             dropped_episodes: 0,
-            dropped_lifecycle: 0
+            dropped_lifecycle: 0,
+            dropped_scalars: 0
         }
     ));
     assert_eq!(seqs(&got), &published[6..]);

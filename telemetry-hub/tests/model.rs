@@ -154,8 +154,10 @@ impl Tracked {
                     dropped_steps,
                     dropped_episodes,
                     dropped_lifecycle,
+                    dropped_scalars,
                 } => {
                     prop_assert_eq!(*dropped_lifecycle, 0);
+                    prop_assert_eq!(*dropped_scalars, 0);
                     match self.stream {
                         StreamKind::Steps => prop_assert_eq!(*dropped_episodes, 0),
                         _ => prop_assert_eq!(*dropped_steps, 0),

@@ -10,7 +10,7 @@
 use std::{io::Write, time::Duration};
 use telemetry_core::{
     jsonl::{JsonlError, RunContext},
-    pb::{record::Kind, CompletionStatus, Record, RunCompleted, RunStarted},
+    pb::{CompletionStatus, Record, RunCompleted, RunStarted},
     RecordKind,
 };
 use telemetry_shim::{ratelimit::RateLimited, Telemetry};
@@ -54,21 +54,6 @@ pub(crate) struct Session<'a> {
     last_run_id: Option<String>,
     pub counts: LineCounts,
     reject_log: RateLimited,
-}
-
-fn set_run_id(record: &mut Record, id: &str) {
-    if let Some(k) = &mut record.kind {
-        let field = match k {
-            Kind::Step(r) => &mut r.run_id,
-            Kind::Episode(r) => &mut r.run_id,
-            Kind::RunStarted(r) => &mut r.run_id,
-            Kind::RunCompleted(r) => &mut r.run_id,
-            Kind::Artifact(r) => &mut r.run_id,
-        };
-        if field != id {
-            id.clone_into(field);
-        }
-    }
 }
 
 impl<'a> Session<'a> {
@@ -151,7 +136,7 @@ impl<'a> Session<'a> {
     /// A record parsed from a line.
     pub fn on_record(&mut self, mut record: Record, line_no: u64) {
         if let Some(id) = &self.run_id {
-            set_run_id(&mut record, id);
+            record.set_run_id(id);
         }
         if !record.run_id().is_empty() {
             self.last_run_id = Some(record.run_id().to_owned());

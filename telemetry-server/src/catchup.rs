@@ -49,6 +49,9 @@ impl StoreCatchUp {
                 .episodes_page(since_seq, &filter, limit)
                 .map(|v| v.into_iter().map(Record::from).collect()),
             StreamKind::Lifecycle => r.events_page(since_seq, query.run_id.as_deref(), limit),
+            StreamKind::Scalars => r
+                .scalars_page(since_seq, &filter, limit)
+                .map(|v| v.into_iter().map(Record::from).collect()),
         };
         page.map_err(CatchUpError::read)
     }

@@ -19,8 +19,9 @@ use futures::Stream;
 use telemetry_core::{
     pb::{
         query_server::Query, record::Kind, stream_notice, CaughtUp, EpisodeStreamMessage, Gap,
-        Lagged, ListRunsRequest, ListRunsResponse, Record, RunState, RunSummary, StepStreamMessage,
-        StreamNotice, StreamRequest,
+        Lagged, ListRunsRequest, ListRunsResponse, ListTagsRequest, ListTagsResponse,
+        ReadScalarsRequest, ReadScalarsResponse, Record, RunState, RunSummary, ScalarStreamMessage,
+        ScalarStreamRequest, StepStreamMessage, StreamNotice, StreamRequest,
     },
     timestamp, ControlMode,
 };
@@ -28,13 +29,15 @@ use telemetry_hub::{
     AllOf, CloseReason, Delivery, EveryKthStep, Hub, ModeFilter, RecordFilter, StreamKind,
     StripRender, SubscribeOptions, Subscription,
 };
-use telemetry_store::{BackendReader, Filter};
+use telemetry_store::{BackendReader, Filter, ScalarQuery};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{metrics::Metrics, runs::Registry};
 
+/// Most series one `ListTags` answer lists.
+pub const MAX_LIST_TAGS: usize = 10_000;
 /// Records per message when the client does not say.
 pub const DEFAULT_MAX_BATCH: usize = 256;
 /// Messages buffered per stream between the stream task and gRPC.
@@ -201,6 +204,93 @@ impl StreamMessage for EpisodeStreamMessage {
     }
 }
 
+impl StreamMessage for ScalarStreamMessage {
+    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
+        let scalars = records.iter().filter_map(|r| match &r.kind {
+            Some(Kind::Scalar(s)) => Some(s.clone()),
+            _ => None,
+        });
+        pack(scalars, max_bytes)
+            .into_iter()
+            .map(|scalars| ScalarStreamMessage {
+                scalars,
+                notice: None,
+            })
+            .collect()
+    }
+    fn notice(kind: stream_notice::Kind) -> Self {
+        ScalarStreamMessage {
+            scalars: Vec::new(),
+            notice: Some(StreamNotice { kind: Some(kind) }),
+        }
+    }
+}
+
+/// The tag selection of a scalar stream, applied by the hub to stored and live scalars alike.
+struct TagFilter {
+    tags: Vec<String>,
+    prefix: Option<String>,
+}
+
+impl RecordFilter for TagFilter {
+    fn keep(&self, record: &Record) -> bool {
+        match &record.kind {
+            Some(Kind::Scalar(s)) => {
+                self.tags.iter().any(|t| *t == s.tag)
+                    || self.prefix.as_deref().is_some_and(|p| s.tag.starts_with(p))
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Most exact tags one scalar request may name.
+pub const MAX_REQUEST_TAGS: usize = 256;
+
+fn check_tags(tags: &[String], prefix: &str) -> Result<(), Status> {
+    if tags.len() > MAX_REQUEST_TAGS {
+        return Err(Status::invalid_argument(format!(
+            "{} tags named; at most {MAX_REQUEST_TAGS}",
+            tags.len()
+        )));
+    }
+    for t in tags
+        .iter()
+        .map(String::as_str)
+        .chain((!prefix.is_empty()).then_some(prefix))
+    {
+        telemetry_core::validate::check_tag(t)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The hub subscription options for a scalar stream (one run).
+pub fn scalar_subscribe_options(req: &ScalarStreamRequest) -> Result<SubscribeOptions, Status> {
+    if req.run_id.is_empty() {
+        return Err(Status::invalid_argument("a scalar stream needs a run_id"));
+    }
+    check_tags(&req.tags, &req.tag_prefix)?;
+    let mut opts = SubscribeOptions::run(req.run_id.clone(), StreamKind::Scalars)
+        .since(req.since_seq)
+        .follow(req.follow);
+    if !req.agent_id.is_empty() {
+        opts = opts.agent(req.agent_id.clone());
+    }
+    let max_batch = match req.max_batch {
+        0 => DEFAULT_MAX_BATCH,
+        n => n as usize,
+    };
+    opts = opts.rate(Duration::ZERO, max_batch);
+    if !req.tags.is_empty() || !req.tag_prefix.is_empty() {
+        opts = opts.filter(Arc::new(TagFilter {
+            tags: req.tags.clone(),
+            prefix: (!req.tag_prefix.is_empty()).then(|| req.tag_prefix.clone()),
+        }));
+    }
+    Ok(opts)
+}
+
 fn mode_filter(req: &StreamRequest) -> Result<ModeFilter, Status> {
     if req.human_or_unknown {
         return Ok(ModeFilter::HumanOrUnknown);
@@ -275,11 +365,13 @@ pub async fn forward<M: StreamMessage>(
                 dropped_steps,
                 dropped_episodes,
                 dropped_lifecycle,
+                dropped_scalars,
             } => (
                 Ok(M::notice(stream_notice::Kind::Lagged(Lagged {
-                    dropped: dropped_steps + dropped_episodes + dropped_lifecycle,
+                    dropped: dropped_steps + dropped_episodes + dropped_lifecycle + dropped_scalars,
                     dropped_steps,
                     dropped_episodes,
+                    dropped_scalars,
                 }))),
                 false,
             ),
@@ -398,6 +490,65 @@ impl QueryService {
         Ok(rx)
     }
 
+    /// Opens a scalar stream of one run for the client connection `peer` (the same
+    /// per-connection limit as [`QueryService::open`]).
+    pub fn open_scalars(
+        &self,
+        req: &ScalarStreamRequest,
+        peer: Option<SocketAddr>,
+    ) -> Result<mpsc::Receiver<Result<ScalarStreamMessage, Status>>, Status> {
+        let opts = scalar_subscribe_options(req)?;
+        let cap = self.limits.max_subscriptions_per_connection;
+        let slot = self.slots.acquire(peer, cap).map_err(|held| {
+            self.metrics.refuse_subscription("per_connection");
+            Status::resource_exhausted(format!(
+                "this connection holds {held} streams already (at most {cap} per connection)"
+            ))
+        })?;
+        let max_bytes = self.limits.max_message_bytes;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let sub = self
+            .hub
+            .try_subscribe(opts)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        tokio::spawn(async move {
+            let _slot = slot;
+            forward(sub, tx, max_bytes).await;
+        });
+        Ok(rx)
+    }
+
+    fn read_scalars_blocking(
+        &self,
+        req: &ReadScalarsRequest,
+    ) -> Result<ReadScalarsResponse, Status> {
+        if req.run_id.is_empty() {
+            return Err(Status::invalid_argument("ReadScalars needs a run_id"));
+        }
+        check_tags(&req.tags, &req.tag_prefix)?;
+        if let (Some(lo), Some(hi)) = (req.min_step, req.max_step) {
+            if lo > hi {
+                return Err(Status::invalid_argument(format!(
+                    "min_step {lo} is above max_step {hi}"
+                )));
+            }
+        }
+        let q = ScalarQuery {
+            run_id: req.run_id.clone(),
+            tags: req.tags.clone(),
+            tag_prefix: (!req.tag_prefix.is_empty()).then(|| req.tag_prefix.clone()),
+            agent_id: (!req.agent_id.is_empty()).then(|| req.agent_id.clone()),
+            min_step: req.min_step,
+            max_step: req.max_step,
+            max_points: req.max_points as usize,
+        };
+        let series = self
+            .reader
+            .read_scalars(&q)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(ReadScalarsResponse { series })
+    }
+
     fn list_runs_blocking(&self, req: &ListRunsRequest) -> Result<ListRunsResponse, Status> {
         let wanted = if req.control_mode.is_empty() {
             None
@@ -490,6 +641,9 @@ fn read_all<M: StreamMessage>(
                 .episodes_page(cursor, &filter, limit)
                 .map(|v| v.into_iter().map(Record::from).collect()),
             StreamKind::Lifecycle => reader.events_page(cursor, None, limit),
+            StreamKind::Scalars => reader
+                .scalars_page(cursor, &filter, limit)
+                .map(|v| v.into_iter().map(Record::from).collect()),
         };
         let records = match read {
             Ok(p) => p,
@@ -532,6 +686,44 @@ type Out<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 impl Query for QueryService {
     type StreamRunStepsStream = Out<StepStreamMessage>;
     type StreamRunEpisodesStream = Out<EpisodeStreamMessage>;
+    type StreamRunScalarsStream = Out<ScalarStreamMessage>;
+
+    async fn stream_run_scalars(
+        &self,
+        request: Request<ScalarStreamRequest>,
+    ) -> Result<Response<Self::StreamRunScalarsStream>, Status> {
+        let peer = request.remote_addr();
+        let rx = self.open_scalars(request.get_ref(), peer)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn read_scalars(
+        &self,
+        request: Request<ReadScalarsRequest>,
+    ) -> Result<Response<ReadScalarsResponse>, Status> {
+        let this = self.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || this.read_scalars_blocking(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
+    }
+
+    async fn list_tags(
+        &self,
+        request: Request<ListTagsRequest>,
+    ) -> Result<Response<ListTagsResponse>, Status> {
+        let reader = self.reader.clone();
+        let req = request.into_inner();
+        if req.run_id.is_empty() {
+            return Err(Status::invalid_argument("ListTags needs a run_id"));
+        }
+        tokio::task::spawn_blocking(move || reader.list_tags(&req.run_id, MAX_LIST_TAGS))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(|tags| Response::new(ListTagsResponse { tags }))
+            .map_err(|e| Status::internal(e.to_string()))
+    }
 
     async fn stream_run_steps(
         &self,

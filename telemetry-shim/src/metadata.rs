@@ -211,6 +211,12 @@ impl Decorator {
                 fill(&mut r.run_id, &d.run_id);
                 r.timestamp.get_or_insert_with(timestamp::now);
             }
+            // A scalar's agent stays as given: empty means the run as a whole (a learner's
+            // loss), not the shim's default agent.
+            Kind::Scalar(v) => {
+                fill(&mut v.run_id, &d.run_id);
+                v.timestamp.get_or_insert_with(timestamp::now);
+            }
             Kind::Artifact(a) => {
                 fill(&mut a.run_id, &d.run_id);
                 a.timestamp.get_or_insert_with(timestamp::now);

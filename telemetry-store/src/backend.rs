@@ -22,11 +22,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use telemetry_core::pb::{self, Record, RunEpisode, RunStep};
+use telemetry_core::pb::{self, Record, RunEpisode, RunStep, Scalar};
 
 use crate::{
-    AppendReport, CheckpointStats, Checkpointer, Filter, RunStats, Store, StoreConfig, StoreError,
-    StoreReader,
+    AppendReport, CheckpointStats, Checkpointer, Filter, RunStats, ScalarQuery, Store, StoreConfig,
+    StoreError, StoreReader,
 };
 
 /// The one writer of a store.
@@ -64,6 +64,20 @@ pub trait BackendReader: Send + Sync {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<RunEpisode>, StoreError>;
+    /// Up to `limit` scalars with `seq > since_seq` of the filter's run and agent, in seq order.
+    fn scalars_page(
+        &self,
+        since_seq: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Scalar>, StoreError>;
+
+    /// The downsampled read of learning curves (min/max/last per step bucket, computed here).
+    fn read_scalars(&self, query: &ScalarQuery) -> Result<Vec<pb::ScalarSeries>, StoreError>;
+
+    /// Every series (tag, agent) of a run, at most `limit`.
+    fn list_tags(&self, run_id: &str, limit: usize) -> Result<Vec<pb::TagSummary>, StoreError>;
+
     /// Up to `limit` lifecycle events with `seq > since_seq`, optionally of one run.
     fn events_page(
         &self,
@@ -244,6 +258,20 @@ impl BackendReader for PooledReader {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         self.with(|r| r.events_since(since_seq, run_id, limit))
+    }
+    fn scalars_page(
+        &self,
+        since_seq: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Scalar>, StoreError> {
+        self.with(|r| r.read_scalars_page(since_seq, filter, limit))
+    }
+    fn read_scalars(&self, query: &ScalarQuery) -> Result<Vec<pb::ScalarSeries>, StoreError> {
+        self.with(|r| r.read_scalars(query))
+    }
+    fn list_tags(&self, run_id: &str, limit: usize) -> Result<Vec<pb::TagSummary>, StoreError> {
+        self.with(|r| r.list_tags(run_id, limit))
     }
     fn run_completion(&self, run_id: &str) -> Result<Option<pb::RunCompleted>, StoreError> {
         self.with(|r| r.run_completion(run_id))

@@ -49,6 +49,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         "tails_are_the_latest_in_seq_order",
         tails_are_the_latest_in_seq_order,
     ),
+    (
+        "scalars_keep_nan_and_downsample_in_the_store",
+        scalars_keep_nan_and_downsample_in_the_store,
+    ),
 ];
 
 /// Runs every check, each on its own fresh backend from `fresh`.
@@ -71,7 +75,8 @@ macro_rules! conformance_tests {
             rejected_stamps_advance_watermarks, a_failed_append_leaves_nothing,
             keyset_pages_never_skip, filters_select_run_agent_and_mode,
             the_run_registry_round_trips, run_stats_and_completion,
-            watermarks_survive_a_new_writer, tails_are_the_latest_in_seq_order);
+            watermarks_survive_a_new_writer, tails_are_the_latest_in_seq_order,
+            scalars_keep_nan_and_downsample_in_the_store);
     };
     (@each $fresh:expr; $($name:ident),*) => {
         $(
@@ -402,4 +407,93 @@ pub fn tails_are_the_latest_in_seq_order(b: &dyn Backend) {
         .expect("episodes");
     let got: Vec<u64> = eps.iter().map(|e| e.episode_index).collect();
     assert_eq!(got, vec![2, 4]);
+}
+
+fn scalar(run: &str, agent: &str, tag: &str, step: i64, value: f64, pseq: u64) -> Record {
+    pb::Scalar {
+        run_id: run.into(),
+        agent_id: agent.into(),
+        tag: tag.into(),
+        step,
+        value,
+        producer_id: "ps".into(),
+        producer_seq: pseq,
+        ..Default::default()
+    }
+    .into()
+}
+
+/// Scalars: their own seq stream, exactly once, NaN and infinities kept, the tag summary kept
+/// by appends, and the downsampled read (min/max/last per bucket) computed by the backend.
+pub fn scalars_keep_nan_and_downsample_in_the_store(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let mut batch: Vec<Record> = (0..1000)
+        .map(|i| {
+            let v = match i {
+                250 => 1e9,
+                420 => f64::NAN,
+                421 => f64::NEG_INFINITY,
+                _ => i as f64,
+            };
+            scalar("r", "", "losses/value_loss", i, v, i as u64 + 1)
+        })
+        .collect();
+    batch.push(scalar("r", "a", "charts/episodic_return", 7, 1.5, 1001));
+    batch.push(scalar("other", "", "losses/value_loss", 7, 2.5, 1002));
+    let report = w.append(&mut batch, &[]).expect("append");
+    assert_eq!(
+        stored_seqs(&report.outcomes),
+        (1..=1002).collect::<Vec<_>>()
+    );
+    let mut resend = vec![scalar("r", "", "losses/value_loss", 0, 0.0, 5)];
+    let again = w.append(&mut resend, &[]).expect("append");
+    assert_eq!(again.outcomes, vec![AppendOutcome::Duplicate]);
+
+    let reader = b.reader().expect("reader");
+    let page = reader
+        .scalars_page(0, &Filter::run("r"), 2000)
+        .expect("page");
+    assert_eq!(page.len(), 1001);
+    assert!(page[420].value.is_nan());
+    assert_eq!(page[421].value, f64::NEG_INFINITY);
+    assert_eq!(page[420].seq_id, 421);
+
+    let tags = reader.list_tags("r", 100).expect("tags");
+    let names: Vec<(&str, &str, u64)> = tags
+        .iter()
+        .map(|t| (t.tag.as_str(), t.agent_id.as_str(), t.points))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("charts/episodic_return", "a", 1),
+            ("losses/value_loss", "", 1000)
+        ]
+    );
+    assert_eq!((tags[1].first_step, tags[1].last_step), (0, 999));
+    assert_eq!(tags[1].last_value, 999.0);
+
+    let q = crate::ScalarQuery {
+        run_id: "r".into(),
+        tag_prefix: Some("losses/".into()),
+        max_points: 10,
+        ..Default::default()
+    };
+    let series = reader.read_scalars(&q).expect("read");
+    assert_eq!(series.len(), 1);
+    let s = &series[0];
+    assert_eq!((s.points, s.buckets.len()), (1000, 10));
+    assert_eq!(s.buckets[2].max, 1e9);
+    assert_eq!(s.buckets[4].nan_count, 1);
+    assert_eq!(s.buckets[4].min, f64::NEG_INFINITY);
+    assert_eq!(s.buckets[9].last, 999.0);
+    let ranged = reader
+        .read_scalars(&crate::ScalarQuery {
+            min_step: Some(100),
+            max_step: Some(104),
+            ..q
+        })
+        .expect("range");
+    let steps: Vec<i64> = ranged[0].buckets.iter().map(|b| b.first_step).collect();
+    assert_eq!(steps, vec![100, 101, 102, 103, 104]);
 }

@@ -1,4 +1,4 @@
-//! Exporting stored steps or episodes as JSONL, in flat memory.
+//! Exporting stored steps, episodes or scalars as JSONL, in flat memory.
 //!
 //! `gym-telemetry-daemon dump` and ad-hoc analysis need the store's content in the same line
 //! format workers speak (`telemetry_core::jsonl`), for `jq`, pandas or a diff against a
@@ -22,6 +22,8 @@ pub struct DumpOptions {
     pub filter: Filter,
     /// Dump episodes instead of steps.
     pub episodes: bool,
+    /// Dump training scalars instead of steps (the filter's control mode does not apply).
+    pub scalars: bool,
 }
 
 /// What a dump wrote.
@@ -54,7 +56,7 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// Writes every stored step (or episode, see [`DumpOptions::episodes`]) selected by `opts` to
+/// Writes every stored step (or episode or scalar, see [`DumpOptions`]) selected by `opts` to
 /// `out`, one JSON object per line, in seq order. Output is buffered here; `out` is flushed at
 /// the end.
 pub fn dump_jsonl<W: Write>(
@@ -79,7 +81,18 @@ pub fn dump_jsonl<W: Write>(
         report.last_seq = seq;
         Ok(())
     };
-    if opts.episodes {
+    if opts.scalars {
+        let mut since = opts.since_seq;
+        loop {
+            let page = reader.read_scalars_page(since, &opts.filter, reader.page_size())?;
+            let Some(last) = page.last() else { break };
+            since = last.seq_id;
+            for scalar in page {
+                let seq = scalar.seq_id;
+                emit(scalar.into(), seq)?;
+            }
+        }
+    } else if opts.episodes {
         for episode in reader.stream_episodes_since(opts.since_seq, &opts.filter) {
             let episode = episode?;
             let seq = episode.seq_id;

@@ -61,6 +61,7 @@ mod open;
 mod pages;
 mod reader;
 mod rows;
+mod scalars;
 mod schema;
 mod writer;
 
@@ -74,6 +75,7 @@ pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
 pub use iter::{EpisodeIter, StepIter};
 pub use reader::StoreReader;
+pub use scalars::{ScalarQuery, DEFAULT_BUCKETS, MAX_BUCKETS, MAX_SERIES};
 pub use schema::SCHEMA_VERSION;
 pub use telemetry_core::ControlMode;
 pub use writer::Store;
@@ -172,6 +174,8 @@ pub struct LastSeqs {
     pub episodes: u64,
     /// Lifecycle events stream.
     pub events: u64,
+    /// Scalars stream.
+    pub scalars: u64,
 }
 
 pub use telemetry_core::ModeFilter;

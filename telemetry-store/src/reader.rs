@@ -10,14 +10,14 @@
 use std::{path::Path, time::Duration};
 
 use rusqlite::{Connection, ToSql};
-use telemetry_core::pb::{self, Record, RunEpisode, RunStep};
+use telemetry_core::pb::{self, Record, RunEpisode, RunStep, Scalar};
 
 use crate::{
     error::classify,
     open,
     pages::{RawPage, RowView},
     rows::{self, u64_from_sql, u64_to_sql},
-    schema::{EPISODE_COLUMNS, STEP_COLUMNS},
+    schema::{EPISODE_COLUMNS, SCALAR_COLUMNS, STEP_COLUMNS},
     Filter, LastSeqs, ModeFilter, RunStats, StoreConfig, StoreError,
 };
 
@@ -32,11 +32,12 @@ pub struct StoreReader {
     page_size: usize,
 }
 
-/// The two paged streams.
+/// The paged streams of rows (lifecycle events are read whole, by `events_since`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stream {
     Steps,
     Episodes,
+    Scalars,
 }
 
 impl Stream {
@@ -44,6 +45,7 @@ impl Stream {
         match self {
             Stream::Steps => "steps",
             Stream::Episodes => "episodes",
+            Stream::Scalars => "scalars",
         }
     }
 
@@ -51,6 +53,7 @@ impl Stream {
         match self {
             Stream::Steps => STEP_COLUMNS,
             Stream::Episodes => EPISODE_COLUMNS,
+            Stream::Scalars => SCALAR_COLUMNS,
         }
     }
 
@@ -59,6 +62,7 @@ impl Stream {
         match self {
             Stream::Steps => 20,
             Stream::Episodes => 13,
+            Stream::Scalars => 9,
         }
     }
 
@@ -66,6 +70,7 @@ impl Stream {
         match self {
             Stream::Steps => "step",
             Stream::Episodes => "episode",
+            Stream::Scalars => "scalar",
         }
     }
 }
@@ -84,7 +89,16 @@ fn since_param(since_seq: u64) -> i64 {
 /// most selective filter first (run and agent, run, mode); no filter (or only an agent) walks
 /// the table itself.
 fn page_index(stream: Stream, filter: &Filter) -> Option<&'static str> {
+    if let Stream::Scalars = stream {
+        // Scalars have no control mode: the mode filter does not apply to them.
+        return match (&filter.run_id, &filter.agent_id) {
+            (Some(_), Some(_)) => Some("scalars_run_agent_seq"),
+            (Some(_), None) => Some("scalars_run_seq"),
+            (None, _) => None,
+        };
+    }
     let (run_agent, run, mode, human) = match stream {
+        Stream::Scalars => unreachable!("handled above"),
         Stream::Steps => (
             "steps_run_agent_seq",
             "steps_run_seq",
@@ -125,6 +139,7 @@ fn page_sql(stream: Stream, filter: &Filter) -> String {
         sql.push_str(" AND agent_id = ?");
     }
     match filter.control_mode {
+        _ if matches!(stream, Stream::Scalars) => {}
         ModeFilter::Any => {}
         ModeFilter::Exact(_) => sql.push_str(" AND control_mode = ?"),
         ModeFilter::HumanOrUnknown => sql.push_str(" AND control_mode IN ('human', 'unknown')"),
@@ -168,7 +183,11 @@ impl StoreReader {
         self.page_size
     }
 
-    fn err(&self, e: rusqlite::Error) -> StoreError {
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn err(&self, e: rusqlite::Error) -> StoreError {
         classify(&self.path, e)
     }
 
@@ -186,7 +205,7 @@ impl StoreReader {
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let since = since_param(since_seq);
         let mode = match filter.control_mode {
-            ModeFilter::Exact(m) => Some(m.as_str()),
+            ModeFilter::Exact(m) if !matches!(stream, Stream::Scalars) => Some(m.as_str()),
             _ => None,
         };
         let limit = limit.min(MAX_PAGE);
@@ -274,6 +293,17 @@ impl StoreReader {
         )
     }
 
+    /// One page of scalars with `seq > since_seq` of the filter's run and agent (its control
+    /// mode does not apply), in seq order.
+    pub fn read_scalars_page(
+        &self,
+        since_seq: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Scalar>, StoreError> {
+        self.page(Stream::Scalars, since_seq, filter, limit, rows::scalar_from)
+    }
+
     /// Up to `limit` lifecycle events (`RunStarted`, `RunCompleted`, `Artifact`) with
     /// `seq > since_seq`, optionally of one run, in seq order.
     pub fn events_since(
@@ -318,7 +348,8 @@ impl StoreReader {
             .prepare_cached(
                 "SELECT (SELECT coalesce(max(seq), 0) FROM steps), \
                         (SELECT coalesce(max(seq), 0) FROM episodes), \
-                        (SELECT coalesce(max(seq), 0) FROM events)",
+                        (SELECT coalesce(max(seq), 0) FROM events), \
+                        (SELECT coalesce(max(seq), 0) FROM scalars)",
             )
             .and_then(|mut s| {
                 s.query_row([], |r| {
@@ -326,6 +357,7 @@ impl StoreReader {
                         steps: u64_from_sql(r.get(0)?),
                         episodes: u64_from_sql(r.get(1)?),
                         events: u64_from_sql(r.get(2)?),
+                        scalars: u64_from_sql(r.get(3)?),
                     })
                 })
             })

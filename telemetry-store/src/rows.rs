@@ -9,7 +9,7 @@
 use prost::Message;
 use rusqlite::{types::ValueRef, Row, Statement};
 use telemetry_core::{
-    pb::{record::Kind, Record, RunEpisode, RunStep},
+    pb::{record::Kind, Record, RunEpisode, RunStep, Scalar},
     timestamp::{from_unix_nanos, to_unix_nanos},
     ControlMode,
 };
@@ -32,6 +32,10 @@ pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (run_id, episode_i
 /// SQL that inserts one lifecycle event.
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO events (kind, run_id, ts_ns, producer_id, \
      producer_seq, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// SQL that inserts one scalar (parameters in [`crate::schema::SCALAR_COLUMNS`] order).
+pub(crate) const INSERT_SCALAR: &str = "INSERT INTO scalars (run_id, agent_id, tag, step, value, \
+     ts_ns, producer_id, producer_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 /// The canonical spelling of a control mode (`""` and legacy spellings are rewritten). A value
 /// that is not a known mode (the caller did not validate) is kept as given rather than lost.
@@ -73,6 +77,19 @@ pub(crate) fn insert_step(stmt: &mut Statement<'_>, s: &RunStep) -> rusqlite::Re
     stmt.raw_execute().map(drop)
 }
 
+/// Binds and runs the scalar insert (a NaN value binds as NULL).
+pub(crate) fn insert_scalar(stmt: &mut Statement<'_>, s: &Scalar) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(1, s.run_id.as_str())?;
+    stmt.raw_bind_parameter(2, s.agent_id.as_str())?;
+    stmt.raw_bind_parameter(3, s.tag.as_str())?;
+    stmt.raw_bind_parameter(4, s.step)?;
+    stmt.raw_bind_parameter(5, (!s.value.is_nan()).then_some(s.value))?;
+    stmt.raw_bind_parameter(6, ts_ns(s.timestamp.as_ref()))?;
+    stmt.raw_bind_parameter(7, s.producer_id.as_str())?;
+    stmt.raw_bind_parameter(8, u64_to_sql(s.producer_seq))?;
+    stmt.raw_execute().map(drop)
+}
+
 /// Binds and runs the episode insert.
 pub(crate) fn insert_episode(stmt: &mut Statement<'_>, e: &RunEpisode) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(1, e.run_id.as_str())?;
@@ -96,7 +113,7 @@ pub(crate) fn event_columns(record: &Record) -> Option<(&'static str, Option<i64
         Kind::RunStarted(r) => ("run_started", r.timestamp.as_ref()),
         Kind::RunCompleted(r) => ("run_completed", r.timestamp.as_ref()),
         Kind::Artifact(r) => ("artifact", r.timestamp.as_ref()),
-        Kind::Step(_) | Kind::Episode(_) => return None,
+        Kind::Step(_) | Kind::Episode(_) | Kind::Scalar(_) => return None,
     };
     Some((kind, ts_ns(ts)))
 }
@@ -171,6 +188,22 @@ pub(crate) fn episode_from(row: &RowView<'_>) -> Result<RunEpisode, StoreError> 
         control_mode: row.text(10),
         producer_id: row.text(11),
         producer_seq: u64_from_sql(row.int(12, W)?),
+    })
+}
+
+/// A scalar from a copied row of `SELECT seq, <SCALAR_COLUMNS>`.
+pub(crate) fn scalar_from(row: &RowView<'_>) -> Result<Scalar, StoreError> {
+    const W: &str = "scalar";
+    Ok(Scalar {
+        seq_id: row.seq(),
+        run_id: row.text(1),
+        agent_id: row.text(2),
+        tag: row.text(3),
+        step: row.int(4, W)?,
+        value: row.real(5, W)?,
+        timestamp: row.opt_int(6, W)?.map(from_unix_nanos),
+        producer_id: row.text(7),
+        producer_seq: u64_from_sql(row.int(8, W)?),
     })
 }
 

@@ -6,7 +6,7 @@
 //! recomputing backfills) so running one twice is harmless. Never edit a released migration:
 //! add a new one.
 //!
-//! Layout: one table per stream (`steps`, `episodes`, `events`), each keyed by its `seq`
+//! Layout: one table per stream (`steps`, `episodes`, `events`, `scalars`), each keyed by its `seq`
 //! (`INTEGER PRIMARY KEY`, i.e. the rowid: strictly increasing in commit order because there is
 //! a single writer and rows are never deleted); every record field in its own column, except
 //! lifecycle events which keep the encoded protobuf beside a few indexed columns. `u64` fields
@@ -14,7 +14,7 @@
 //! absent). `control_mode` is stored in its canonical spelling.
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a gym-telemetry store ("GyTs"), which tells our files apart
 /// from other SQLite databases (such as the predecessor's).
@@ -133,8 +133,45 @@ INSERT OR IGNORE INTO run_agents (run_id, agent_id, control_mode)
     UNION SELECT DISTINCT run_id, agent_id, control_mode FROM episodes;
 ";
 
+/// v4: training scalars (their own seq stream) and a per-series summary kept by every append
+/// (so listing a run's tags and sizing a downsampled read never scan the points). A NaN value
+/// is stored as NULL and read back as NaN. `scalars_series` covers the downsampled read: one
+/// range scan per series, in step order, without touching the table.
+const V4: &str = "
+CREATE TABLE IF NOT EXISTS scalars (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL,
+    ts_ns INTEGER,
+    producer_id TEXT NOT NULL,
+    producer_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scalars_run_seq ON scalars (run_id, seq);
+CREATE INDEX IF NOT EXISTS scalars_run_agent_seq ON scalars (run_id, agent_id, seq);
+CREATE INDEX IF NOT EXISTS scalars_series ON scalars (run_id, tag, agent_id, step, value);
+CREATE TABLE IF NOT EXISTS scalar_tags (
+    run_id TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    points INTEGER NOT NULL,
+    first_step INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    last_value REAL,
+    last_ts_ns INTEGER,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (run_id, tag, agent_id)
+) WITHOUT ROWID;
+";
+
 /// Migration `i` brings a store from version `i` to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4];
+
+/// Columns of `scalars` after `seq`.
+pub(crate) const SCALAR_COLUMNS: &str =
+    "run_id, agent_id, tag, step, value, ts_ns, producer_id, producer_seq";
 
 /// Columns of `steps` after `seq`, in the order [`crate::rows`] binds and reads them.
 pub(crate) const STEP_COLUMNS: &str = "run_id, episode_index, step_index, action_json, \

@@ -13,7 +13,7 @@ use std::{
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use telemetry_core::{
-    pb::{self, record::Kind, Record},
+    pb::{self, record::Kind, Record, Scalar},
     Watermark,
 };
 
@@ -87,6 +87,28 @@ const UPSERT_RUN_INFO: &str = "INSERT INTO runs (run_id, state, updated_ns, info
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, \
      updated_ns = excluded.updated_ns, info = excluded.info";
 
+/// What one call adds to a series' summary (`scalar_tags`).
+struct TagDelta {
+    points: u64,
+    first_step: i64,
+    last_step: i64,
+    last_value: f64,
+    last_ts: Option<i64>,
+    last_seq: u64,
+}
+
+const UPSERT_SCALAR_TAG: &str = "INSERT INTO scalar_tags (run_id, tag, agent_id, points, \
+     first_step, last_step, last_value, last_ts_ns, last_seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (run_id, tag, agent_id) DO UPDATE SET points = points + excluded.points, \
+     first_step = min(first_step, excluded.first_step), \
+     last_value = CASE WHEN excluded.last_step >= last_step THEN excluded.last_value \
+                  ELSE last_value END, \
+     last_ts_ns = CASE WHEN excluded.last_step >= last_step THEN excluded.last_ts_ns \
+                  ELSE last_ts_ns END, \
+     last_step = max(last_step, excluded.last_step), \
+     last_seq = max(last_seq, excluded.last_seq)";
+
 /// The per-call state of an append, borrowing ids from the caller's records.
 struct Batch<'a> {
     outcomes: Vec<AppendOutcome>,
@@ -99,6 +121,8 @@ struct Batch<'a> {
     last_run: usize,
     agents: HashSet<(&'a str, &'a str, &'a str)>,
     last_agent: Option<(&'a str, &'a str, &'a str)>,
+    /// Keyed by (run, tag, agent).
+    tags: HashMap<(&'a str, &'a str, &'a str), TagDelta>,
 }
 
 impl<'a> Batch<'a> {
@@ -113,6 +137,7 @@ impl<'a> Batch<'a> {
             last_run: 0,
             agents: HashSet::new(),
             last_agent: None,
+            tags: HashMap::new(),
         }
     }
 
@@ -156,6 +181,29 @@ impl<'a> Batch<'a> {
             });
         }
         &mut self.runs[self.last_run].1
+    }
+
+    fn saw_scalar(&mut self, s: &'a Scalar, seq: u64) {
+        let ts = ts_of(s.timestamp.as_ref());
+        let d = self
+            .tags
+            .entry((&s.run_id, &s.tag, &s.agent_id))
+            .or_insert(TagDelta {
+                points: 0,
+                first_step: s.step,
+                last_step: s.step,
+                last_value: s.value,
+                last_ts: ts,
+                last_seq: seq,
+            });
+        d.points += 1;
+        d.first_step = d.first_step.min(s.step);
+        if s.step >= d.last_step {
+            d.last_step = s.step;
+            d.last_value = s.value;
+            d.last_ts = ts;
+        }
+        d.last_seq = d.last_seq.max(seq);
     }
 
     fn saw_agent(&mut self, run_id: &'a str, agent_id: &'a str, mode: &'a str) {
@@ -316,6 +364,7 @@ fn append_in(
     let mut steps = conn.prepare_cached(rows::INSERT_STEP)?;
     let mut episodes = conn.prepare_cached(rows::INSERT_EPISODE)?;
     let mut events = conn.prepare_cached(rows::INSERT_EVENT)?;
+    let mut scalars = conn.prepare_cached(rows::INSERT_SCALAR)?;
     for record in records {
         let (producer_id, producer_seq) = record.producer();
         if !producer_id.is_empty() {
@@ -349,6 +398,13 @@ fn append_in(
                 batch.saw_agent(&e.run_id, &e.agent_id, canonical_mode(&e.control_mode));
                 seq
             }
+            Kind::Scalar(v) => {
+                rows::insert_scalar(&mut scalars, v)?;
+                let seq = u64_from_sql(conn.last_insert_rowid());
+                batch.run(&v.run_id).saw_ts(ts_of(v.timestamp.as_ref()));
+                batch.saw_scalar(v, seq);
+                seq
+            }
             Kind::RunStarted(_) | Kind::RunCompleted(_) | Kind::Artifact(_) => {
                 let Some((kind, ts)) = rows::event_columns(record) else {
                     continue;
@@ -375,7 +431,7 @@ fn append_in(
         // A rejected record still advances its producer's watermark.
         p.dirty |= p.watermark.advance(*producer_seq);
     }
-    drop((steps, episodes, events));
+    drop((steps, episodes, events, scalars));
     finish(conn, batch)
 }
 
@@ -414,6 +470,22 @@ fn finish(conn: &Connection, batch: Batch<'_>) -> rusqlite::Result<Appended> {
         let mut stmt = conn.prepare_cached(INSERT_RUN_AGENT)?;
         for (run_id, agent_id, mode) in &batch.agents {
             stmt.execute([run_id, agent_id, mode])?;
+        }
+    }
+    if !batch.tags.is_empty() {
+        let mut stmt = conn.prepare_cached(UPSERT_SCALAR_TAG)?;
+        for ((run_id, tag, agent_id), d) in &batch.tags {
+            stmt.execute(rusqlite::params![
+                run_id,
+                tag,
+                agent_id,
+                u64_to_sql(d.points),
+                d.first_step,
+                d.last_step,
+                (!d.last_value.is_nan()).then_some(d.last_value),
+                d.last_ts,
+                u64_to_sql(d.last_seq),
+            ])?;
         }
     }
     Ok((batch.outcomes, watermarks))

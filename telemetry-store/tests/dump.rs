@@ -60,6 +60,7 @@ fn dumps_filter_resume_and_switch_to_episodes() {
             ..Filter::default()
         },
         episodes: false,
+        scalars: false,
     };
     let mut out = Vec::new();
     let report = dump_jsonl(&reader, &opts, &mut out).unwrap();
@@ -130,4 +131,46 @@ fn a_failing_output_is_a_typed_error() {
         StoreError::Output(e) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
         other => panic!("expected an output error, got {other}"),
     }
+}
+
+#[test]
+fn scalars_dump_as_lines_that_read_back_nan_included() {
+    let mut ts = populated();
+    let mut batch: Vec<Record> = (0..5)
+        .map(|i| {
+            Record::from(telemetry_core::pb::Scalar {
+                run_id: "even".into(),
+                tag: "losses/td_loss".into(),
+                value: if i == 3 { f64::NAN } else { i as f64 },
+                step: i * 100,
+                ..Default::default()
+            })
+        })
+        .collect();
+    ts.store.append(&mut batch, &[]).unwrap();
+    let reader = ts.store.reader().unwrap();
+    let mut out = Vec::new();
+    let opts = DumpOptions {
+        scalars: true,
+        filter: Filter::run("even"),
+        ..DumpOptions::default()
+    };
+    let report = dump_jsonl(&reader, &opts, &mut out).unwrap();
+    assert_eq!((report.records, report.last_seq), (5, 5));
+    let back = parse_all(&out);
+    assert_eq!(back.len(), 5);
+    match &back[3].kind {
+        Some(telemetry_core::pb::record::Kind::Scalar(s)) => {
+            assert!(s.value.is_nan());
+            assert_eq!(s.step, 300);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Resuming after the last seq dumps nothing.
+    let mut again = Vec::new();
+    let opts = DumpOptions {
+        since_seq: report.last_seq,
+        ..opts
+    };
+    assert_eq!(dump_jsonl(&reader, &opts, &mut again).unwrap().records, 0);
 }

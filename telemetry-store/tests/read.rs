@@ -160,6 +160,7 @@ fn readers_are_send_and_open_independently() {
     assert_eq!(
         handle.join().unwrap(),
         LastSeqs {
+            scalars: 0,
             steps: 60,
             episodes: 12,
             events: 0

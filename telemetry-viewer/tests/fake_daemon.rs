@@ -54,6 +54,31 @@ impl Fake {
 impl Query for Fake {
     type StreamRunStepsStream = BoxStream<StepStreamMessage>;
     type StreamRunEpisodesStream = BoxStream<EpisodeStreamMessage>;
+    type StreamRunScalarsStream = BoxStream<telemetry_core::pb::ScalarStreamMessage>;
+
+    async fn stream_run_scalars(
+        &self,
+        req: Request<telemetry_core::pb::ScalarStreamRequest>,
+    ) -> Result<Response<Self::StreamRunScalarsStream>, Status> {
+        self.record("StreamRunScalars", &req);
+        Err(Status::unimplemented("the fake daemon has no scalars"))
+    }
+
+    async fn read_scalars(
+        &self,
+        req: Request<telemetry_core::pb::ReadScalarsRequest>,
+    ) -> Result<Response<telemetry_core::pb::ReadScalarsResponse>, Status> {
+        self.record("ReadScalars", &req);
+        Ok(Response::new(Default::default()))
+    }
+
+    async fn list_tags(
+        &self,
+        req: Request<telemetry_core::pb::ListTagsRequest>,
+    ) -> Result<Response<telemetry_core::pb::ListTagsResponse>, Status> {
+        self.record("ListTags", &req);
+        Ok(Response::new(Default::default()))
+    }
 
     async fn stream_run_steps(
         &self,

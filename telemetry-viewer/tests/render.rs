@@ -136,6 +136,7 @@ fn raw_shows_json_and_the_overflow_and_lag_notices() {
                 dropped: 12,
                 dropped_steps: 12,
                 dropped_episodes: 0,
+                dropped_scalars: 0,
             })),
         ),
     });

@@ -98,7 +98,8 @@ async fn drain_hub(
                 dropped_steps,
                 dropped_episodes,
                 dropped_lifecycle,
-            }) => lost += dropped_steps + dropped_episodes + dropped_lifecycle,
+                dropped_scalars,
+            }) => lost += dropped_steps + dropped_episodes + dropped_lifecycle + dropped_scalars,
             Some(_) => {}
             None => break,
         }

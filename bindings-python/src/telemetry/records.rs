@@ -15,20 +15,6 @@ use pyo3::{
 use telemetry_core::pb::{CompletionStatus, RunEpisode};
 use telemetry_shim::tracker::StepInput;
 
-/// Sets the run id of any record (a JSONL line's, replaced like the proxy's `--run-id`).
-pub(super) fn set_run_id(record: &mut telemetry_core::pb::Record, id: &str) {
-    use telemetry_core::pb::record::Kind;
-    let slot = match &mut record.kind {
-        Some(Kind::Step(r)) => &mut r.run_id,
-        Some(Kind::Episode(r)) => &mut r.run_id,
-        Some(Kind::RunStarted(r)) => &mut r.run_id,
-        Some(Kind::RunCompleted(r)) => &mut r.run_id,
-        Some(Kind::Artifact(r)) => &mut r.run_id,
-        None => return,
-    };
-    id.clone_into(slot);
-}
-
 /// A completion-status word, parsed by the core's one parser (the words legacy JSONL accepts).
 pub(super) fn status(text: &str) -> PyResult<CompletionStatus> {
     text.parse::<CompletionStatus>()

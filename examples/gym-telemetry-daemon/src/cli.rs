@@ -143,8 +143,11 @@ pub struct DumpArgs {
     #[arg(long)]
     pub control_mode: Option<String>,
     /// Episodes instead of steps.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scalars")]
     pub episodes: bool,
+    /// Training scalars (learning curves) instead of steps.
+    #[arg(long)]
+    pub scalars: bool,
 }
 
 /// `import-legacy`.

@@ -170,6 +170,7 @@ fn dump_cmd(a: DumpArgs) -> anyhow::Result<std::process::ExitCode> {
             control_mode,
         },
         episodes: a.episodes,
+        scalars: a.scalars,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -21,8 +21,8 @@ use telemetry_hub::{
 
 #[derive(Default)]
 struct Streams {
-    rows: [Vec<Record>; 3],
-    next: [u64; 3],
+    rows: [Vec<Record>; StreamKind::COUNT],
+    next: [u64; StreamKind::COUNT],
 }
 
 /// An in-memory store: one Vec and one seq per stream.
@@ -50,6 +50,7 @@ fn idx(s: StreamKind) -> usize {
         StreamKind::Steps => 0,
         StreamKind::Episodes => 1,
         StreamKind::Lifecycle => 2,
+        StreamKind::Scalars => 3,
     }
 }
 
@@ -77,6 +78,7 @@ fn agent_mode(r: &Record) -> (&str, &str) {
     match &r.kind {
         Some(Kind::Step(s)) => (&s.agent_id, &s.control_mode),
         Some(Kind::Episode(e)) => (&e.agent_id, &e.control_mode),
+        Some(Kind::Scalar(s)) => (&s.agent_id, ""),
         _ => ("", ""),
     }
 }
@@ -87,7 +89,7 @@ pub fn query_matches(q: &CatchUpQuery, r: &Record) -> bool {
     let lifecycle = q.stream == StreamKind::Lifecycle;
     q.run_id.as_deref().is_none_or(|id| r.run_id() == id)
         && (lifecycle || q.agent_id.as_deref().is_none_or(|a| a == agent))
-        && (lifecycle || q.control_mode.matches(mode))
+        && (lifecycle || q.stream == StreamKind::Scalars || q.control_mode.matches(mode))
 }
 
 impl CatchUpSource for FakeStore {
