@@ -236,7 +236,7 @@ impl RecordFilter for TagFilter {
     fn keep(&self, record: &Record) -> bool {
         match &record.kind {
             Some(Kind::Scalar(s)) => {
-                self.tags.iter().any(|t| *t == s.tag)
+                self.tags.contains(&s.tag)
                     || self.prefix.as_deref().is_some_and(|p| s.tag.starts_with(p))
             }
             _ => true,

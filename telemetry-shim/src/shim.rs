@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 use telemetry_core::{
-    pb::{Artifact, Record, RunCompleted, RunEpisode, RunStarted, RunStep},
+    pb::{Artifact, Record, RunCompleted, RunEpisode, RunStarted, RunStep, Scalar},
     validate::ValidationError,
 };
 
@@ -228,6 +228,22 @@ impl Telemetry {
     /// Records a file the run produced.
     pub fn artifact(&self, artifact: Artifact) -> Result<(), ShimError> {
         self.record(artifact.into())
+    }
+
+    /// Records one point of a training curve (a loss, a learning rate, an episodic return).
+    /// The tag and step are checked here, so a bad one is a typed error at the call
+    /// ([`ShimError::Invalid`]), not a rejection in a later ack; any value is valid, NaN and
+    /// infinities included. An empty `run_id` is filled from the configuration; `agent_id`
+    /// stays as given (empty: the run as a whole).
+    pub fn scalar(&self, scalar: Scalar) -> Result<(), ShimError> {
+        telemetry_core::validate::check_tag(&scalar.tag).map_err(ShimError::Invalid)?;
+        if scalar.step < 0 {
+            return Err(ShimError::Invalid(ValidationError::NegativeIndex {
+                field: "step",
+                value: scalar.step,
+            }));
+        }
+        self.record(scalar.into())
     }
 
     /// Records any record (the JSONL proxy's entry point). Its `producer_id`/`producer_seq` are

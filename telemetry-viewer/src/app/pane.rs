@@ -458,6 +458,7 @@ mod tests {
                 dropped: 7,
                 dropped_steps: 7,
                 dropped_episodes: 0,
+                dropped_scalars: 0,
             })),
         });
         p.apply_notice(StreamNotice {
