@@ -40,7 +40,8 @@ fn stored_steps(var: &Path, run: &str) -> Vec<RunStep> {
         .collect()
 }
 
-/// Producer seqs of every record of `run` (steps, episodes, lifecycle: one producer counter).
+/// Producer seqs of every record of `run` (steps, episodes, scalars, lifecycle: one producer
+/// counter).
 fn stored_producer_seqs(var: &Path, run: &str) -> Vec<u64> {
     let reader = StoreReader::open(&StoreConfig::in_var_dir(var).path).unwrap();
     let filter = Filter::run(run);
@@ -53,6 +54,13 @@ fn stored_producer_seqs(var: &Path, run: &str) -> Vec<u64> {
             .stream_episodes_since(0, &filter)
             .map(|e| e.unwrap().producer_seq),
     );
+    let mut since = 0;
+    loop {
+        let page = reader.read_scalars_page(since, &filter, 1000).unwrap();
+        let Some(last) = page.last() else { break };
+        since = last.seq_id;
+        seqs.extend(page.iter().map(|s| s.producer_seq));
+    }
     seqs.extend(
         reader
             .events_since(0, Some(run), 10_000)

@@ -130,6 +130,18 @@ impl Io {
                 ));
                 self.streams.insert(stream, h.abort_handle());
             }
+            Command::ReadScalars { stream, request } => {
+                let mut clients = self.clients.clone();
+                let sink = self.sink.clone();
+                let h = tokio::spawn(async move {
+                    let result = match clients.query.read_scalars(request).await {
+                        Ok(r) => Ok(r.into_inner().series),
+                        Err(status) => Err(describe_status(&status)),
+                    };
+                    sink.deliver(Event::Scalars { stream, result }).await;
+                });
+                self.streams.insert(stream, h.abort_handle());
+            }
             Command::Close(stream) => {
                 if let Some(h) = self.streams.remove(&stream) {
                     h.abort();

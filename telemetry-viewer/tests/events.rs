@@ -39,7 +39,8 @@ fn enter_opens_one_pane_per_agent_and_x_closes_the_run() {
             "r1/a1: Episodes",
             "r1/a2: Grid",
             "r1/a2: Raw",
-            "r1/a2: Episodes"
+            "r1/a2: Episodes",
+            "r1: Charts"
         ]
     );
     assert_eq!(app.current_tab().title(), "r1/a1: Grid");
@@ -67,7 +68,7 @@ fn enter_opens_one_pane_per_agent_and_x_closes_the_run() {
     assert_eq!(opened_steps(&away).len(), 1);
     assert!(opened_steps(&away)[0].1.drop_render);
     let again = open_selected(&mut app);
-    assert_eq!(titles(&app).len(), 8, "no second set of tabs");
+    assert_eq!(titles(&app).len(), 9, "no second set of tabs");
     assert!(opened_episodes(&again).is_empty());
     assert!(opened_steps(&again)
         .iter()
@@ -99,7 +100,7 @@ fn tab_keys_cycle_and_jump() {
     assert_eq!(app.current_tab(), &Tab::HumanReplay);
     app.update(key(KeyCode::BackTab));
     app.update(key(KeyCode::BackTab));
-    assert_eq!(app.current_tab().title(), "r1/a1: Episodes", "wraps around");
+    assert_eq!(app.current_tab().title(), "r1: Charts", "wraps around");
     app.update(key(KeyCode::Char('g')));
     assert_eq!(app.current_tab().title(), "r1/a1: Grid");
     app.update(key(KeyCode::Char('p')));
@@ -478,4 +479,82 @@ fn idle_ticks_do_not_force_a_redraw_but_events_do() {
     assert_eq!(app.dropped_events(), 3);
     app.update(key(KeyCode::Down));
     assert!(app.take_dirty());
+}
+
+fn charts_reads(cmds: &[Command]) -> Vec<(telemetry_viewer::app::StreamId, String)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ReadScalars { stream, request } => Some((*stream, request.run_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_charts_tab_reads_curves_while_shown_and_live_and_groups_them() {
+    use telemetry_core::pb::{ScalarBucket, ScalarSeries};
+    use telemetry_viewer::app::charts::CHARTS_REFRESH;
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary("r1", RunState::Running, &["a1"], &[])],
+        t0,
+    );
+    let opened = open_selected(&mut app);
+    assert!(
+        charts_reads(&opened).is_empty(),
+        "hidden charts read nothing"
+    );
+    let shown = app.update(key(KeyCode::Char('c')));
+    assert_eq!(app.current_tab().title(), "r1: Charts");
+    let reads = charts_reads(&shown);
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].1, "r1");
+    // One read in flight at most.
+    let tick = |app: &mut telemetry_viewer::App, after: Duration| {
+        app.update(Event::Tick {
+            at: t0 + after,
+            wall: std::time::SystemTime::now(),
+            dropped_events: 0,
+        })
+    };
+    assert!(charts_reads(&tick(&mut app, CHARTS_REFRESH * 3)).is_empty());
+    let series = |tag: &str, last: f64| ScalarSeries {
+        tag: tag.into(),
+        points: 2,
+        buckets: vec![ScalarBucket {
+            first_step: 0,
+            last_step: 10,
+            min: 0.0,
+            max: last,
+            last,
+            count: 2,
+            nan_count: 0,
+        }],
+        ..Default::default()
+    };
+    app.update(Event::Scalars {
+        stream: reads[0].0,
+        result: Ok(vec![
+            series("charts/SPS", 800.0),
+            series("losses/td_loss", 0.5),
+        ]),
+    });
+    let c = app.charts("r1").unwrap();
+    assert_eq!(c.groups(), vec!["charts", "losses"]);
+    app.update(key(KeyCode::Down));
+    assert_eq!(app.charts("r1").unwrap().selected_group(), Some("losses"));
+    // Live: read again once the refresh interval has passed since the answer.
+    assert_eq!(charts_reads(&tick(&mut app, CHARTS_REFRESH * 4)).len(), 1);
+    // Hidden: no reads.
+    app.update(key(KeyCode::Char('1')));
+    assert!(charts_reads(&tick(&mut app, CHARTS_REFRESH * 20)).is_empty());
+    // x on the Charts tab closes the run, its charts with it.
+    app.update(key(KeyCode::Char('2')));
+    app.update(key(KeyCode::BackTab));
+    app.update(key(KeyCode::BackTab));
+    assert_eq!(app.current_tab().title(), "r1: Charts");
+    app.update(key(KeyCode::Char('x')));
+    assert!(app.charts("r1").is_none());
+    assert_eq!(titles(&app), ["Runs", "Human Replay"]);
 }

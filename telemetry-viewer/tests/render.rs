@@ -391,3 +391,85 @@ fn equal_returns_draw_mid_height_bars_not_full_ones() {
         "bottom row has the bars: {inner:?}"
     );
 }
+
+#[test]
+fn charts_draw_the_shown_group_with_last_values_and_count_nan() {
+    use telemetry_core::pb::{ScalarBucket, ScalarSeries};
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary("r1", RunState::Running, &["a1"], &[])],
+        t0,
+    );
+    open_selected(&mut app);
+    let cmds = app.update(key(KeyCode::Char('c')));
+    let txt = screen(&render(&app, 100, 30));
+    assert!(txt.contains("reading curves"), "{txt}");
+    let stream = cmds
+        .iter()
+        .find_map(|c| match c {
+            telemetry_viewer::app::Command::ReadScalars { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .unwrap();
+    let bucket = |s: i64, v: f64| ScalarBucket {
+        first_step: s,
+        last_step: s,
+        min: v,
+        max: v,
+        last: v,
+        count: 1,
+        nan_count: u64::from(v.is_nan()),
+    };
+    let loss = ScalarSeries {
+        tag: "losses/value_loss".into(),
+        points: 40,
+        buckets: (0..40)
+            .map(|i| {
+                bucket(
+                    i * 100,
+                    if i == 30 {
+                        f64::NAN
+                    } else {
+                        1.0 / (i + 1) as f64
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let sps = ScalarSeries {
+        tag: "charts/SPS".into(),
+        points: 1,
+        buckets: vec![bucket(0, 812.0)],
+        ..Default::default()
+    };
+    app.update(Event::Scalars {
+        stream,
+        result: Ok(vec![sps, loss]),
+    });
+    let txt = screen(&render(&app, 100, 30));
+    assert!(
+        txt.contains("charts (1)") && txt.contains("losses (1)"),
+        "{txt}"
+    );
+    assert!(
+        txt.contains("charts/SPS") && txt.contains("last 812.0000"),
+        "{txt}"
+    );
+    assert!(
+        !txt.contains("losses/value_loss"),
+        "only the shown group: {txt}"
+    );
+    app.update(key(KeyCode::Down));
+    let txt = screen(&render(&app, 100, 30));
+    assert!(txt.contains("losses/value_loss"), "{txt}");
+    assert!(
+        txt.contains("40 points") && txt.contains("1 NaN/inf"),
+        "{txt}"
+    );
+    assert!(
+        txt.contains("3900"),
+        "the x axis ends at the last step: {txt}"
+    );
+}

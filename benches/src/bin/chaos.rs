@@ -242,6 +242,13 @@ fn stored_seqs(store: &StoreReader, run: &str) -> AnyResult<Vec<u64>> {
     for e in store.stream_episodes_since(0, &filter) {
         seqs.push(e?.producer_seq);
     }
+    let mut since = 0;
+    loop {
+        let page = store.read_scalars_page(since, &filter, 10_000)?;
+        let Some(last) = page.last() else { break };
+        since = last.seq_id;
+        seqs.extend(page.iter().map(|s| s.producer_seq));
+    }
     // Lifecycle events are a handful per worker start: one page holds them.
     let events = store.events_since(0, Some(run), 100_000)?;
     seqs.extend(events.iter().map(|r| r.producer().1));

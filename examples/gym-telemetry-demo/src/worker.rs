@@ -8,7 +8,7 @@ use std::{path::PathBuf, thread, time::Duration};
 use anyhow::Context;
 use serde_json::json;
 use telemetry_core::{
-    pb::{CompletionStatus, RunCompleted, RunEpisode, RunStarted, RunStep},
+    pb::{CompletionStatus, RunCompleted, RunEpisode, RunStarted, RunStep, Scalar},
     timestamp, ControlMode,
 };
 use telemetry_shim::{Metadata, ShimConfig, Telemetry};
@@ -154,11 +154,13 @@ fn play(
         let mut total = 0.0;
         let mut terminated = false;
         let mut len = 0u64;
+        let mut td = 0.0f64;
         for t in 0..MAX_STEPS {
             let a = learner.act(s, &mut rng);
             let out = env.step(a, 0.1, &mut rng);
             let (q_before, q_after) = learner.learn(s, a, out.reward, out.state, out.terminated);
             total += out.reward;
+            td += (q_after - q_before).abs();
             len = t + 1;
             terminated = out.terminated;
             let (row, col) = env.pos(out.state);
@@ -202,6 +204,20 @@ fn play(
             ..Default::default()
         })?;
         episodes += 1;
+        // Learning curves against the agent's global step (the Charts tab draws them).
+        for (tag, value) in [
+            ("charts/epsilon", learner.epsilon),
+            ("losses/td_error", td / len.max(1) as f64),
+        ] {
+            shim.scalar(Scalar {
+                run_id: cfg.run_id.clone(),
+                agent_id: agent.to_owned(),
+                tag: tag.to_owned(),
+                value,
+                step: i64::try_from(steps).unwrap_or(i64::MAX),
+                ..Default::default()
+            })?;
+        }
         learner.end_episode();
     }
     Ok((steps, episodes))

@@ -56,7 +56,36 @@ impl App {
             Tab::Runs => self.runs_key(key.code),
             Tab::HumanReplay => self.human_key(key.code),
             Tab::Agent { key: pane, view } => self.agent_key(&pane, view, key.code),
+            Tab::Charts { run_id } => self.charts_key(&run_id, key.code),
         }
+    }
+
+    fn charts_key(&mut self, run_id: &str, code: KeyCode) -> Vec<Command> {
+        match code {
+            KeyCode::Char('x') => return self.close_run(run_id),
+            KeyCode::Left => self.cycle(-1),
+            KeyCode::Right => self.cycle(1),
+            KeyCode::Char('g') | KeyCode::Char('r') | KeyCode::Char('e') | KeyCode::Char('p') => {
+                // Back to the run's first agent, then its view.
+                let first = self.tabs.iter().find_map(|t| match t {
+                    Tab::Agent { key, .. } if key.run_id == run_id => Some(key.clone()),
+                    _ => None,
+                });
+                if let Some(key) = first {
+                    return self.agent_key(&key, AgentView::Grid, code);
+                }
+            }
+            code => {
+                if let Some(c) = self.charts.get_mut(run_id) {
+                    match code {
+                        KeyCode::Up | KeyCode::Char('k') => c.move_group(-1),
+                        KeyCode::Down | KeyCode::Char('j') => c.move_group(1),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Vec::new()
     }
 
     fn cycle(&mut self, delta: isize) {
@@ -147,6 +176,15 @@ impl App {
         if code == KeyCode::Char('x') {
             let run = key.run_id.clone();
             return self.close_run(&run);
+        }
+        if code == KeyCode::Char('c') {
+            let charts = Tab::Charts {
+                run_id: key.run_id.clone(),
+            };
+            if let Some(i) = self.tabs.iter().position(|t| *t == charts) {
+                self.current = i;
+            }
+            return Vec::new();
         }
         let Some(pane) = self.panes.get_mut(key) else {
             return Vec::new();

@@ -4,6 +4,7 @@
 //! the Grid stream with render data, completion stopping a view, replay stepping — is tested by
 //! feeding events and looking at the state and the commands.
 
+pub mod charts;
 pub mod human;
 mod keys;
 pub mod pane;
@@ -17,10 +18,12 @@ use std::{
 
 use crossterm::event::KeyEvent;
 use telemetry_core::pb::{
-    EpisodeStreamMessage, RunInfo, RunState, RunSummary, StepStreamMessage, StreamRequest,
+    EpisodeStreamMessage, ReadScalarsRequest, RunInfo, RunState, RunSummary, ScalarSeries,
+    StepStreamMessage, StreamRequest,
 };
 
 use self::{
+    charts::Charts,
     human::HumanReplay,
     pane::{Pane, PaneKey, StepsStream},
     runs::RunsTable,
@@ -90,6 +93,13 @@ pub enum Event {
         /// The batch.
         message: EpisodeStreamMessage,
     },
+    /// A `ReadScalars` answered (or failed, with the error's text).
+    Scalars {
+        /// The read.
+        stream: StreamId,
+        /// The curves, or why the read failed.
+        result: Result<Vec<ScalarSeries>, String>,
+    },
     /// A stream ended, cleanly (`None`) or not.
     StreamEnded {
         /// The stream.
@@ -115,6 +125,13 @@ pub enum Command {
         stream: StreamId,
         /// The request.
         request: StreamRequest,
+    },
+    /// Call `ReadScalars` once and feed the answer back as [`Event::Scalars`].
+    ReadScalars {
+        /// Its id.
+        stream: StreamId,
+        /// The request.
+        request: ReadScalarsRequest,
     },
     /// Stop a stream (no more events from it).
     Close(StreamId),
@@ -161,6 +178,11 @@ pub enum Tab {
         /// Which view.
         view: AgentView,
     },
+    /// The learning curves of an open run.
+    Charts {
+        /// The run.
+        run_id: String,
+    },
 }
 
 impl Tab {
@@ -170,6 +192,7 @@ impl Tab {
             Tab::Runs => "Runs".to_owned(),
             Tab::HumanReplay => "Human Replay".to_owned(),
             Tab::Agent { key, view } => format!("{}: {}", key.label(), view.name()),
+            Tab::Charts { run_id } => format!("{run_id}: Charts"),
         }
     }
 }
@@ -181,6 +204,7 @@ enum Owner {
     PaneReplay(PaneKey),
     HumanList,
     HumanFrames,
+    Charts(String),
 }
 
 /// The whole viewer state.
@@ -190,6 +214,7 @@ pub struct App {
     conn: Connection,
     runs: RunsTable,
     panes: BTreeMap<PaneKey, Pane>,
+    charts: BTreeMap<String, Charts>,
     tabs: Vec<Tab>,
     current: usize,
     human: HumanReplay,
@@ -212,6 +237,7 @@ impl App {
             conn: Connection::Connecting,
             runs: RunsTable::default(),
             panes: BTreeMap::new(),
+            charts: BTreeMap::new(),
             tabs: vec![Tab::Runs, Tab::HumanReplay],
             current: 0,
             human: HumanReplay::default(),
@@ -272,6 +298,15 @@ impl App {
             }
             Event::Steps { stream, message } => self.on_steps(stream, message),
             Event::Episodes { stream, message } => self.on_episodes(stream, message),
+            Event::Scalars { stream, result } => {
+                if let Some(Owner::Charts(run)) = self.streams.remove(&stream) {
+                    let live = !self.run_finished(&run);
+                    if let Some(c) = self.charts.get_mut(&run) {
+                        c.apply(result, self.now, live);
+                    }
+                }
+                Vec::new()
+            }
             Event::StreamEnded { stream, error } => {
                 self.on_stream_end(stream, error);
                 Vec::new()
@@ -313,6 +348,16 @@ impl App {
     /// A pane of an open run.
     pub fn pane(&self, key: &PaneKey) -> Option<&Pane> {
         self.panes.get(key)
+    }
+
+    /// The Charts state of an open run.
+    pub fn charts(&self, run_id: &str) -> Option<&Charts> {
+        self.charts.get(run_id)
+    }
+
+    /// Whether the registry says a run has ended.
+    fn run_finished(&self, run_id: &str) -> bool {
+        self.runs.get(run_id).is_some_and(|r| r.is_finished())
     }
 
     /// Every tab, in order.
@@ -388,6 +433,12 @@ impl App {
             self.human.clear();
             self.human.requested = false;
             changed = true;
+        }
+        if let Some(Tab::Charts { run_id }) = self.tabs.get(self.current) {
+            let live = !self.run_finished(run_id);
+            if self.charts.get(run_id).is_some_and(|c| c.due(now, live)) {
+                changed = true;
+            }
         }
         changed
             | match self.tabs.get(self.current) {
@@ -503,6 +554,15 @@ impl App {
                 self.human.error = error;
             }
             Owner::HumanFrames => self.human.replay.on_end(error),
+            Owner::Charts(run) => {
+                if let Some(c) = self.charts.get_mut(&run) {
+                    c.apply(
+                        Err(error.unwrap_or_else(|| "the read ended".into())),
+                        self.now,
+                        true,
+                    );
+                }
+            }
         }
     }
 
@@ -573,6 +633,20 @@ impl App {
                     stream: id,
                     request,
                 });
+            }
+        }
+        if let Some(Tab::Charts { run_id }) = self.tabs.get(self.current).cloned() {
+            let live = !self.run_finished(&run_id);
+            let now = self.now;
+            if self.charts.get(&run_id).is_some_and(|c| c.due(now, live)) {
+                let id = self.alloc(Owner::Charts(run_id.clone()));
+                if let Some(c) = self.charts.get_mut(&run_id) {
+                    c.in_flight = Some(id);
+                    cmds.push(Command::ReadScalars {
+                        stream: id,
+                        request: c.request(),
+                    });
+                }
             }
         }
         if matches!(self.tabs.get(self.current), Some(Tab::HumanReplay)) && !self.human.requested {
@@ -689,6 +763,20 @@ impl App {
             let i = self.add_pane(PaneKey::new(run_id, agent), finished.clone());
             first.get_or_insert(i);
         }
+        self.charts
+            .insert(run_id.to_owned(), Charts::new(run_id.to_owned()));
+        let last = self
+            .tabs
+            .iter()
+            .rposition(|t| matches!(t, Tab::Agent { key, .. } if key.run_id == run_id));
+        if let Some(i) = last {
+            self.tabs.insert(
+                i + 1,
+                Tab::Charts {
+                    run_id: run_id.to_owned(),
+                },
+            );
+        }
         if let Some(i) = first {
             self.current = i;
         }
@@ -701,13 +789,18 @@ impl App {
             return Vec::new();
         }
         self.panes.retain(|k, _| k.run_id != run_id);
-        self.tabs
-            .retain(|t| !matches!(t, Tab::Agent { key, .. } if key.run_id == run_id));
+        self.charts.remove(run_id);
+        self.tabs.retain(|t| match t {
+            Tab::Agent { key, .. } => key.run_id != run_id,
+            Tab::Charts { run_id: r } => r != run_id,
+            Tab::Runs | Tab::HumanReplay => true,
+        });
         let ids: Vec<StreamId> = self
             .streams
             .iter()
             .filter(|(_, o)| match o {
                 Owner::Steps(k) | Owner::Episodes(k) | Owner::PaneReplay(k) => k.run_id == run_id,
+                Owner::Charts(r) => r == run_id,
                 Owner::HumanList | Owner::HumanFrames => false,
             })
             .map(|(id, _)| *id)

@@ -15,6 +15,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("↑↓ j k PgUp PgDn", "move selection, scroll Raw"),
     ("Enter", "open run · load episode · replay it"),
     ("g r e p", "agent's Grid / Raw / Episodes / Replay"),
+    ("c", "the run's Charts (↑↓ j k: tag group)"),
     ("← → h l", "replay: previous / next frame"),
     ("Home End", "first / last (frame, row, Raw top/tail)"),
     ("Space", "replay: play / pause"),

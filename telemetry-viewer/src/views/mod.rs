@@ -4,6 +4,7 @@
 //! Layout (works down to 80x24): one line of tabs, the body of the shown tab, one status line
 //! (link state, lag, drops, gaps, key hint), and the key help on top when asked for.
 
+pub mod charts;
 pub mod episodes;
 pub mod grid;
 pub mod help;
@@ -44,6 +45,10 @@ pub fn draw(frame: &mut Frame, app: &App) {
                 AgentView::Episodes => episodes::draw(frame, body, pane),
                 AgentView::Replay => replay::draw_agent(frame, body, pane),
             },
+            None => frame.render_widget(Paragraph::new("(closed)"), body),
+        },
+        Tab::Charts { run_id } => match app.charts(run_id) {
+            Some(c) => charts::draw(frame, body, c),
             None => frame.render_widget(Paragraph::new("(closed)"), body),
         },
     }
