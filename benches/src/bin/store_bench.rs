@@ -11,6 +11,12 @@
 //! - `store_dump_rss`: peak RSS of a child process dumping N rows as JSONL, against one
 //!   dumping N/5 (quick: N/5 as well). Goal: ratio ~1 (flat memory).
 //!
+//! - `scalar_read_1m`: `read_scalars` of 1M stored points of one tag down to 2,000 buckets
+//!   (min/max/last each), against a plain `SELECT step, value ... ORDER BY step` of the same
+//!   rows collected into memory. ratio = plain time / downsampled time: 1.0 means the
+//!   downsampling costs nothing over merely reading the rows, while the answer is 2,000
+//!   buckets instead of 1M points (the encoded sizes are printed on stderr).
+//!
 //! `--quick` keeps each part well under a minute. The hidden `__dump-child <db> <since>`
 //! subcommand is the child of the RSS measurement.
 
@@ -236,6 +242,77 @@ fn bench_dump_rss(dir: &Path, sizes: &Sizes) -> AnyResult<()> {
     Ok(())
 }
 
+fn bench_scalar_read(dir: &Path) -> AnyResult<()> {
+    const POINTS: i64 = 1_000_000;
+    let path = fresh(dir, "scalars.sqlite");
+    let mut store = Store::open(config(&path))?;
+    let started = Instant::now();
+    let mut step = 0i64;
+    while step < POINTS {
+        let mut batch: Vec<Record> = (0..4096)
+            .map(|i| {
+                let s = step + i;
+                Record::from(telemetry_core::pb::Scalar {
+                    run_id: "bench".into(),
+                    tag: "losses/value_loss".into(),
+                    step: s * 8,
+                    value: ((s % 977) as f64).sin(),
+                    producer_id: "p".into(),
+                    producer_seq: s as u64 + 1,
+                    ..Default::default()
+                })
+            })
+            .take_while(|r| match &r.kind {
+                Some(Kind::Scalar(v)) => v.step < POINTS * 8,
+                _ => false,
+            })
+            .collect();
+        step += batch.len() as i64;
+        store.append(&mut batch, &[])?;
+    }
+    eprintln!("   filled {POINTS} scalars in {:.1}s", started.elapsed().as_secs_f64());
+    let reader = store.reader()?;
+    let q = telemetry_store::ScalarQuery {
+        run_id: "bench".into(),
+        max_points: 2000,
+        ..Default::default()
+    };
+    let (mut best_ours, mut best_plain) = (Duration::MAX, Duration::MAX);
+    let (mut buckets, mut answer_bytes, mut rows) = (0, 0, 0);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let plain = reader.scalar_points("bench", "losses/value_loss", "")?;
+        best_plain = best_plain.min(t.elapsed());
+        rows = plain.len();
+        std::hint::black_box(plain);
+        let t = Instant::now();
+        let series = reader.read_scalars(&q)?;
+        best_ours = best_ours.min(t.elapsed());
+        let s = series.first().ok_or("no series")?;
+        if s.points != POINTS as u64 {
+            return Err(format!("read {} points, stored {POINTS}", s.points).into());
+        }
+        buckets = s.buckets.len();
+        answer_bytes = prost::Message::encoded_len(s);
+    }
+    if rows != POINTS as usize {
+        return Err(format!("plain read {rows} rows, stored {POINTS}").into());
+    }
+    eprintln!(
+        "   1M points -> {buckets} buckets ({answer_bytes} bytes encoded, vs ~{} bytes as points): \
+         downsampled {:.0} ms, plain SELECT {:.0} ms",
+        rows * 20,
+        best_ours.as_secs_f64() * 1e3,
+        best_plain.as_secs_f64() * 1e3
+    );
+    println!(
+        "BENCH scalar_read_1m {:.1} ms ratio={:.2}",
+        best_ours.as_secs_f64() * 1e3,
+        best_plain.as_secs_f64() / best_ours.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> AnyResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("__dump-child") {
@@ -262,5 +339,7 @@ fn main() -> AnyResult<()> {
     bench_read(&read_db)?;
     eprintln!("== store dump rss");
     bench_dump_rss(dir.path(), &sizes)?;
+    eprintln!("== scalar read");
+    bench_scalar_read(dir.path())?;
     Ok(())
 }
