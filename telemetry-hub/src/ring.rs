@@ -2,9 +2,10 @@
 //!
 //! A viewer that opens a run a little late (or reconnects) asks for `since_seq`; when the run's
 //! ring still reaches back that far, the hub serves it from memory instead of the store. The
-//! ring is bounded in records and bytes per run, across its three streams: when over budget it
-//! evicts the oldest step first, then the oldest episode, then the oldest lifecycle event
-//! (lifecycle events are rare and cheap, steps are plentiful and easy to re-read). Evicting is
+//! ring is bounded in records and bytes per run, across its four streams: when over budget it
+//! evicts the oldest step first, then the oldest episode, then the oldest lifecycle event, then
+//! the oldest scalar (steps are plentiful and easy to re-read; curves are what a late joiner of a
+//! training run opens first). Evicting is
 //! always safe: everything in the ring is also in the store.
 
 use std::{collections::VecDeque, sync::Arc};
@@ -29,7 +30,7 @@ pub(crate) struct RingEntry {
     pub bytes: usize,
 }
 
-/// The three per-stream rings of one run, sharing one budget.
+/// The per-stream rings of one run, sharing one budget.
 #[derive(Debug, Default)]
 pub(crate) struct Rings {
     streams: [VecDeque<RingEntry>; StreamKind::COUNT],
