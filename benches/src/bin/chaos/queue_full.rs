@@ -7,7 +7,8 @@
 //! tests check each policy against a fake daemon with a queue of a few records; this file
 //! exists to check them at a realistic size, through the real daemon binary and its store:
 //!
-//! - the queue's segment files never exceed `queue_max_bytes`, and it was full (a drop);
+//! - the queue's segment files never exceed `queue_max_bytes`, and it was full (within one
+//!   segment of the limit, and records were dropped);
 //! - every record offered is either stored or counted in `ShimStats::dropped`, exactly:
 //!   `stored + dropped == offered`, and `accepted` + the calls refused == offered;
 //! - nothing is stored twice, the shim's close is `Acked` once the daemon is back;
@@ -24,7 +25,9 @@ use telemetry_shim::{FlushOutcome, FullPolicy, ShimConfig, Telemetry};
 use super::{stored_seqs, work_dir, Daemon, Opts, Outcome, WAIT};
 
 /// How long a blocked caller waits for room before its record is dropped.
-const BLOCK_TIMEOUT: Duration = Duration::from_millis(10);
+const BLOCK_TIMEOUT: Duration = Duration::from_millis(20);
+/// Calls `Block` refuses once the queue is full before the scenario moves on.
+const BLOCK_REFUSALS: u64 = 50;
 
 /// Records the shim's inbox holds between the caller and the sender.
 const BUFFER_RECORDS: usize = 4096;
@@ -83,16 +86,23 @@ fn try_policy(
     })?;
     let mut broken = vec![];
     let (mut offered, mut refused_calls) = (0u64, 0u64);
-    // Past the first drop, as many again as the queue holds (Block: 100 refused calls, each
-    // waiting its timeout). Bounded: a queue that never fills is a failure, not a hang.
+    // Until the queue is within a segment of its limit, then past it: as many again as it
+    // holds (Block: until BLOCK_REFUSALS calls were refused, each after its timeout). A pause
+    // every 256 calls lets the sender keep up, so the drops are the disk queue's, not only
+    // the inbox's. Bounded: a queue that never fills is a failure, not a hang.
     let per_record = 200u64;
     let limit = 20 * queue_max_bytes / per_record + 200_000;
-    let mut extra: Option<u64> = None;
+    let block = matches!(policy, FullPolicy::Block { .. });
+    let mut past_full: Option<u64> = None;
     let mut peak_segments = 0u64;
-    while extra != Some(0) {
-        if offered >= limit {
-            broken.push(format!("the queue never filled in {offered} records"));
-            break;
+    loop {
+        match past_full {
+            Some(0) => break,
+            None if offered >= limit => {
+                broken.push(format!("the queue never filled in {offered} records"));
+                break;
+            }
+            _ => {}
         }
         let mut step = template(offered);
         step.run_id = run.into();
@@ -101,19 +111,21 @@ fn try_policy(
         if !ok {
             refused_calls += 1;
         }
-        extra = match extra {
-            Some(n) if matches!(policy, FullPolicy::Block { .. }) => {
-                Some(n - u64::from(!ok).min(n))
+        if let Some(n) = past_full.as_mut() {
+            if !block || !ok {
+                *n -= 1;
             }
-            Some(n) => Some(n - 1),
-            None if shim.stats().dropped > 0 => Some(match policy {
-                FullPolicy::Block { .. } => 100,
-                _ => queue_max_bytes / per_record,
-            }),
-            None => None,
-        };
+        }
         if offered % 256 == 0 {
             peak_segments = peak_segments.max(segment_bytes(queue)?);
+            if past_full.is_none() && shim.stats().queue_bytes >= queue_max_bytes - segment {
+                past_full = Some(if block {
+                    BLOCK_REFUSALS
+                } else {
+                    queue_max_bytes / per_record
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     // The sender drains what the calls handed it into the queue (or drops it) before the daemon
