@@ -53,17 +53,17 @@ use std::{
 };
 
 use gym_telemetry_benches::{template, AnyResult};
+use telemetry_shim::{FlushOutcome, FullPolicy, ShimConfig, Telemetry};
+use telemetry_store::{Filter, StoreConfig, StoreReader};
 
-// A bin's root is its own directory's `mod.rs` for module paths: the scenarios that live in
-// files of their own are in `chaos/`, named by path.
+// A crate root looks for `mod x;` beside itself (`src/bin/x.rs`), so the scenarios that have
+// files of their own under `chaos/` are named by path.
 #[path = "chaos/queue_full.rs"]
 mod queue_full;
 #[path = "chaos/viewer_stall.rs"]
 mod viewer_stall;
 #[path = "chaos/wal_bounded.rs"]
 mod wal_bounded;
-use telemetry_shim::{FlushOutcome, FullPolicy, ShimConfig, Telemetry};
-use telemetry_store::{Filter, StoreConfig, StoreReader};
 
 /// Bound of every wait on a process or the daemon.
 const WAIT: Duration = Duration::from_secs(120);
