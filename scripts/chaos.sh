@@ -6,12 +6,14 @@
 # and the script exits non-zero if any scenario breaks its promise (1) or cannot run (2).
 #
 # Usage: scripts/chaos.sh [--quick] [--debug] [--seed N] [--scenario NAME]...
-#   --quick   CI size: >= 3 daemon kills over 50,000 records, 3 worker kills, 6 TCP faults
-#             (a couple of minutes on 2 cores). Without it: >= 10 kills over 500,000 records,
-#             10 worker kills, 30 TCP faults.
+#   --quick   CI size: >= 3 daemon kills over 50,000 records, 3 worker kills, 6 TCP faults,
+#             a 6 s viewer stall, 1 MiB shim queues, a 5 s slow reader (a couple of minutes on
+#             2 cores). Without it: >= 10 kills over 500,000 records, 10 worker kills, 30 TCP
+#             faults, a 60 s viewer stall, 16 MiB shim queues, a 90 s slow reader.
 #   --debug   use debug binaries (what `cargo test` already built) instead of a release build.
 #   --seed N  replay the random points of an earlier run (the seed is printed on stderr).
-# Scenarios: daemon-kill, worker-kill, tcp-faults (default: all). Work files go under
+# Scenarios: daemon-kill, worker-kill, tcp-faults, viewer-stall, queue-full, wal-bounded
+# (default: all). Work files go under
 # CHAOS_WORK_DIR (default: the system temporary directory) and are removed afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,6 +17,20 @@
 //! - `tcp-faults`: a TCP fault proxy of this binary between the shim and the daemon that delays,
 //!   stalls, resets and half-closes connections at random byte counts; `runs` = faults
 //!   injected. Promise: close `Acked`, nothing lost, nothing stored twice.
+//! - `viewer-stall` (`chaos/viewer_stall.rs`): a follow stream (`StreamRunSteps`, as
+//!   telemetry-viewer asks for it) that stops reading for a long while a shim ingests at a
+//!   paced rate. `runs` = stalls. Promise: the ingest rate while it stalls is >= 0.7 of the
+//!   rate without a viewer, the daemon's VmRSS grows by <= 16 MiB during the stall, and
+//!   steps received + `Lagged` == steps stored after its resume point, with no `Gap`.
+//! - `queue-full` (`chaos/queue_full.rs`): the shim's disk queue filled past its byte limit
+//!   with the daemon down, under each full policy, then the daemon started. `runs` = policies.
+//!   Promise: the segment files stay within the limit, stored + `dropped` == offered exactly,
+//!   the survivors are the policy's (all accepted / the oldest / the newest), nothing twice;
+//!   `lost` = records neither stored nor counted as dropped.
+//! - `wal-bounded` (`chaos/wal_bounded.rs`): a viewer following a run from its start, reading
+//!   slowly (in catch-up all along) while a shim ingests. `runs` = 1. Promise: the store's
+//!   `-wal` file stays within 4 x its size with no reader + 1 MiB (and a snapshot held open
+//!   must cross that bound, or the check is void); the viewer's accounting is exact.
 //!
 //! The daemon's token is read from `<var-dir>/auth-token`, which it makes on first start, as a
 //! worker of the same user would find it. Usage:
@@ -41,6 +55,15 @@ use std::{
 use gym_telemetry_benches::{template, AnyResult};
 use telemetry_shim::{FlushOutcome, FullPolicy, ShimConfig, Telemetry};
 use telemetry_store::{Filter, StoreConfig, StoreReader};
+
+// A crate root looks for `mod x;` beside itself (`src/bin/x.rs`), so the scenarios that have
+// files of their own under `chaos/` are named by path.
+#[path = "chaos/queue_full.rs"]
+mod queue_full;
+#[path = "chaos/viewer_stall.rs"]
+mod viewer_stall;
+#[path = "chaos/wal_bounded.rs"]
+mod wal_bounded;
 
 /// Bound of every wait on a process or the daemon.
 const WAIT: Duration = Duration::from_secs(120);
@@ -769,10 +792,13 @@ fn main() -> std::process::ExitCode {
     };
     eprintln!("chaos: seed={} quick={}", o.seed, o.quick);
     let mut rng = fastrand::Rng::with_seed(o.seed);
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 6] = [
         ("daemon-kill", daemon_kill),
         ("worker-kill", worker_kill),
         ("tcp-faults", tcp_faults),
+        ("viewer-stall", viewer_stall::viewer_stall),
+        ("queue-full", queue_full::queue_full),
+        ("wal-bounded", wal_bounded::wal_bounded),
     ];
     let mut failed = false;
     let mut harness_error = false;
