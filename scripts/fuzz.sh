@@ -9,8 +9,9 @@
 #   FUZZ_JOBS=1         libFuzzer processes per target (-fork)
 #   FUZZ_ARGS="..."     extra libFuzzer flags
 #   CARGO_TARGET_DIR    where cargo-fuzz builds (cargo's default otherwise)
-# New inputs the fuzzer finds are added to the corpus directory; minimise before committing:
-#   cargo +nightly fuzz cmin TARGET fuzz/corpus/TARGET
+# The committed corpus fuzz/corpus/TARGET/ is read, not written: new inputs the fuzzer keeps go
+# to fuzz/target/new-corpus/TARGET/ (ignored by git). To keep some, merge them in minimised:
+#   (cd fuzz && cargo +nightly fuzz cmin TARGET corpus/TARGET)  # after copying them over
 # A crash is written to fuzz/artifacts/TARGET/; reproduce it with
 #   cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...
 set -euo pipefail
@@ -43,11 +44,11 @@ echo "== building the fuzz targets (nightly, release with debug assertions)"
 status=0
 summary=()
 for t in "${targets[@]}"; do
-    mkdir -p "fuzz/corpus/$t"
+    mkdir -p "fuzz/corpus/$t" "fuzz/target/new-corpus/$t"
     log="$(mktemp)"
     echo "== $t (${secs}s)"
     # -malloc_limit_mb: an allocation from an unchecked length fails the run, not the machine.
-    if (cd fuzz && cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+    if (cd fuzz && cargo +nightly fuzz run -O "$t" "target/new-corpus/$t" "corpus/$t" -- \
         -max_total_time="$secs" -malloc_limit_mb=256 -rss_limit_mb=1024 \
         ${FUZZ_JOBS:+-fork="$FUZZ_JOBS"} ${FUZZ_ARGS:-}) >"$log" 2>&1; then
         result=ok
