@@ -19,6 +19,9 @@
 pub mod completion;
 pub mod control_mode;
 pub mod credentials;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod jsonl;
 pub mod pb;

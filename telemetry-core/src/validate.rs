@@ -189,12 +189,44 @@ fn check_frame_ref(value: &str, limits: &Limits) -> Result<(), ValidationError> 
     Ok(())
 }
 
-/// Checks a record against `limits`. Does not modify it.
+/// The encoded length of `record` once [`normalize`] has rewritten its `control_mode` (its
+/// current length when the mode is invalid: the record is refused for that anyway).
+fn normalized_len(record: &Record, kind: &Kind) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    // The control_mode field numbers of RunStep, RunEpisode and RunStarted.
+    let (tag, mode, inner) = match kind {
+        Kind::Step(s) => (17, &s.control_mode, s.encoded_len()),
+        Kind::Episode(e) => (11, &e.control_mode, e.encoded_len()),
+        Kind::RunStarted(r) => (5, &r.control_mode, r.encoded_len()),
+        Kind::RunCompleted(_) | Kind::Artifact(_) => return record.encoded_len(),
+    };
+    let Ok(canonical) = ControlMode::from_wire(mode).map(ControlMode::as_str) else {
+        return record.encoded_len();
+    };
+    // proto3 leaves an empty string out.
+    let field = |len: usize| {
+        if len == 0 {
+            0
+        } else {
+            key_len(tag) + encoded_len_varint(len as u64) + len
+        }
+    };
+    let new_inner = inner - field(mode.len()) + field(canonical.len());
+    // The payload is the record's one field: its oneof message, length-prefixed.
+    record.encoded_len() - encoded_len_varint(inner as u64) - inner
+        + encoded_len_varint(new_inner as u64)
+        + new_inner
+}
+
+/// Checks a record against `limits` (the size limit as the record will be stored, normalized).
+/// Does not modify it.
 pub fn validate(record: &Record, limits: &Limits) -> Result<(), ValidationError> {
     let kind = record.kind.as_ref().ok_or(ValidationError::EmptyRecord)?;
     ids::check_id("run_id", record.run_id())?;
     ids::check_id_chars("producer_id", record.producer().0)?;
-    let size = record.encoded_len();
+    // The record is stored normalized, so the limit applies to its normalized size (a
+    // canonical `control_mode` can be longer than the one sent: "" -> "unknown").
+    let size = normalized_len(record, kind);
     if size > limits.max_record_bytes {
         return Err(ValidationError::RecordTooLarge {
             size,
@@ -463,6 +495,66 @@ mod tests {
         for (record, label) in cases {
             let err = validate(&record, &l).expect_err(label);
             assert_eq!(err.label(), label, "{err}");
+        }
+    }
+
+    /// Found by the `ingest_batch` fuzz target: a record at the size limit with an empty
+    /// `control_mode` passed, was stored with "unknown" (9 bytes more) and then failed its own
+    /// validation (a re-import or dump would refuse what the daemon had accepted).
+    #[test]
+    fn the_size_limit_applies_to_the_normalized_record() {
+        for (mode, kind) in [
+            ("", "step"),
+            (" AGENT-ONLY ", "step"),
+            ("", "episode"),
+            ("", "run_started"),
+        ] {
+            let canonical = ControlMode::from_wire(mode).expect("a mode").as_str();
+            let record = |pad: usize, mode: &str| -> Record {
+                let text = format!("\"{}\"", "x".repeat(pad));
+                match kind {
+                    "step" => RunStep {
+                        control_mode: mode.into(),
+                        info_json: text,
+                        ..step()
+                    }
+                    .into(),
+                    "episode" => RunEpisode {
+                        run_id: "r".into(),
+                        control_mode: mode.into(),
+                        metadata_json: text,
+                        ..Default::default()
+                    }
+                    .into(),
+                    _ => crate::pb::RunStarted {
+                        run_id: "r".into(),
+                        control_mode: mode.into(),
+                        config_json: text,
+                        ..Default::default()
+                    }
+                    .into(),
+                }
+            };
+            // Around 128 bytes the length prefixes grow from one byte to two.
+            for limit in [100, 127, 128, 129, 200, 16_384] {
+                let limits = Limits {
+                    max_record_bytes: limit,
+                    ..Limits::default()
+                };
+                for pad in limit.saturating_sub(60)..limit {
+                    let mut r = record(pad, mode);
+                    let stored_len = record(pad, canonical).encoded_len();
+                    let accepted = normalize(&mut r, &limits).is_ok();
+                    assert_eq!(
+                        accepted,
+                        stored_len <= limit,
+                        "{kind} mode {mode:?} limit {limit} pad {pad}: {stored_len} bytes normalized"
+                    );
+                    if accepted {
+                        validate(&r, &limits).expect("a stored record passes again");
+                    }
+                }
+            }
         }
     }
 

@@ -258,6 +258,28 @@ pub fn transcode<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
 
 pub use crate::legacy_runs::run_record;
 
+/// One step of a legacy `PublishRunSteps` stream as our record (re-read by its wire bytes).
+pub(crate) fn step_record(s: legacy::RunStep) -> Result<Record, Status> {
+    transcode::<_, pb::RunStep>(&s).map(Record::from)
+}
+
+/// One episode of a legacy `PublishRunEpisodes` stream as our record: re-read by its wire bytes,
+/// and `control_mode` taken from the metadata when the top level has none (the predecessor kept
+/// it there).
+pub(crate) fn episode_record(e: legacy::RunEpisode) -> Result<Record, Status> {
+    let mut ep: pb::RunEpisode = transcode(&e)?;
+    if ep.control_mode.is_empty() {
+        if let Ok(serde_json::Value::Object(m)) =
+            serde_json::from_str::<serde_json::Value>(&ep.metadata_json)
+        {
+            if let Some(mode) = m.get("control_mode").and_then(|v| v.as_str()) {
+                ep.control_mode = mode.to_owned();
+            }
+        }
+    }
+    Ok(Record::from(ep))
+}
+
 /// The older, invented configuration form (kept for scripts written against it; a config with
 /// an `argv` or `command` key). Understood keys: `argv` (or `command`, a list or a shell string), `env`, `working_dir` (or `cwd`), `run_id`, `agent_id`,
 /// `control_mode`, `game_id` (or `env_id`), `seed`, and `legacy_jsonl` (default true: the
@@ -513,9 +535,7 @@ impl TrainerService for LegacyService {
     ) -> Result<Response<PublishTelemetryResponse>, Status> {
         let principal = Principal::of(&request);
         let resp = self
-            .publish(&principal, request.into_inner(), |s: legacy::RunStep| {
-                transcode::<_, pb::RunStep>(&s).map(Record::from)
-            })
+            .publish(&principal, request.into_inner(), step_record)
             .await?;
         Ok(Response::new(resp))
     }
@@ -526,20 +546,7 @@ impl TrainerService for LegacyService {
     ) -> Result<Response<PublishTelemetryResponse>, Status> {
         let principal = Principal::of(&request);
         let resp = self
-            .publish(&principal, request.into_inner(), |e: legacy::RunEpisode| {
-                let mut ep: pb::RunEpisode = transcode(&e)?;
-                // The predecessor kept control_mode inside the metadata.
-                if ep.control_mode.is_empty() {
-                    if let Ok(serde_json::Value::Object(m)) =
-                        serde_json::from_str::<serde_json::Value>(&ep.metadata_json)
-                    {
-                        if let Some(mode) = m.get("control_mode").and_then(|v| v.as_str()) {
-                            ep.control_mode = mode.to_owned();
-                        }
-                    }
-                }
-                Ok(Record::from(ep))
-            })
+            .publish(&principal, request.into_inner(), episode_record)
             .await?;
         Ok(Response::new(resp))
     }

@@ -75,6 +75,9 @@ mod control;
 mod dispatch;
 mod drain;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod housekeeping;
 mod ingest;

@@ -50,6 +50,9 @@
 //!   [`DiskQueue::close`] behaves like a crash: the unwritten buffer is discarded.
 
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod segment;
 mod state;
 

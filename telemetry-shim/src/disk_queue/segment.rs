@@ -9,7 +9,11 @@ use super::{
     state::io_err,
     QueueError,
 };
-use std::{fs::OpenOptions, io::BufReader, path::PathBuf};
+use std::{
+    fs::OpenOptions,
+    io::{self, BufReader, Read},
+    path::PathBuf,
+};
 
 /// One segment file and the seqs it holds, as contiguous inclusive ranges (gaps appear where
 /// records were dropped before reaching the queue).
@@ -63,6 +67,49 @@ pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// What scanning a segment's bytes found: the seqs of its good frames, how many bytes they
+/// take, and why the scan stopped early (if it did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Scan {
+    /// The seqs of the good frames, as contiguous inclusive ranges.
+    pub(super) ranges: Vec<(u64, u64)>,
+    /// Bytes of the good frames (the offset of the first bad frame, if any).
+    pub(super) good_bytes: u64,
+    /// Why the rest is cut (`None`: the data ended cleanly after the last good frame).
+    pub(super) cut: Option<&'static str>,
+}
+
+/// Reads the frames of a segment of `size` bytes from `reader` until the first bad one: short,
+/// too long, past `size`, failing its CRC, or not increasing the seq beyond `prev_last` and the
+/// frame before it. Does no I/O beyond `reader`, so recovery can be checked on plain bytes.
+pub(super) fn scan_frames<R: Read>(reader: &mut R, size: u64, prev_last: u64) -> io::Result<Scan> {
+    let mut seg = Segment {
+        first_seq: 0,
+        path: PathBuf::new(),
+        ranges: Vec::new(),
+        bytes: 0,
+    };
+    let mut offset = 0u64;
+    let mut last = prev_last;
+    let cut = loop {
+        match frame::read(reader, size.saturating_sub(offset))? {
+            FrameRead::Frame { seq, len, .. } if seq > last => {
+                seg.push(seq);
+                last = seq;
+                offset += len;
+            }
+            FrameRead::Frame { .. } => break Some("seq not increasing"),
+            FrameRead::End => break None,
+            FrameRead::Corrupt(reason) => break Some(reason),
+        }
+    };
+    Ok(Scan {
+        ranges: seg.ranges,
+        good_bytes: offset,
+        cut,
+    })
+}
+
 /// Reads a segment, cutting it at the first bad frame. Returns the segment and, when cut, the
 /// bytes removed.
 pub(super) fn scan_segment(
@@ -77,37 +124,23 @@ pub(super) fn scan_segment(
         .map_err(|e| io_err(&path, e))?;
     let size = file.metadata().map_err(|e| io_err(&path, e))?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, &file);
-    let mut seg = Segment {
+    let scan = scan_frames(&mut reader, size, prev_last).map_err(|e| io_err(&path, e))?;
+    drop(reader);
+    let seg = Segment {
         first_seq,
         path,
-        ranges: Vec::new(),
-        bytes: 0,
+        ranges: scan.ranges,
+        bytes: scan.good_bytes,
     };
-    let mut offset = 0u64;
-    let mut last = prev_last;
-    let cut = loop {
-        let read = frame::read(&mut reader, size - offset).map_err(|e| io_err(&seg.path, e))?;
-        match read {
-            FrameRead::Frame { seq, len, .. } if seq > last => {
-                seg.push(seq);
-                last = seq;
-                offset += len;
-            }
-            FrameRead::Frame { .. } => break Some("seq not increasing"),
-            FrameRead::End => break None,
-            FrameRead::Corrupt(reason) => break Some(reason),
-        }
-    };
-    seg.bytes = offset;
-    let lost = match cut {
+    let offset = seg.bytes;
+    let lost = match scan.cut {
         None => None,
         Some(reason) => {
             tracing::warn!(path = %seg.path.display(), offset, reason,
                 "telemetry queue: cutting a torn or corrupt segment tail");
-            drop(reader);
             file.set_len(offset).map_err(|e| io_err(&seg.path, e))?;
             file.sync_all().map_err(|e| io_err(&seg.path, e))?;
-            Some(size - offset)
+            Some(size.saturating_sub(offset))
         }
     };
     Ok((seg, lost))
