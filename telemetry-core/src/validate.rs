@@ -198,7 +198,7 @@ fn normalized_len(record: &Record, kind: &Kind) -> usize {
         Kind::Step(s) => (17, &s.control_mode, s.encoded_len()),
         Kind::Episode(e) => (11, &e.control_mode, e.encoded_len()),
         Kind::RunStarted(r) => (5, &r.control_mode, r.encoded_len()),
-        Kind::RunCompleted(_) | Kind::Artifact(_) => return record.encoded_len(),
+        Kind::RunCompleted(_) | Kind::Artifact(_) | Kind::Scalar(_) => return record.encoded_len(),
     };
     let Ok(canonical) = ControlMode::from_wire(mode).map(ControlMode::as_str) else {
         return record.encoded_len();

@@ -270,7 +270,10 @@ fn bench_scalar_read(dir: &Path) -> AnyResult<()> {
         step += batch.len() as i64;
         store.append(&mut batch, &[])?;
     }
-    eprintln!("   filled {POINTS} scalars in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "   filled {POINTS} scalars in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let reader = store.reader()?;
     let q = telemetry_store::ScalarQuery {
         run_id: "bench".into(),
