@@ -284,7 +284,12 @@ pub mod fault_injection {
         }
         if let Some(state) = &log.state {
             let to = into.join(super::super::state::STATE_FILE);
-            fs::write(&to, state).map_err(io(&to))?;
+            super::super::private_file()
+                .write(true)
+                .create_new(true)
+                .open(&to)
+                .and_then(|mut f| f.write_all(state))
+                .map_err(io(&to))?;
             out.state = true;
         }
         Ok(out)
