@@ -138,8 +138,8 @@ impl ProxySummary {
         };
         format!(
             "gym-telemetry-proxy: lines parsed={} rejected={} passed_through={} stderr={} \
-             synthesized={}; records accepted={} acked={} dropped={} rejected_by_daemon={}; \
-             flush={flush}; undelivered={}; exit={}",
+             synthesized={}; records accepted={} acked={} dropped={} rejected_by_daemon={} \
+             lost_to_corruption={}; flush={flush}; undelivered={}; exit={}",
             c.parsed,
             c.rejected,
             c.passed_through,
@@ -149,6 +149,7 @@ impl ProxySummary {
             s.acked,
             s.dropped,
             s.rejected,
+            s.corrupt_lost_records,
             self.undelivered,
             self.exit_code
         )

@@ -180,6 +180,13 @@ impl Backlog {
         }
     }
 
+    pub fn corrupt_lost(&self) -> u64 {
+        match self {
+            Backlog::Memory(_) => 0,
+            Backlog::Disk(d) => d.corrupt_lost_records(),
+        }
+    }
+
     /// Clean stop: flush and sync (disk); nothing to do in memory.
     pub fn close(self) -> Result<(), QueueError> {
         match self {

@@ -322,6 +322,9 @@ impl Sender {
             self.counters.queue_bytes.store(b.bytes(), Relaxed);
             self.counters.queue_records.store(b.unacked(), Relaxed);
             self.counters.corrupt_tails.store(b.corrupt(), Relaxed);
+            self.counters
+                .corrupt_lost_records
+                .store(b.corrupt_lost(), Relaxed);
         }
     }
 

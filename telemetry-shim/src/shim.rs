@@ -109,6 +109,9 @@ impl Telemetry {
                                 producer_id = %rec.producer_id, "resuming queued telemetry");
                         }
                         counters.corrupt_tails.store(rec.corrupt_tails, Relaxed);
+                        counters
+                            .corrupt_lost_records
+                            .store(rec.lost_records, Relaxed);
                         counters.queue_records.store(rec.records, Relaxed);
                         counters.queue_bytes.store(q.bytes(), Relaxed);
                         let next = q.last_seq() + 1;

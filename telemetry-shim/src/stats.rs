@@ -36,6 +36,10 @@ pub struct ShimStats {
     pub buffered_records: u64,
     /// Torn or corrupt queue frames found (at open or while reading).
     pub corrupt_tails: u64,
+    /// Unacked records lost with those frames: counted in records, by the seqs missing between
+    /// the intact frames either side of the damage (`Recovery::lost_records` of the disk
+    /// queue), never sent.
+    pub corrupt_lost_records: u64,
     /// Watermarks from the daemon not adopted as this shim's seq floor: more than
     /// `telemetry_core::MAX_SEQ_JUMP` ahead of the shim's own counter (or at `u64::MAX`).
     pub refused_watermarks: u64,
@@ -58,6 +62,7 @@ pub(crate) struct Counters {
     pub queue_records: AtomicU64,
     pub buffered_records: AtomicU64,
     pub corrupt_tails: AtomicU64,
+    pub corrupt_lost_records: AtomicU64,
     pub refused_watermarks: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -89,6 +94,7 @@ impl Counters {
             queue_records: self.queue_records.load(Relaxed),
             buffered_records: self.buffered_records.load(Relaxed),
             corrupt_tails: self.corrupt_tails.load(Relaxed),
+            corrupt_lost_records: self.corrupt_lost_records.load(Relaxed),
             refused_watermarks: self.refused_watermarks.load(Relaxed),
             last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
         }

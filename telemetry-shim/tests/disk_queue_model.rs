@@ -112,6 +112,10 @@ fn reopen_after_crash(dir: &Path, m: &mut Model, expect_corrupt: u64) -> DiskQue
         rec.corrupt_tails, expect_corrupt,
         "corrupt tails are counted"
     );
+    assert_eq!(
+        rec.lost_records, expect_corrupt,
+        "each damaged tail costs exactly its record, and says so"
+    );
     let got = all(&mut q);
     assert!(
         got.len() >= m.flushed,

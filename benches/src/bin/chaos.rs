@@ -31,12 +31,36 @@
 //!   slowly (in catch-up all along) while a shim ingests. `runs` = 1. Promise: the store's
 //!   `-wal` file stays within 4 x its size with no reader + 1 MiB (and a snapshot held open
 //!   must cross that bound, or the check is void); the viewer's accounting is exact.
+//! - `disk-full` (`chaos/disk_full.rs`): a tmpfs of the harness under (a) the daemon's var dir,
+//!   (b) the shim's queue dir, filled to `ENOSPC` while records keep coming, then freed;
+//!   `runs` = fill-and-free cycles. Promise: the daemon stays up, service resumes (close
+//!   `Acked`), every accepted record stored exactly once, every refusal counted in `dropped`.
+//!   Needs root (mount); without it: SKIPPED, exit 2.
+//! - `corrupt-segment` (`chaos/corrupt_segment.rs`): a queue left undelivered, one byte in the
+//!   middle of one segment flipped and the last segment's final frame torn, then delivered by
+//!   the proxy binary; `runs` = damaged queues. Promise: everything outside the damaged region
+//!   stored exactly once, and the records the queue reports lost (`lost_records`) are exactly
+//!   the missing seqs.
+//! - `os-crash` (`chaos/os_crash.rs`): machine crashes of a shim queue, simulated by rebuilding
+//!   the queue dir from only what was synced (the shim's `fault-injection` feature), for each
+//!   fsync policy; `runs` = crashes. Promise: what the policy keeps comes back and is stored
+//!   once, new records after the crash are all stored (no seq reused), nothing twice.
 //!
 //! The daemon's token is read from `<var-dir>/auth-token`, which it makes on first start, as a
 //! worker of the same user would find it. Usage:
 //! `chaos --bin-dir DIR [--quick] [--seed N] [--work-dir DIR] [--scenario NAME]...`
 //! (DIR holds `gym-telemetry-daemon`, `gym-telemetry-demo`, `gym-telemetry-proxy`). Exits 1
-//! when any scenario breaks its promise, 2 when the harness itself fails.
+//! when any scenario breaks its promise, 2 when the harness itself fails or a scenario cannot
+//! run here (SKIPPED, with the reason).
+
+// A crate root's `mod x;` looks beside it (src/bin/x.rs), so the scenario files in
+// src/bin/chaos/ are named by path.
+#[path = "chaos/corrupt_segment.rs"]
+mod corrupt_segment;
+#[path = "chaos/disk_full.rs"]
+mod disk_full;
+#[path = "chaos/os_crash.rs"]
+mod os_crash;
 
 use std::{
     collections::HashSet,
@@ -107,6 +131,19 @@ fn parse_args() -> AnyResult<Opts> {
     });
     Ok(o)
 }
+
+/// A scenario that cannot run here (e.g. mounting a tmpfs is not permitted): reported as
+/// SKIPPED with the reason, and the harness exits 2 ("cannot run"), not 1.
+#[derive(Debug)]
+struct Skipped(String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
 
 /// What one scenario did.
 struct Outcome {
@@ -792,16 +829,20 @@ fn main() -> std::process::ExitCode {
     };
     eprintln!("chaos: seed={} quick={}", o.seed, o.quick);
     let mut rng = fastrand::Rng::with_seed(o.seed);
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("daemon-kill", daemon_kill),
         ("worker-kill", worker_kill),
         ("tcp-faults", tcp_faults),
         ("viewer-stall", viewer_stall::viewer_stall),
         ("queue-full", queue_full::queue_full),
         ("wal-bounded", wal_bounded::wal_bounded),
+        ("disk-full", disk_full::disk_full),
+        ("corrupt-segment", corrupt_segment::corrupt_segment),
+        ("os-crash", os_crash::os_crash),
     ];
     let mut failed = false;
     let mut harness_error = false;
+    let mut skipped = false;
     for (name, run) in scenarios {
         if !o.only.is_empty() && !o.only.iter().any(|s| s == name) {
             continue;
@@ -817,6 +858,13 @@ fn main() -> std::process::ExitCode {
                 println!("{}", out.line());
                 failed |= !kept;
             }
+            Err(e) if e.downcast_ref::<Skipped>().is_some() => {
+                eprintln!("chaos: {name}: SKIPPED: {e}");
+                println!(
+                    "chaos: scenario={name} runs=0 sent=0 stored=0 lost=0 duplicated=0 skipped"
+                );
+                skipped = true;
+            }
             Err(e) => {
                 eprintln!("chaos: {name}: harness error: {e}");
                 println!(
@@ -830,6 +878,8 @@ fn main() -> std::process::ExitCode {
         std::process::ExitCode::from(2)
     } else if failed {
         std::process::ExitCode::from(1)
+    } else if skipped {
+        std::process::ExitCode::from(2)
     } else {
         std::process::ExitCode::SUCCESS
     }

@@ -9,8 +9,8 @@
 //!
 //! # Guarantees
 //!
-//! - **Layout.** `<dir>/lock` (the process lock), `<dir>/state.json` (this producer's id and the
-//!   acked watermark), `<dir>/seg-<first producer_seq, 20 digits>.log` (segments, oldest first).
+//! - **Layout.** `<dir>/lock` (the process lock), `<dir>/state.json` (this producer's id, the
+//!   acked watermark and the seq reservation), `<dir>/seg-<first producer_seq, 20 digits>.log` (segments, oldest first).
 //! - **Framing.** Each record is one frame: `len: u32 LE | crc32c: u32 LE | payload`, payload =
 //!   `producer_seq: u64 LE | protobuf Record`, CRC over the length bytes and the payload.
 //! - **Order.** Records are appended in strictly increasing `producer_seq` (anything else is
@@ -30,11 +30,29 @@
 //!   - *the machine* (OS crash, power loss): additionally, with `EveryBatch` the batch being
 //!     written; with `Interval(d)` up to `d` of writes; with `Never` whatever the kernel had not
 //!     written back (on Linux typically up to 30 s). An explicit flush/close always syncs.
+//!     Opening syncs the segments it recovered before any is sent.
+//! - **No seq is numbered twice.** With `Interval`/`Never` a record can reach the daemon before
+//!   it is synced here, and a machine crash can then take it from this disk while the daemon
+//!   keeps it; a reopened queue numbering from its last surviving record would give new records
+//!   seqs the daemon already holds, and they would be dropped as duplicates. So before an
+//!   unsynced record is sent, `state.json` durably reserves seqs [`RESERVE_AHEAD`] past it
+//!   (`reserved_seq`) and a reopen continues after the reservation (a gap in `producer_seq`
+//!   after a crash, never a reuse); a clean close gives it back. With `EveryBatch` records are
+//!   synced before they are sent and nothing is reserved. Kept by the OS-crash model test
+//!   (`tests/disk_queue_crash_model.rs`), which rebuilds a directory from only its synced state
+//!   (the `fault-injection` feature, `fault.rs`), and the chaos harness's `os-crash`.
 //! - **Torn and corrupt data.** Opening scans every segment. The first frame that is short, has
 //!   a length above [`MAX_FRAME_BYTES`] or past the end of the file, fails its CRC, or does not
 //!   increase the seq ends its segment: the file is cut there, the cut is counted in
 //!   [`Recovery::corrupt_tails`] and the bytes in [`Recovery::truncated_bytes`]. Records after a
-//!   corrupt frame *in the same segment* are lost; other segments are unaffected. Untrusted
+//!   corrupt frame *in the same segment* are lost; other segments are unaffected. The loss is
+//!   also counted in records, [`Recovery::lost_records`] (and `ShimStats::corrupt_lost_records`):
+//!   the seqs from the last intact frame of the cut segment up to the first seq of the next
+//!   segment (from its name); for the last segment, the records the cut bytes held, fixed by
+//!   the last intact frame among them (found by trying every offset) and counted on from it by
+//!   length fields, exact for a torn final frame (one record) and for damage followed by an
+//!   intact frame, at least 1 otherwise. Seqs the shim never queued (a record too large for a
+//!   frame, already counted as dropped) inside that range would be counted again. Untrusted
 //!   lengths are checked before anything is allocated; nothing here panics on bad bytes.
 //! - **Bounded.** The segment files never exceed [`QueueOptions::max_bytes`] in total. When an
 //!   append would pass it the [`FullPolicy`] decides: `Block` → [`QueueError::Full`] (the caller
@@ -49,6 +67,7 @@
 //! - **Cost.** Opening reads every segment once (O(queue bytes)). Dropping a `DiskQueue` without
 //!   [`DiskQueue::close`] behaves like a crash: the unwritten buffer is discarded.
 
+mod fault;
 mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -56,11 +75,14 @@ pub mod fuzzing;
 mod segment;
 mod state;
 
+#[cfg(feature = "fault-injection")]
+pub use fault::fault_injection;
+
 pub use frame::{frame_len, MAX_FRAME_BYTES};
 
 use crate::policy::{FsyncPolicy, FullPolicy};
 use frame::FrameRead;
-use segment::{parse_segment_name, scan_segment, segment_name, Segment};
+use segment::{parse_segment_name, scan_segment, segment_name, Cut, Segment};
 use state::{io_err, State};
 use std::{
     collections::VecDeque,
@@ -75,6 +97,9 @@ use telemetry_core::pb::Record;
 const WRITE_BUFFER: usize = 256 * 1024;
 /// Closed segments awaiting a sync before they are synced eagerly (bounds open descriptors).
 const MAX_UNSYNCED_FILES: usize = 8;
+/// How far past an unsynced record about to be sent the seq reservation reaches (one synced
+/// state write per this many records sent ahead of their sync).
+const RESERVE_AHEAD: u64 = 1 << 16;
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +194,10 @@ pub struct Recovery {
     pub corrupt_tails: u64,
     /// Bytes cut off with them.
     pub truncated_bytes: u64,
+    /// Unacked records cut off with them: the seqs from the last intact frame of a cut segment
+    /// to the first seq of the next segment, or, for the last segment, the records its cut
+    /// bytes held (exact for a torn final frame; see the module docs).
+    pub lost_records: u64,
     /// `state.json` was unreadable and was replaced (a new producer id).
     pub state_reset: bool,
 }
@@ -176,6 +205,7 @@ pub struct Recovery {
 /// The segment being appended to.
 struct Head {
     file: File,
+    path: PathBuf,
     buf: Vec<u8>,
     /// Bytes of the file known written (a failed write is cut back to this).
     written: u64,
@@ -198,7 +228,8 @@ pub struct DiskQueue {
     last_seq: u64,
     segments: VecDeque<Segment>,
     head: Option<Head>,
-    unsynced: Vec<File>,
+    /// Closed segments not synced yet, with their path and length.
+    unsynced: Vec<(File, PathBuf, u64)>,
     dir_dirty: bool,
     dirty: bool,
     last_sync: Instant,
@@ -206,6 +237,12 @@ pub struct DiskQueue {
     unacked: u64,
     cursor: Option<Cursor>,
     corrupt: u64,
+    /// Records lost to corrupt frames (at open and while reading).
+    lost: u64,
+    /// Every seq up to here is on stable storage (or acked).
+    synced_seq: u64,
+    /// The durable seq reservation (`state.json`'s `reserved_seq`).
+    reserved: u64,
 }
 
 impl std::fmt::Debug for DiskQueue {
@@ -265,14 +302,34 @@ impl DiskQueue {
             unacked: 0,
             cursor: None,
             corrupt: 0,
+            lost: 0,
+            synced_seq: 0,
+            reserved: st.reserved,
         };
         let mut truncated = 0;
         let mut prev_last = 0;
-        for (first_seq, path) in found {
+        let nexts: Vec<Option<u64>> = found
+            .iter()
+            .skip(1)
+            .map(|f| Some(f.0))
+            .chain([None])
+            .collect();
+        for ((first_seq, path), next_first) in found.into_iter().zip(nexts) {
             let (seg, cut) = scan_segment(first_seq, path, prev_last)?;
-            if let Some(lost) = cut {
+            if let Some(Cut { bytes, records }) = cut {
                 q.corrupt += 1;
-                truncated += lost;
+                truncated += bytes;
+                // The lost seqs run from after the last intact frame to just before the next
+                // segment's first (its name says), or as many as the cut bytes held.
+                let from = seg
+                    .last_seq()
+                    .map_or(first_seq.max(prev_last + 1), |l| l + 1);
+                let to = match next_first {
+                    Some(n) => n.saturating_sub(1),
+                    None => from.saturating_add(records).saturating_sub(1),
+                };
+                let from = from.max(q.acked.saturating_add(1));
+                q.lost += if to >= from { to - from + 1 } else { 0 };
             }
             let Some(last) = seg.last_seq() else {
                 fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
@@ -287,6 +344,12 @@ impl DiskQueue {
             }
             q.last_seq = q.last_seq.max(last);
             q.unacked += seg.count_between(q.acked, u64::MAX);
+            // What was found may still be only in the page cache (a killed process); it is sent
+            // from here, so it is made durable first (see `reserve_before_send`).
+            File::open(&seg.path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| io_err(&seg.path, e))?;
+            fault::data_synced(&seg.path, seg.bytes);
             q.bytes += seg.bytes;
             q.segments.push_back(seg);
         }
@@ -294,17 +357,22 @@ impl DiskQueue {
             state::sync_dir(&q.dir)?;
             q.dir_dirty = false;
         }
+        q.synced_seq = q.last_seq;
+        // A reservation left by a crash: no new record may take a seq the daemon may have seen.
+        q.last_seq = q.last_seq.max(q.reserved);
         let recovery = Recovery {
             producer_id: q.producer_id.clone(),
             records: q.unacked,
             segments: q.segments.len(),
             corrupt_tails: q.corrupt,
             truncated_bytes: truncated,
+            lost_records: q.lost,
             state_reset,
         };
         if recovery.corrupt_tails > 0 {
             tracing::warn!(dir = %q.dir.display(), cut = recovery.corrupt_tails,
-                bytes = truncated, "telemetry queue: torn or corrupt segment tails cut off");
+                bytes = truncated, lost_records = q.lost,
+                "telemetry queue: torn or corrupt segment tails cut off");
         }
         Ok((q, recovery))
     }
@@ -313,6 +381,7 @@ impl DiskQueue {
         let st = State {
             producer_id: uuid::Uuid::new_v4().to_string(),
             acked: 0,
+            reserved: 0,
         };
         state::write(dir, &st, true)?;
         Ok(st)
@@ -346,6 +415,11 @@ impl DiskQueue {
     /// Corrupt frames found so far (at open, and while reading).
     pub fn corrupt_tails(&self) -> u64 {
         self.corrupt
+    }
+
+    /// Unacked records lost with them so far (see [`Recovery::lost_records`]).
+    pub fn corrupt_lost_records(&self) -> u64 {
+        self.lost
     }
 
     /// The seq of the oldest unacked record, if any.
@@ -430,14 +504,16 @@ impl DiskQueue {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
+        fault::created(&path);
         self.segments.push_back(Segment {
             first_seq,
-            path,
+            path: path.clone(),
             ranges: Vec::new(),
             bytes: 0,
         });
         self.head = Some(Head {
             file,
+            path,
             buf: Vec::with_capacity(WRITE_BUFFER),
             written: 0,
         });
@@ -448,7 +524,7 @@ impl DiskQueue {
     fn close_head(&mut self) -> Result<(), QueueError> {
         self.write_buffer()?;
         if let Some(head) = self.head.take() {
-            self.unsynced.push(head.file);
+            self.unsynced.push((head.file, head.path, head.written));
         }
         if self.unsynced.len() > MAX_UNSYNCED_FILES {
             self.sync_closed()?;
@@ -457,8 +533,9 @@ impl DiskQueue {
     }
 
     fn sync_closed(&mut self) -> Result<(), QueueError> {
-        for f in self.unsynced.drain(..) {
-            f.sync_data().map_err(|e| io_err(&self.dir, e))?;
+        for (f, path, len) in self.unsynced.drain(..) {
+            f.sync_data().map_err(|e| io_err(&path, e))?;
+            fault::data_synced(&path, len);
         }
         Ok(())
     }
@@ -486,6 +563,7 @@ impl DiskQueue {
         {
             self.cursor = None;
         }
+        fault::removed(&seg.path);
         fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
         self.bytes -= seg.bytes;
         self.dir_dirty = true;
@@ -518,13 +596,15 @@ impl DiskQueue {
     pub fn sync(&mut self) -> Result<(), QueueError> {
         self.write_buffer()?;
         if let Some(head) = &self.head {
-            head.file.sync_data().map_err(|e| io_err(&self.dir, e))?;
+            head.file.sync_data().map_err(|e| io_err(&head.path, e))?;
+            fault::data_synced(&head.path, head.written);
         }
         self.sync_closed()?;
         if self.dir_dirty {
             state::sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
+        self.synced_seq = self.last_seq;
         self.dirty = false;
         self.last_sync = Instant::now();
         Ok(())
@@ -569,6 +649,7 @@ impl DiskQueue {
         let st = State {
             producer_id: self.producer_id.clone(),
             acked: watermark,
+            reserved: self.reserved,
         };
         // The state must be durable before the segments that it justifies deleting are gone.
         state::write(&self.dir, &st, done > 0)?;
@@ -626,6 +707,7 @@ impl DiskQueue {
                         }
                         None => {
                             self.corrupt += 1;
+                            self.lost += 1;
                             tracing::warn!(seq, "telemetry queue: undecodable record skipped");
                         }
                     }
@@ -646,6 +728,10 @@ impl DiskQueue {
                         .iter()
                         .map(|s| s.first_seq)
                         .find(|&f| f > seg_first);
+                    if let (FrameRead::Corrupt(_), Some(f)) = (&read, next) {
+                        // The rest of this segment is skipped: the seqs up to the next one.
+                        self.lost += f.saturating_sub(last.max(self.acked) + 1);
+                    }
                     match next {
                         Some(f) => self.cursor = Some(self.open_cursor(f, last)?),
                         None => {
@@ -658,7 +744,32 @@ impl DiskQueue {
                 }
             }
         }
+        if let Some(last) = out.last().map(|r| r.producer().1) {
+            self.reserve_before_send(last)?;
+        }
         Ok(out)
+    }
+
+    /// Records read here are about to be sent. One not yet synced may reach the daemon and
+    /// then vanish in a machine crash; a reopened queue would then number new records with
+    /// seqs the daemon already holds, and it would drop them as duplicates (silent loss). So
+    /// before such a record leaves, `state.json` durably reserves seqs past it, and a reopen
+    /// continues after the reservation. With `EveryBatch` records are synced before they are
+    /// read for sending and this never writes; otherwise one synced state write per
+    /// [`RESERVE_AHEAD`] records. A clean close gives the reservation back.
+    fn reserve_before_send(&mut self, last: u64) -> Result<(), QueueError> {
+        if last <= self.synced_seq || last <= self.reserved {
+            return Ok(());
+        }
+        let reserved = last.saturating_add(RESERVE_AHEAD);
+        let st = State {
+            producer_id: self.producer_id.clone(),
+            acked: self.acked,
+            reserved,
+        };
+        state::write(&self.dir, &st, true)?;
+        self.reserved = reserved;
+        Ok(())
     }
 
     fn open_cursor(&self, segment_first: u64, after: u64) -> Result<Cursor, QueueError> {
@@ -674,9 +785,11 @@ impl DiskQueue {
     /// Writes, syncs and records the state: the clean way to stop (and release the lock).
     pub fn close(mut self) -> Result<(), QueueError> {
         self.sync()?;
+        // Everything sent is now on disk or acked: no reservation is needed past it.
         let st = State {
             producer_id: self.producer_id.clone(),
             acked: self.acked,
+            reserved: self.last_seq.min(self.reserved),
         };
         state::write(&self.dir, &st, true)
     }

@@ -1,5 +1,5 @@
-//! The queue directory's small files: the process lock and `state.json` (producer id and acked
-//! watermark).
+//! The queue directory's small files: the process lock and `state.json` (producer id, acked
+//! watermark and seq reservation).
 //!
 //! `state.json` is replaced atomically (write a temporary file, rename over), so a reader sees
 //! the old or the new state, never a mix. It is synced before any segment it allows to delete
@@ -23,6 +23,9 @@ const VERSION: u64 = 1;
 pub(super) struct State {
     pub producer_id: String,
     pub acked: u64,
+    /// Seqs up to here may have reached the daemon without being synced here: a reopen never
+    /// numbers a new record at or below it (`reserved_seq`, absent in older files: 0).
+    pub reserved: u64,
 }
 
 pub(super) fn io_err(path: &Path, source: std::io::Error) -> QueueError {
@@ -76,7 +79,15 @@ pub(super) fn read(dir: &Path) -> Result<Option<State>, String> {
         .get("acked_seq")
         .and_then(serde_json::Value::as_u64)
         .ok_or("acked_seq missing")?;
-    Ok(Some(State { producer_id, acked }))
+    let reserved = match v.get("reserved_seq") {
+        None => 0,
+        Some(r) => r.as_u64().ok_or("reserved_seq is not a number")?,
+    };
+    Ok(Some(State {
+        producer_id,
+        acked,
+        reserved,
+    }))
 }
 
 /// Moves an unreadable state file aside (kept for inspection) and returns where it went.
@@ -97,6 +108,7 @@ pub(super) fn write(dir: &Path, state: &State, sync: bool) -> Result<(), QueueEr
         "version": VERSION,
         "producer_id": state.producer_id,
         "acked_seq": state.acked,
+        "reserved_seq": state.reserved,
     })
     .to_string();
     let mut f = super::private_file()
@@ -114,6 +126,7 @@ pub(super) fn write(dir: &Path, state: &State, sync: bool) -> Result<(), QueueEr
     fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
     if sync {
         sync_dir(dir)?;
+        super::fault::state_synced(dir, text.as_bytes());
     }
     Ok(())
 }
@@ -122,5 +135,7 @@ pub(super) fn write(dir: &Path, state: &State, sync: bool) -> Result<(), QueueEr
 pub(super) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, e))
+        .map_err(|e| io_err(dir, e))?;
+    super::fault::dir_synced(dir);
+    Ok(())
 }

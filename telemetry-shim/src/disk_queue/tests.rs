@@ -2,6 +2,7 @@
 //! lock, state recovery); the crash and loss-window tests are in `tests/`.
 
 use super::*;
+use crate::FsyncPolicy;
 use telemetry_core::pb::RunStep;
 
 fn rec(seq: u64) -> Record {
@@ -133,4 +134,159 @@ fn the_queue_directory_and_its_files_are_private() {
     for f in files {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
+}
+
+fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_segment_name)
+                .is_some()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Offsets of each frame in a segment file.
+fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let (mut out, mut p) = (Vec::new(), 0);
+    while p + 4 <= bytes.len() {
+        out.push(p);
+        let l = u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
+        p += frame::HEADER_BYTES + l as usize;
+    }
+    out
+}
+
+#[test]
+fn corruption_is_counted_in_records_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = QueueOptions {
+        segment_max_bytes: 300,
+        fsync: FsyncPolicy::Never,
+        ..QueueOptions::default()
+    };
+    let (mut q, _) = DiskQueue::open(dir.path(), opts).expect("open");
+    for s in 1..=40 {
+        q.append(&rec(s)).expect("append");
+    }
+    q.ack(2).expect("ack");
+    q.close().expect("close");
+    let segs = segment_paths(dir.path());
+    assert!(segs.len() >= 4, "{segs:?}");
+    let firsts: Vec<u64> = segs
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().and_then(parse_segment_name))
+        .collect();
+    // A byte in the payload of the second frame of the second segment: its second frame and
+    // everything after it in that segment are lost, up to the next segment's first seq.
+    let mut b = fs::read(&segs[1]).expect("read");
+    let offs = frame_offsets(&b);
+    assert!(offs.len() >= 3);
+    b[offs[1] + 12] ^= 0x40;
+    fs::write(&segs[1], &b).expect("write");
+    // The final frame of the last segment torn.
+    let last = segs.last().expect("a segment");
+    let b = fs::read(last).expect("read");
+    let offs = frame_offsets(&b);
+    let tail_start = *offs.last().expect("a frame");
+    fs::write(last, &b[..tail_start + 5]).expect("write");
+    let (mut q, r) = DiskQueue::open(dir.path(), opts).expect("reopen");
+    assert_eq!(r.corrupt_tails, 2);
+    let want_lost = (firsts[2] - (firsts[1] + 1)) + 1;
+    assert_eq!(r.lost_records, want_lost, "{firsts:?}");
+    assert_eq!(q.corrupt_lost_records(), want_lost);
+    let got = seqs(&q.read_after(0, usize::MAX, usize::MAX).expect("read"));
+    let missing: Vec<u64> = (3..=40).filter(|s| !got.contains(s)).collect();
+    assert_eq!(missing.len() as u64, r.lost_records, "missing {missing:?}");
+    assert_eq!(r.records + r.lost_records, 38);
+}
+
+#[test]
+fn a_damaged_frame_in_the_middle_of_the_last_segment_counts_every_record_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut q, _) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("open");
+    for s in 1..=10 {
+        q.append(&rec(s)).expect("append");
+    }
+    q.close().expect("close");
+    let segs = segment_paths(dir.path());
+    assert_eq!(segs.len(), 1);
+    let mut b = fs::read(&segs[0]).expect("read");
+    let offs = frame_offsets(&b);
+    // The length field of frame 4 (seq 4) hit: 4..=10 are cut off, and counted.
+    b[offs[3] + 2] ^= 0x7f;
+    fs::write(&segs[0], &b).expect("write");
+    let (_, r) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("reopen");
+    assert_eq!((r.records, r.lost_records, r.corrupt_tails), (3, 7, 1));
+}
+
+#[test]
+fn counting_a_cut_tail() {
+    let mut b = Vec::new();
+    for s in 5..=9 {
+        frame::encode(s, &rec(s), &mut b);
+    }
+    let offs = frame_offsets(&b);
+    // A torn final frame: one record.
+    assert_eq!(segment::count_cut_records(&b[offs[4]..b.len() - 1], 9), 1);
+    assert_eq!(segment::count_cut_records(&b[offs[4]..offs[4] + 3], 9), 1);
+    // Damage at the start, intact frames after: all of them.
+    let mut d = b.clone();
+    d[offs[0]] = 0xff;
+    d[offs[0] + 3] = 0xff;
+    assert_eq!(segment::count_cut_records(&d, 5), 5);
+    // Damage, intact frames, then a torn one.
+    assert_eq!(segment::count_cut_records(&d[..d.len() - 2], 5), 5);
+    // Zeros (a crash left the size but not the data): at least one.
+    assert_eq!(segment::count_cut_records(&[0u8; 100], 1), 1);
+}
+
+#[test]
+fn an_unsynced_send_reserves_seqs_that_a_reopen_skips_and_a_close_gives_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = QueueOptions {
+        fsync: FsyncPolicy::Never,
+        ..QueueOptions::default()
+    };
+    let (mut q, _) = DiskQueue::open(dir.path(), opts).expect("open");
+    for s in 1..=5 {
+        q.append(&rec(s)).expect("append");
+    }
+    q.after_batch().expect("batch");
+    assert_eq!(q.read_after(0, 10, usize::MAX).expect("read").len(), 5);
+    let st = state::read(dir.path()).expect("state").expect("present");
+    assert_eq!(st.reserved, 5 + RESERVE_AHEAD, "reserved before the send");
+    // Read again: within the reservation, no new state write is needed.
+    q.append(&rec(6)).expect("append");
+    q.read_after(5, 10, usize::MAX).expect("read");
+    drop(q);
+    let (q, _) = DiskQueue::open(dir.path(), opts).expect("reopen after a crash");
+    assert_eq!(
+        q.last_seq(),
+        5 + RESERVE_AHEAD,
+        "new records go past the reservation"
+    );
+    q.close().expect("close");
+    let (q, _) = DiskQueue::open(dir.path(), opts).expect("reopen");
+    assert_eq!(q.last_seq(), 5 + RESERVE_AHEAD, "seqs never go back");
+    q.close().expect("close");
+
+    // EveryBatch syncs before anything is read for sending: no reservation, no gap.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut q, _) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("open");
+    q.append(&rec(1)).expect("append");
+    q.after_batch().expect("batch");
+    q.read_after(0, 10, usize::MAX).expect("read");
+    drop(q);
+    let (q, _) = DiskQueue::open(dir.path(), QueueOptions::default()).expect("reopen");
+    assert_eq!(q.last_seq(), 1);
+    assert_eq!(
+        state::read(dir.path()).expect("state").map(|s| s.reserved),
+        Some(0)
+    );
 }
