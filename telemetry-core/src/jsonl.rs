@@ -81,7 +81,9 @@
 //! Every bad line gives a typed [`JsonlError`] with its 1-based line number, and the reader
 //! goes on with the next line. A line that does not start with `{` is
 //! [`JsonlError::NotJson`] (a worker's `print()`; the proxy passes it through), one that starts
-//! with `{` but does not parse is [`JsonlError::Malformed`]. Lines may end in `\r\n`; a UTF-8
+//! with `{` but does not parse is [`JsonlError::Malformed`], unless what keeps it from parsing is a
+//! bare `NaN`, `Infinity` or `-Infinity` (Python's `json.dumps` of a non-finite float): that is
+//! [`JsonlError::NonFinite`], naming the field (non-finite rewards are rejected everywhere). Lines may end in `\r\n`; a UTF-8
 //! byte-order mark and surrounding whitespace are ignored. The reader never buffers more than
 //! `max_line_bytes + 1` bytes of a line ([`DEFAULT_MAX_LINE_BYTES`] by default); a longer line
 //! is skipped as it streams past and reported as [`JsonlError::TooLong`].

@@ -359,6 +359,11 @@ fn labels_are_distinct() {
             field: String::new(),
             reason: String::new(),
         },
+        JsonlError::NonFinite {
+            line: 1,
+            field: String::new(),
+            token: "NaN",
+        },
     ];
     let mut labels: Vec<&str> = errors.iter().map(JsonlError::label).collect();
     labels.sort_unstable();

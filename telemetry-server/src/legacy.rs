@@ -3,8 +3,21 @@
 //! Every call maps onto the same store, hub and run registry as our own API. Records cross
 //! between the two packages by their wire bytes (the field numbers are shared), which is also a
 //! running proof of the compatibility the proto files promise. What the old API cannot express
-//! is left out: its step streams carry no lag/gap notices (they end when the run completes), and
-//! its records carry no producer stamp (so they are not deduplicated).
+//! is left out: its step streams carry no lag/gap notices (they end when the run completes).
+//!
+//! **Identity of legacy records.** The predecessor's records carry no producer stamp, so a
+//! client that retries a cut `PublishRunSteps` stream from the start would store every record
+//! it had already delivered a second time. The daemon therefore gives each published legacy
+//! record a stamp derived from its natural key ([`legacy_identity`]): a step of
+//! `(run, agent, episode, step)` gets the producer `legacy:<hash of run, agent, episode>` and
+//! the producer seq `step + 1`; an episode of `(run, agent, episode)` gets the producer
+//! `legacy:<hash of run, agent>` and the seq `episode + 1`. The ordinary exactly-once rule
+//! (a seq at or below its producer's durable watermark is a duplicate) then stores a retried
+//! record once. Consequences, documented in ARCHITECTURE.md: within one episode (for steps) or
+//! one agent (for episodes) records must arrive in increasing index order, as a training loop
+//! emits them; a record whose index is at or below one already stored (a repeat of the same
+//! index included) is counted as a duplicate. An index of `MAX_SEQ_JUMP` (2^32) or more gets
+//! no stamp and is stored as is, not deduplicated, rather than refused.
 //!
 //! Every call needs the daemon's credential, like our own API: `authorization: Bearer <token>`
 //! call metadata, the operator's token being in `<var-dir>/auth-token`. The predecessor's GUI
@@ -250,6 +263,40 @@ impl LegacyService {
     }
 }
 
+/// The producer stamp (`producer_id`, `producer_seq`) of a legacy record that carries none,
+/// derived from its natural key so that a retried record gets the same one (see the module
+/// documentation); `None` for other kinds, for a record already stamped, and for an index too
+/// large to be a seq (at least [`telemetry_core::MAX_SEQ_JUMP`]).
+pub fn legacy_identity(record: &Record) -> Option<(String, u64)> {
+    use telemetry_core::pb::record::Kind;
+    let (key, index) = match &record.kind {
+        Some(Kind::Step(s)) if s.producer_id.is_empty() => (
+            format!("steps\0{}\0{}\0{}", s.run_id, s.agent_id, s.episode_index),
+            s.step_index,
+        ),
+        Some(Kind::Episode(e)) if e.producer_id.is_empty() => (
+            format!("episodes\0{}\0{}", e.run_id, e.agent_id),
+            e.episode_index,
+        ),
+        _ => return None,
+    };
+    if index >= telemetry_core::MAX_SEQ_JUMP {
+        return None;
+    }
+    // Ids cannot hold control characters, so `\0` separates the parts unambiguously; 128 bits
+    // of SHA-256 keep the id short (run and agent ids may each be long).
+    let digest = crate::legacy_config::sha256_hex(key.as_bytes());
+    Some((format!("legacy:{}", &digest[..32]), index + 1))
+}
+
+/// Stamps a legacy record with [`legacy_identity`], if it has one.
+fn stamp_legacy(mut record: Record) -> Record {
+    if let Some((id, seq)) = legacy_identity(&record) {
+        record.set_producer(&id, seq);
+    }
+    record
+}
+
 /// Re-reads a message as another message type with the same field numbers.
 pub fn transcode<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
     B::decode(a.encode_to_vec().as_slice())
@@ -260,12 +307,14 @@ pub use crate::legacy_runs::run_record;
 
 /// One step of a legacy `PublishRunSteps` stream as our record (re-read by its wire bytes).
 pub(crate) fn step_record(s: legacy::RunStep) -> Result<Record, Status> {
-    transcode::<_, pb::RunStep>(&s).map(Record::from)
+    transcode::<_, pb::RunStep>(&s)
+        .map(Record::from)
+        .map(stamp_legacy)
 }
 
 /// One episode of a legacy `PublishRunEpisodes` stream as our record: re-read by its wire bytes,
-/// and `control_mode` taken from the metadata when the top level has none (the predecessor kept
-/// it there).
+/// `control_mode` taken from the metadata when the top level has none (the predecessor kept
+/// it there), and stamped with its retry-proof identity ([`stamp_legacy`]).
 pub(crate) fn episode_record(e: legacy::RunEpisode) -> Result<Record, Status> {
     let mut ep: pb::RunEpisode = transcode(&e)?;
     if ep.control_mode.is_empty() {
@@ -277,7 +326,7 @@ pub(crate) fn episode_record(e: legacy::RunEpisode) -> Result<Record, Status> {
             }
         }
     }
-    Ok(Record::from(ep))
+    Ok(stamp_legacy(Record::from(ep)))
 }
 
 /// The older, invented configuration form (kept for scripts written against it; a config with

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub batches: Counter,
     /// Records rejected by validation, by reason.
     pub rejected: Family<Labels, Counter>,
+    /// Ingest messages refused before any record of them could be read, by `reason`
+    /// (`too_large`: over the gRPC message limit; `undecodable`: not an `IngestBatch`).
+    pub rejected_messages: Family<Labels, Counter>,
     /// Store transactions that failed and rolled back.
     pub store_errors: Counter,
     /// Retries of retryable store errors (the pipeline's retry policy).
@@ -92,6 +95,7 @@ impl Metrics {
             duplicates: Counter::default(),
             batches: Counter::default(),
             rejected: Family::default(),
+            rejected_messages: Family::default(),
             store_errors: Counter::default(),
             store_retries: Counter::default(),
             fenced_batches: Counter::default(),
@@ -128,6 +132,11 @@ impl Metrics {
             "rejected_records",
             "Records rejected by validation, by reason",
             m.rejected.clone(),
+        );
+        reg.register(
+            "rejected_messages",
+            "Ingest messages refused before decoding (over the size limit, undecodable), by reason",
+            m.rejected_messages.clone(),
         );
         reg.register(
             "store_errors",
@@ -255,6 +264,20 @@ impl Metrics {
     /// Counts one rejected record.
     pub fn reject(&self, reason: &str) {
         self.rejected
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts `n` records rejected for the same reason (a batch refused whole).
+    pub fn reject_n(&self, reason: &str, n: u64) {
+        self.rejected
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc_by(n);
+    }
+
+    /// Counts one ingest message refused before it could be decoded.
+    pub fn reject_message(&self, reason: &str) {
+        self.rejected_messages
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc();
     }

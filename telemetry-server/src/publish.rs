@@ -234,6 +234,8 @@ impl Publisher {
     fn prepare(&self, batch: IngestBatch, principal: &Principal) -> Result<Prepared, PublishError> {
         let IngestBatch { batch_id, records } = batch;
         if records.len() > self.limits.max_batch_records {
+            self.metrics
+                .reject_n("batch_too_large", records.len() as u64);
             return Err(PublishError::TooLarge {
                 batch_id,
                 records: records.len(),
@@ -245,18 +247,21 @@ impl Publisher {
         let mut rejected_stamps = Vec::new();
         let owner = principal.id();
         let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = SeqsInBatch::default();
         for (index, mut record) in records.into_iter().enumerate() {
             let checked = validate::normalize(&mut record, &self.limits.record);
-            let denied = checked
-                .is_ok()
-                .then(|| access(principal, &owner, &mut owners, &record))
-                .flatten();
+            let denied = if checked.is_ok() {
+                access(principal, &owner, &mut owners, &record).or_else(|| seen.backwards(&record))
+            } else {
+                None
+            };
             if let Some((label, reason)) = denied {
                 self.metrics.reject(label);
                 let (pid, pseq) = record.producer();
                 // A record of the wrong run is the sender's own mistake: its stamp advances its
                 // own producer's watermark (so its flush ends, as for any rejected record). A
-                // record under another credential's producer id must not move that watermark.
+                // record under another credential's producer id must not move that watermark,
+                // and a seq that went backwards is below a stamp of this batch already.
                 if label == "wrong_run" && !pid.is_empty() {
                     rejected_stamps.push((pid.to_owned(), pseq));
                 }
@@ -392,6 +397,48 @@ fn access(
         ));
     }
     None
+}
+
+/// The highest producer seq of each producer seen so far in one batch, to refuse a record
+/// whose seq is not above an earlier one of the same batch. Across batches a seq at or below
+/// the watermark is a resend (a duplicate); inside one batch it can only be a producer bug,
+/// since a sender stamps each record once and sends them in order. Batches hold few producers
+/// (one, from a shim): a short list, checked against the last producer first.
+#[derive(Default)]
+struct SeqsInBatch {
+    last: Vec<(String, u64)>,
+}
+
+impl SeqsInBatch {
+    /// `Some((label, reason))` when `record`'s seq is not above an earlier seq of its producer
+    /// in this batch; otherwise notes its seq. Records without a producer id are never refused.
+    fn backwards(&mut self, record: &Record) -> Option<(&'static str, String)> {
+        let (pid, seq) = record.producer();
+        if pid.is_empty() {
+            return None;
+        }
+        let slot = match self.last.last() {
+            Some((p, _)) if p == pid => Some(self.last.len() - 1),
+            _ => self.last.iter().position(|(p, _)| p == pid),
+        };
+        match slot {
+            Some(i) if seq <= self.last[i].1 => Some((
+                "seq_not_increasing",
+                format!(
+                    "producer_seq {seq} of producer {pid:?} is not above {} earlier in the same batch",
+                    self.last[i].1
+                ),
+            )),
+            Some(i) => {
+                self.last[i].1 = seq;
+                None
+            }
+            None => {
+                self.last.push((pid.to_owned(), seq));
+                None
+            }
+        }
+    }
 }
 
 /// A validated batch on its way to the store.

@@ -414,7 +414,10 @@ async fn services(
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, reflection_auth))
         .add_service(InterceptedService::new(
-            IngestServer::new(ingest).max_decoding_message_size(max),
+            crate::ingest::CountRefusedMessages::new(
+                IngestServer::new(ingest).max_decoding_message_size(max),
+                metrics.clone(),
+            ),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

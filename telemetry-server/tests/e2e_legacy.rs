@@ -170,3 +170,109 @@ async fn a_legacy_publish_stream_stores_records_before_it_is_closed() {
     assert_eq!(stored(), 3);
     d.shutdown().await.unwrap();
 }
+
+/// Issue 13: a legacy `PublishRunSteps` stream of 1,000 steps cut after step 700 (the client
+/// dropped), then retried in full, stores each step once. Before: 1,701 rows (legacy records
+/// carried no producer identity, so the retry was stored again).
+#[tokio::test]
+async fn a_cut_legacy_publish_stream_retried_in_full_stores_each_step_once() {
+    use telemetry_store::{Filter, StoreConfig, StoreReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path()).await;
+    // Ten episodes of 100 steps: steps 0..=700 are the first 701 of them.
+    let step = |i: u64| RunStep {
+        run_id: "cut".into(),
+        agent_id: "a".into(),
+        episode_index: i / 100,
+        step_index: i % 100,
+        action_json: "1".into(),
+        observation_json: format!("{{\"i\":{i}}}"),
+        reward: 0.5,
+        ..Default::default()
+    };
+    let stored = |dir: &std::path::Path| -> Vec<(u64, u64)> {
+        let Ok(reader) = StoreReader::open(&StoreConfig::in_var_dir(dir).path) else {
+            return Vec::new();
+        };
+        reader
+            .stream_steps_since(0, &Filter::run("cut"))
+            .map(|s| s.map(|s| (s.episode_index, s.step_index)))
+            .collect::<Result<_, _>>()
+            .unwrap_or_default()
+    };
+
+    // The first attempt: steps 0..=700 sent and stored, then the client goes away mid-stream.
+    let mut first = TrainerServiceClient::new(channel(&d).await);
+    let (tx, rx) = tokio::sync::mpsc::channel::<RunStep>(64);
+    let call = tokio::spawn(async move {
+        first
+            .publish_run_steps(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    for i in 0..=700 {
+        tx.send(step(i)).await.unwrap();
+    }
+    bounded("the first 701 steps to be stored", async {
+        while stored(dir.path()).len() < 701 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    call.abort();
+    let _ = call.await;
+    drop(tx);
+    assert_eq!(stored(dir.path()).len(), 701);
+
+    // The retry: all 1,000 again, on a new connection.
+    let mut retry = TrainerServiceClient::new(channel(&d).await);
+    let resp = retry
+        .publish_run_steps(tokio_stream::iter((0..1000).map(step)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resp.accepted, resp.dropped), (1000, 0));
+    let rows = stored(dir.path());
+    assert_eq!(rows.len(), 1000, "each step stored once");
+    let want: Vec<(u64, u64)> = (0..1000).map(|i| (i / 100, i % 100)).collect();
+    assert_eq!(rows, want, "in order, none missing");
+    d.shutdown().await.unwrap();
+}
+
+/// The same for `PublishRunEpisodes`: a retried episode is stored once; an index too large to
+/// be a seq is stored as is (not deduplicated) rather than refused.
+#[tokio::test]
+async fn retried_legacy_episodes_are_stored_once() {
+    use telemetry_store::{Filter, StoreConfig, StoreReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path()).await;
+    let mut legacy = TrainerServiceClient::new(channel(&d).await);
+    let ep = |i: u64| RunEpisode {
+        run_id: "eps".into(),
+        agent_id: "a".into(),
+        episode_index: i,
+        total_reward: 1.0,
+        steps: 3,
+        ..Default::default()
+    };
+    for n in [3u64, 5] {
+        let resp = legacy
+            .publish_run_episodes(tokio_stream::iter((0..n).map(ep)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((resp.accepted, resp.dropped), (n, 0));
+    }
+    let huge = legacy
+        .publish_run_episodes(tokio_stream::iter([ep(u64::MAX), ep(u64::MAX)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(huge.accepted, 2);
+    let reader = StoreReader::open(&StoreConfig::in_var_dir(dir.path()).path).unwrap();
+    let got: Vec<u64> = reader
+        .stream_episodes_since(0, &Filter::run("eps"))
+        .map(|e| e.unwrap().episode_index)
+        .collect();
+    assert_eq!(got, vec![0, 1, 2, 3, 4, u64::MAX, u64::MAX]);
+    d.shutdown().await.unwrap();
+}

@@ -235,3 +235,38 @@ async fn a_refused_credential_answers_a_flush_at_once_instead_of_waiting() {
     d.shutdown().await.unwrap();
     assert!(stored_steps(var.path(), "refused").is_empty());
 }
+
+/// The README's "Delivering a stranded queue": a queue left by a worker whose daemon was down
+/// (written by the shim, as the Python package writes it too) is delivered by
+/// `gym-telemetry-proxy --queue-dir Q --input /dev/null`, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_delivers_a_stranded_shim_queue() {
+    let var = tempfile::tempdir().unwrap();
+    let queue = tempfile::tempdir().unwrap();
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let s = shim(&down, queue.path());
+    for i in 0..300u64 {
+        s.step(RunStep {
+            step_index: i,
+            action_json: "0".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let r = tokio::task::block_in_place(|| s.close(Duration::from_millis(300))).unwrap();
+    assert_eq!(r.outcome, telemetry_shim::FlushOutcome::OnDisk, "{r:?}");
+
+    let d = start(var.path()).await;
+    let out = tokio::process::Command::new(workspace_bin("gym-telemetry-proxy"))
+        .arg("--queue-dir")
+        .arg(queue.path())
+        .args(["--input", "/dev/null", "--endpoint", &d.endpoint()])
+        .output();
+    let out = bounded("the proxy", out).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("flush=Acked; undelivered=0"), "{err}");
+    assert_eq!(stored_steps(var.path(), "offline").len(), 300);
+    assert_exactly_once_and_contiguous(stored_producer_seqs(var.path(), "offline"));
+    d.shutdown().await.unwrap();
+}

@@ -49,6 +49,13 @@ struct WorkerArgs {
     seed: u64,
 }
 
+/// Writes a line to stderr, ignoring failure (`eprintln!` panics when the pipe to a dead
+/// daemon is gone).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The TUI owns the terminal: logs go to stderr only when headless or running the worker.
@@ -59,11 +66,15 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // As a spawned worker our stderr is a pipe to the daemon; if the daemon dies, a failed
+        // log write must not be reported with `eprintln!` (it panics on EPIPE and would kill
+        // the thread that logged: the shim's sender, which logs that the daemon went away).
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gym-telemetry-demo: {e:#}");
+            say(&format!("gym-telemetry-demo: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -105,6 +116,6 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         auth_token: None,
     };
     let report = worker::run(&cfg)?;
-    eprintln!("demo worker done: {report:?}");
+    say(&format!("demo worker done: {report:?}"));
     Ok(())
 }

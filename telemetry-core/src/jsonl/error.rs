@@ -63,6 +63,18 @@ pub enum JsonlError {
         /// The key (the canonical name when it has aliases).
         field: &'static str,
     },
+    /// A number is `NaN`, `Infinity` or `-Infinity` (what Python's `json.dumps` writes for
+    /// non-finite floats). JSON has no such numbers, and non-finite rewards are rejected on
+    /// every path ([`crate::validate`]), so the line is refused, naming the field.
+    #[error("line {line}: {field} is {token}: non-finite numbers are not accepted")]
+    NonFinite {
+        /// 1-based line number.
+        line: u64,
+        /// The key holding it, dotted when nested (`observation.0` for an array element).
+        field: String,
+        /// The token as written (`NaN`, `Infinity`, `-Infinity`).
+        token: &'static str,
+    },
     /// A key holds a value of the wrong type or out of range.
     #[error("line {line}: invalid field {field:?}: {reason}")]
     InvalidField {
@@ -86,6 +98,7 @@ impl JsonlError {
             | JsonlError::Malformed { line, .. }
             | JsonlError::UnknownType { line, .. }
             | JsonlError::MissingField { line, .. }
+            | JsonlError::NonFinite { line, .. }
             | JsonlError::InvalidField { line, .. } => Some(*line),
         }
     }
@@ -100,6 +113,7 @@ impl JsonlError {
             JsonlError::Malformed { .. } => "malformed",
             JsonlError::UnknownType { .. } => "unknown_type",
             JsonlError::MissingField { .. } => "missing_field",
+            JsonlError::NonFinite { .. } => "non_finite",
             JsonlError::InvalidField { .. } => "invalid_field",
         }
     }

@@ -52,10 +52,12 @@ pub(super) fn parse(line: &[u8], line_no: u64) -> Result<Parsed, JsonlError> {
             })
         }
         Err(e) => {
-            return Err(JsonlError::Malformed {
-                line: line_no,
-                reason: e.to_string(),
-            })
+            return Err(
+                non_finite(trimmed, line_no).unwrap_or(JsonlError::Malformed {
+                    line: line_no,
+                    reason: e.to_string(),
+                }),
+            )
         }
     };
     let mut f = Fields::new(map, line_no);
@@ -331,4 +333,162 @@ fn scalar(mut f: Fields) -> Result<Scalar, JsonlError> {
         return Err(invalid(line, &key, "unknown field of a scalar"));
     }
     Ok(s)
+}
+
+/// The tokens Python's `json.dumps` writes for non-finite floats, longest first.
+const NON_FINITE: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+
+/// Marks a non-finite token in [`non_finite`]'s rewritten text: a string value starting with a
+/// Unicode noncharacter (allowed in JSON strings, never written by a worker on purpose).
+const MARK: &str = "\u{fdd0}non-finite:";
+
+/// Why a line that serde_json refused does not parse, when the reason is a bare `NaN`,
+/// `Infinity` or `-Infinity`: the line with each such token (outside strings) rewritten as a
+/// marked string parses, and the first marked value names the field. `None` otherwise (the
+/// line is malformed for another reason).
+fn non_finite(text: &str, line: u64) -> Option<JsonlError> {
+    let mut out = String::with_capacity(text.len() + 32);
+    let (mut in_string, mut escaped, mut found) = (false, false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(tok) = NON_FINITE.iter().find(|t| rest.starts_with(**t)) {
+            out.push('"');
+            out.push_str(MARK);
+            out.push_str(tok);
+            out.push('"');
+            rest = &rest[tok.len()..];
+            found = true;
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    if !found {
+        return None;
+    }
+    let value: Value = serde_json::from_str(&out).ok()?;
+    let (field, token) = find_mark(&value, String::new())?;
+    Some(JsonlError::NonFinite { line, field, token })
+}
+
+/// The dotted path and token of the first marked string in `v`.
+fn find_mark(v: &Value, path: String) -> Option<(String, &'static str)> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::String(s) => {
+            let tok = s.strip_prefix(MARK)?;
+            NON_FINITE
+                .iter()
+                .find(|t| **t == tok)
+                .map(|t| (path.clone(), *t))
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| find_mark(x, join(&i.to_string()))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| find_mark(x, join(k))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(line: &str) -> JsonlError {
+        match parse(line.as_bytes(), 3) {
+            Err(e) => e,
+            Ok(_) => panic!("{line} parsed"),
+        }
+    }
+
+    #[test]
+    fn python_non_finite_tokens_name_their_field() {
+        let cases = [
+            (
+                r#"{"type":"step","run_id":"r","episode":0,"step":1,"reward":NaN}"#,
+                "reward",
+                "NaN",
+            ),
+            (
+                r#"{"type":"step","run_id":"r","episode":0,"step":1,"reward":Infinity}"#,
+                "reward",
+                "Infinity",
+            ),
+            (
+                r#"{"type":"episode","run_id":"r","episode":0,"total_reward":-Infinity}"#,
+                "total_reward",
+                "-Infinity",
+            ),
+            (
+                r#"{"type":"step","run_id":"r","episode":0,"step":1,"obs":[1.0, NaN]}"#,
+                "obs.1",
+                "NaN",
+            ),
+            (
+                r#"{"type":"step","run_id":"r","episode":0,"step":1,"info":{"q":{"a":NaN}}}"#,
+                "info.q.a",
+                "NaN",
+            ),
+        ];
+        for (line, field, token) in cases {
+            match err(line) {
+                JsonlError::NonFinite {
+                    line: 3,
+                    field: f,
+                    token: t,
+                } => {
+                    assert_eq!((f.as_str(), t), (field, token), "{line}");
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_tokens_inside_strings_or_with_other_faults_stay_what_they_are() {
+        // Inside a string: an ordinary value (here a wrong type for the reward).
+        assert!(matches!(
+            err(r#"{"type":"step","run_id":"r","episode":0,"step":1,"reward":"NaN"}"#),
+            JsonlError::InvalidField { .. }
+        ));
+        // A quoted key with an escaped quote before the token still finds it.
+        assert!(matches!(
+            err(r#"{"type":"step","run_id":"r\"x","episode":0,"step":1,"reward":NaN}"#),
+            JsonlError::NonFinite { .. }
+        ));
+        // Broken for another reason as well: malformed.
+        assert!(matches!(
+            err(r#"{"type":"step","reward":NaN,"#),
+            JsonlError::Malformed { .. }
+        ));
+        // A bare word that is not one of the tokens.
+        assert!(matches!(
+            err(r#"{"type":"step","reward":nan}"#),
+            JsonlError::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn an_out_of_range_number_is_malformed() {
+        assert!(matches!(
+            err(r#"{"type":"step","run_id":"r","episode":0,"step":1,"reward":1e400}"#),
+            JsonlError::Malformed { .. }
+        ));
+    }
 }
