@@ -309,7 +309,7 @@ pub struct Importer {
 
 impl Importer {
     /// Checks `cfg` and prepares a lazily connected channel (nothing is sent yet; a daemon
-    /// that is not up yet is retried at the first batch).
+    /// that is not up yet is retried at the first batch). Call it inside a tokio runtime.
     pub fn new(cfg: ImportConfig) -> Result<Importer, ImportError> {
         telemetry_core::check_run_id(&cfg.run_id).map_err(|e| ImportError::Config {
             field: "run_id",
@@ -346,6 +346,20 @@ impl Importer {
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| bad_endpoint(e.to_string()))?;
+        }
+        if let Some(other) = cfg.auth_token.as_deref().and_then(worker_token_run) {
+            // The daemon would reject every scalar as `wrong_run` *and* advance the files'
+            // watermarks past them (a sender's own mistake), so a later import with the right
+            // credential would find them "stored": refuse before sending anything.
+            if other != cfg.run_id {
+                return Err(ImportError::Config {
+                    field: "auth_token",
+                    reason: format!(
+                        "a worker credential of run {other:?} may not write run {:?}",
+                        cfg.run_id
+                    ),
+                });
+            }
         }
         let header = match cfg.auth_token.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -654,6 +668,13 @@ pub async fn import_once(cfg: ImportConfig) -> Result<ImportReport, ImportError>
     Ok(importer.report().clone())
 }
 
+/// The run of a worker credential (`worker.<run>.<hex HMAC>`); `None` for other tokens.
+fn worker_token_run(token: &str) -> Option<&str> {
+    let (run, mac) = token.trim().strip_prefix("worker.")?.rsplit_once('.')?;
+    (!run.is_empty() && !mac.is_empty() && mac.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(run)
+}
+
 /// Statuses worth another attempt: the daemon restarting, overloaded, or a fenced producer.
 fn retryable(code: Code) -> bool {
     matches!(
@@ -925,6 +946,18 @@ mod tests {
             ]
         );
         assert!(find_event_files(&d.path().join("missing")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_worker_credential_of_another_run_is_refused_before_sending() {
+        assert_eq!(worker_token_run("worker.run.a.b.0f9e"), Some("run.a.b"));
+        assert_eq!(worker_token_run("operator-token"), None);
+        let mut cfg = ImportConfig::new("mine", "/nonexistent");
+        cfg.auth_token = Some("worker.theirs.00ff".into());
+        let err = Importer::new(cfg.clone()).err().expect("refused");
+        assert!(err.to_string().contains("theirs"), "{err}");
+        cfg.auth_token = Some("worker.mine.00ff".into());
+        assert!(Importer::new(cfg).is_ok());
     }
 
     #[test]
