@@ -176,9 +176,10 @@ pub struct ImportTensorboardArgs {
     /// The daemon.
     #[arg(long, env = "GYM_TELEMETRY_ENDPOINT", default_value = telemetry_tensorboard::import::DEFAULT_ENDPOINT)]
     pub endpoint: String,
-    /// The daemon's var dir, where its token is found (`<var-dir>/auth-token`). Default: the
-    /// usual discovery (GYM_TELEMETRY_AUTH_TOKEN, GYM_TELEMETRY_AUTH_TOKEN_FILE,
-    /// GYM_TELEMETRY_VAR_DIR, ./var/telemetry). A token is never taken from the command line.
+    /// The daemon's var dir, whose `auth-token` is used: it takes the place of
+    /// GYM_TELEMETRY_VAR_DIR in the usual discovery (GYM_TELEMETRY_AUTH_TOKEN, then
+    /// GYM_TELEMETRY_AUTH_TOKEN_FILE, then the var dir, then ./var/telemetry). A token is never
+    /// taken from the command line.
     #[arg(long)]
     pub var_dir: Option<PathBuf>,
     /// With an https:// endpoint: the PEM CA file to trust (default: Mozilla's roots).
