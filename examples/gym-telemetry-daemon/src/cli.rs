@@ -46,6 +46,10 @@ pub enum Command {
     Dump(DumpArgs),
     /// Copy the predecessor's telemetry.sqlite into the store (idempotent).
     ImportLegacy(ImportArgs),
+    /// Store the scalars of TensorBoard event files (events.out.tfevents.*) in a run, through
+    /// the running daemon. Idempotent and resumable; --follow tails the files while a run
+    /// writes them.
+    ImportTensorboard(ImportTensorboardArgs),
 }
 
 /// `serve`.
@@ -158,4 +162,45 @@ pub struct ImportArgs {
     pub var: VarDir,
     /// The predecessor's telemetry.sqlite.
     pub path: PathBuf,
+}
+
+/// `import-tensorboard`.
+#[derive(Debug, Args)]
+pub struct ImportTensorboardArgs {
+    /// The run the scalars are stored in.
+    #[arg(long)]
+    pub run_id: String,
+    /// The agent the scalars belong to (default: the run as a whole).
+    #[arg(long, default_value = "")]
+    pub agent_id: String,
+    /// The daemon.
+    #[arg(long, env = "GYM_TELEMETRY_ENDPOINT", default_value = telemetry_tensorboard::import::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// The daemon's var dir, whose `auth-token` is used: it takes the place of
+    /// GYM_TELEMETRY_VAR_DIR in the usual discovery (GYM_TELEMETRY_AUTH_TOKEN, then
+    /// GYM_TELEMETRY_AUTH_TOKEN_FILE, then the var dir, then ./var/telemetry). A token is never
+    /// taken from the command line.
+    #[arg(long)]
+    pub var_dir: Option<PathBuf>,
+    /// With an https:// endpoint: the PEM CA file to trust (default: Mozilla's roots).
+    #[arg(long, env = "GYM_TELEMETRY_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With an https:// endpoint: the name the certificate is checked against.
+    #[arg(long, env = "GYM_TELEMETRY_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Keep tailing the files (and pick up new ones) until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: exit after this many seconds without a new event.
+    #[arg(long, requires = "follow")]
+    pub idle_exit_secs: Option<u64>,
+    /// With --follow: milliseconds between passes over the files (at least 10).
+    #[arg(long, default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// Scalars per batch sent to the daemon (1..=4096).
+    #[arg(long, default_value_t = telemetry_tensorboard::import::DEFAULT_BATCH_RECORDS)]
+    pub batch_records: usize,
+    /// The log directory (searched recursively; a subdirectory becomes a tag prefix, and
+    /// add_scalars directories become `main_tag/key`).
+    pub dir: PathBuf,
 }

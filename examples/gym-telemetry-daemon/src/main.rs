@@ -1,5 +1,6 @@
-//! `gym-telemetry-daemon`: a command-line shell over the `telemetry-server` library (`serve`)
-//! and the store's offline tools (`dump`, `import-legacy`). The demo is its own binary,
+//! `gym-telemetry-daemon`: a command-line shell over the `telemetry-server` library (`serve`),
+//! the store's offline tools (`dump`, `import-legacy`) and the TensorBoard importer
+//! (`import-tensorboard`, `telemetry-tensorboard`). The demo is its own binary,
 //! `gym-telemetry-demo`; the JSONL proxy is `gym-telemetry-proxy`.
 
 mod cli;
@@ -7,7 +8,7 @@ mod cli;
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
-use cli::{Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ServeArgs};
+use cli::{Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ImportTensorboardArgs, ServeArgs};
 use telemetry_core::ControlMode;
 use telemetry_server::{AuthConfig, ServerConfig, TlsFiles};
 use telemetry_store::{
@@ -66,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Dump(a) => dump_cmd(a),
         Command::ImportLegacy(a) => import(a),
+        Command::ImportTensorboard(a) => runtime()?.block_on(import_tensorboard(a)),
     }
 }
 
@@ -189,5 +191,38 @@ fn import(a: ImportArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = legacy_import::import_legacy(&mut store, &a.path)
         .with_context(|| format!("importing {}", a.path.display()))?;
     println!("{report:?}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn import_tensorboard(a: ImportTensorboardArgs) -> anyhow::Result<std::process::ExitCode> {
+    use telemetry_tensorboard::{ImportConfig, Importer};
+    // The owner's token, found like every client finds it; --var-dir names the daemon's.
+    let var_dir = a.var_dir.as_ref().map(|p| p.display().to_string());
+    let found = telemetry_core::credentials::discover(|k| match (k, &var_dir) {
+        ("GYM_TELEMETRY_VAR_DIR", Some(v)) => Some(v.clone()),
+        _ => std::env::var(k).ok(),
+    })?;
+    match &found {
+        Some(d) => tracing::debug!(source = %d.source, "using the token"),
+        None => tracing::info!("no credential found; sending none"),
+    }
+    let mut cfg = ImportConfig::new(a.run_id, a.dir);
+    cfg.endpoint = a.endpoint;
+    cfg.agent_id = a.agent_id;
+    cfg.auth_token = found.map(|d| d.token);
+    cfg.tls_ca_file = a.tls_ca_file;
+    cfg.tls_domain = a.tls_domain;
+    cfg.batch_records = a.batch_records;
+    cfg.poll_interval = Duration::from_millis(a.poll_interval_ms.max(10));
+    cfg.idle_exit = a.idle_exit_secs.map(Duration::from_secs);
+    let mut importer = Importer::new(cfg)?;
+    let result = if a.follow {
+        importer.follow(shutdown_signal()).await
+    } else {
+        importer.pass().await.map(|_| ())
+    };
+    // What was done is worth printing even when the import stopped on an error.
+    println!("imported: {}", importer.report());
+    result?;
     Ok(std::process::ExitCode::SUCCESS)
 }

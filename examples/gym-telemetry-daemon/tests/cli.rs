@@ -63,3 +63,69 @@ fn other_subcommands_still_parse() {
         "{out:?}"
     );
 }
+
+/// `import-tensorboard` against a `serve` with the default credentials: the token is found
+/// through `--var-dir`, a rerun stores nothing, and `--follow --idle-exit-secs` ends by itself.
+#[test]
+fn import_tensorboard_through_a_serving_daemon() {
+    use std::io::BufRead;
+    let var = tempfile::tempdir().unwrap();
+    let mut serve = daemon()
+        .args(["serve", "--var-dir"])
+        .arg(var.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let endpoint = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("gym-telemetry-daemon listening on ")
+                .map(str::to_owned)
+        })
+        .expect("the daemon prints its endpoint");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../telemetry-tensorboard/tests/fixtures/tbx");
+    let import = |extra: &[&str]| {
+        daemon()
+            .args(["import-tensorboard", "--run-id", "cli-run", "--endpoint"])
+            .arg(&endpoint)
+            .arg("--var-dir")
+            .arg(var.path())
+            .args(extra)
+            .arg(&fixtures)
+            .output()
+            .unwrap()
+    };
+    let first = import(&[]);
+    let second = import(&[
+        "--follow",
+        "--idle-exit-secs",
+        "1",
+        "--poll-interval-ms",
+        "50",
+    ]);
+    let dump = daemon()
+        .args(["dump", "--scalars", "--run", "cli-run", "--var-dir"])
+        .arg(var.path())
+        .output()
+        .unwrap();
+    // Stop the daemon this test started (by its pid), then look at what happened.
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    let _ = serve.wait();
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert!(out(&first).contains(" stored=18 "), "{}", out(&first));
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    assert!(
+        out(&second).contains(" stored=0 duplicates=3 "),
+        "{}",
+        out(&second)
+    );
+    assert_eq!(out(&dump).lines().count(), 18, "{}", out(&dump));
+}
