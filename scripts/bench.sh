@@ -30,3 +30,7 @@ echo "== py bench_wrapper" >&2
 bindings-python/scripts/venv.sh --release >&2
 cargo build --release -p gym-telemetry-daemon >&2
 GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_wrapper.py $QUICK
+
+# Training scalars: SummaryWriter.add_scalar against tensorboardX's (benches/python/).
+echo "== py bench_scalar" >&2
+GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_scalar.py $QUICK

@@ -19,6 +19,9 @@ cargo build -p gym-telemetry-daemon
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 export GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/debug/gym-telemetry-daemon"
 (cd bindings-python && ../.venv/bin/python -m pytest -q)
+echo "== python, Gymnasium 0.29.1 (CleanRL's pin): the wrapper and CleanRL compatibility tests"
+bindings-python/scripts/venv.sh --gymnasium-0.29
+(cd bindings-python && ../.venv-gym029/bin/python -m pytest -q tests/test_gym029.py tests/test_cleanrl.py)
 echo "== chaos (scripts/chaos.sh --quick: daemon kills, worker kills, TCP faults)"
 # Debug binaries: `cargo test --workspace` above built every dependency in debug already, so
 # this only links the harness (seconds); a release build would compile the tree again (minutes

@@ -64,13 +64,19 @@ enum Render {
 
 /// Records one agent's steps and episodes through a Telemetry, numbering them itself.
 ///
-/// EpisodeRecorder(telemetry, agent_id=None, control_mode=None, record_info=True)
+/// EpisodeRecorder(telemetry, agent_id=None, control_mode=None, record_info=True, *,
+/// episode_scalars=False)
+///
+/// With `episode_scalars`, each finished episode also records the run-wide scalars
+/// `charts/episodic_return` and `charts/episodic_length` at the run's global step (see
+/// `record`), and the Telemetry's `episode_scalars` becomes True.
 #[pyclass(frozen, module = "gym_telemetry._native")]
 pub struct EpisodeRecorder {
     telemetry: Py<Telemetry>,
     agent_id: String,
     control_mode: &'static str,
     record_info: bool,
+    episode_scalars: bool,
     state: Mutex<State>,
     render: Mutex<std::sync::Arc<Render>>,
     /// `env.step` of the env given to `bind`.
@@ -164,8 +170,8 @@ impl EpisodeRecorder {
             } else {
                 String::new()
             };
-            let info = t.get_item(4)?;
-            let info = (self.record_info && !info.is_none()).then_some(info);
+            let full_info = t.get_item(4)?;
+            let info = (self.record_info && !full_info.is_none()).then_some(&full_info);
             let r = self.record_inner(
                 py,
                 tel,
@@ -174,8 +180,10 @@ impl EpisodeRecorder {
                 &t.get_item(1)?,
                 &t.get_item(2)?,
                 &t.get_item(3)?,
-                info.as_ref(),
+                info,
                 hint,
+                Some(&full_info),
+                None,
             );
             tel.count(py, r).map(|_| ())
         })();
@@ -198,6 +206,8 @@ impl EpisodeRecorder {
         truncated: &Bound<'_, PyAny>,
         info: Option<&Bound<'_, PyAny>>,
         hint: String,
+        stats_info: Option<&Bound<'_, PyAny>>,
+        scalar_step: Option<u64>,
     ) -> PyResult<bool> {
         let reward = args::finite(reward, "reward")?;
         let terminated = args::boolean(terminated, "terminated")?;
@@ -241,25 +251,54 @@ impl EpisodeRecorder {
         step.agent_id.clone_from(&self.agent_id);
         self.control_mode.clone_into(&mut step.control_mode);
         tel.send(py, step.into())?;
+        tel.count_env_step();
         if let Some(e) = episode {
+            let (ret, len) = (e.total_reward, e.steps);
             tel.send(py, e.into())?;
+            if self.episode_scalars {
+                let (ret, len) = stats_info
+                    .and_then(episode_statistics)
+                    .unwrap_or((ret, len as f64));
+                let step = scalar_step.unwrap_or_else(|| tel.steps_recorded());
+                tel.send_scalar(py, EPISODIC_RETURN, ret, step)?;
+                tel.send_scalar(py, EPISODIC_LENGTH, len, step)?;
+            }
         }
         Ok(ended)
     }
 }
 
+/// The episode scalars' tags (CleanRL's names).
+const EPISODIC_RETURN: &str = "charts/episodic_return";
+const EPISODIC_LENGTH: &str = "charts/episodic_length";
+
+/// `info["episode"]["r"]` and `["l"]` as Gymnasium's `RecordEpisodeStatistics` leaves them
+/// at an episode's end (numbers, or one-element arrays), if there.
+fn episode_statistics(info: &Bound<'_, PyAny>) -> Option<(f64, f64)> {
+    let ep = info.get_item("episode").ok()?;
+    let r = crate::telemetry::scalar_value(&ep.get_item("r").ok()?, EPISODIC_RETURN).ok()?;
+    let l = crate::telemetry::scalar_value(&ep.get_item("l").ok()?, EPISODIC_LENGTH).ok()?;
+    Some((r, l))
+}
+
 #[pymethods]
 impl EpisodeRecorder {
     #[new]
-    #[pyo3(signature = (telemetry, agent_id=None, control_mode=None, record_info=true))]
+    #[pyo3(signature = (telemetry, agent_id=None, control_mode=None, record_info=true, *,
+        episode_scalars=false))]
     fn new(
         telemetry: Py<Telemetry>,
         agent_id: Option<&Bound<'_, PyAny>>,
         control_mode: Option<&Bound<'_, PyAny>>,
         record_info: bool,
+        episode_scalars: bool,
     ) -> PyResult<Self> {
+        if episode_scalars {
+            telemetry.get().attach_episode_scalars();
+        }
         Ok(EpisodeRecorder {
             telemetry,
+            episode_scalars,
             agent_id: args::opt_id(agent_id, "agent_id")?.unwrap_or_default(),
             control_mode: args::opt_control_mode(control_mode, "control_mode")?
                 .map(ControlMode::as_str)
@@ -370,7 +409,13 @@ impl EpisodeRecorder {
     }
 
     /// Records one step, and the episode when this step ends it. Returns whether it did.
-    #[pyo3(signature = (observation, action, reward, terminated, truncated, info=None, render_hint=None))]
+    ///
+    /// With `episode_scalars`, an episode's end also records `charts/episodic_return` and
+    /// `charts/episodic_length`: `episode_info["episode"]["r"]` / `["l"]` (or `info`'s) when
+    /// Gymnasium's `RecordEpisodeStatistics` put them there, else the recorded return and
+    /// length; at `scalar_step`, or (None) the global step including this step.
+    #[pyo3(signature = (observation, action, reward, terminated, truncated, info=None,
+        render_hint=None, *, episode_info=None, scalar_step=None))]
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
@@ -382,8 +427,11 @@ impl EpisodeRecorder {
         truncated: &Bound<'_, PyAny>,
         info: Option<&Bound<'_, PyAny>>,
         render_hint: Option<&Bound<'_, PyAny>>,
+        episode_info: Option<&Bound<'_, PyAny>>,
+        scalar_step: Option<u64>,
     ) -> PyResult<bool> {
         let tel = self.telemetry.get();
+        let stats_info = episode_info.filter(|i| !i.is_none()).or(info);
         let r =
             crate::telemetry::render_hint(render_hint, tel.max_record_bytes()).and_then(|hint| {
                 self.record_inner(
@@ -396,6 +444,8 @@ impl EpisodeRecorder {
                     truncated,
                     info,
                     hint,
+                    stats_info,
+                    scalar_step,
                 )
             });
         tel.count(py, r)

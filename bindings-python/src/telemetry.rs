@@ -30,7 +30,7 @@ use pyo3::{
 };
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, MutexGuard,
     },
     time::Duration,
@@ -51,11 +51,13 @@ create_exception!(
 
 mod lifecycle;
 mod records;
+mod scalars;
 
 pub use lifecycle::_close_all;
 use lifecycle::{report, Core, Outcome, LIVE};
 pub(crate) use records::render_hint;
 use records::status;
+pub(crate) use scalars::value as scalar_value;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -99,6 +101,12 @@ pub struct Telemetry {
     limit: logbridge::RateLimit,
     /// What `record_jsonl` learnt from each run's `run_started` (as the JSONL proxy does).
     jsonl_context: Mutex<telemetry_core::jsonl::RunContext>,
+    /// Env steps recorded (every agent's): the run's global step, the default step of a
+    /// scalar.
+    env_steps: AtomicU64,
+    /// Whether a wrapper records the episode scalars (`charts/episodic_return`,
+    /// `charts/episodic_length`) into this Telemetry.
+    episode_scalars: AtomicBool,
 }
 
 fn closed_error() -> PyErr {
@@ -154,6 +162,8 @@ impl Telemetry {
             counters: Counters::default(),
             limit: logbridge::RateLimit::default(),
             jsonl_context: Mutex::new(telemetry_core::jsonl::RunContext::new()),
+            env_steps: AtomicU64::new(0),
+            episode_scalars: AtomicBool::new(false),
         })
     }
 
@@ -180,10 +190,20 @@ impl Telemetry {
         shim: Arc<telemetry_shim::Telemetry>,
         record: telemetry_core::pb::Record,
     ) -> PyResult<()> {
+        self.submit_with(py, move || shim.record(record))
+    }
+
+    /// Runs one shim record call (`shim.record(r)`, `shim.scalar(s)`) with [`Self::submit`]'s
+    /// error handling, without the GIL when the full policy may make it wait.
+    fn submit_with(
+        &self,
+        py: Python<'_>,
+        call: impl FnOnce() -> Result<(), ShimError> + Send,
+    ) -> PyResult<()> {
         let res = if self.may_block {
-            py.detach(move || shim.record(record))
+            py.detach(call)
         } else {
-            shim.record(record)
+            call()
         };
         match res {
             Ok(()) | Err(ShimError::QueueFull { .. }) => Ok(()),
@@ -256,6 +276,39 @@ impl Telemetry {
     /// Whether records go anywhere.
     pub(crate) fn is_enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// The run's global step: env steps recorded so far (every agent's).
+    pub(crate) fn steps_recorded(&self) -> u64 {
+        self.env_steps.load(Relaxed)
+    }
+
+    /// Counts one recorded env step (the global step).
+    pub(crate) fn count_env_step(&self) {
+        self.env_steps.fetch_add(1, Relaxed);
+    }
+
+    /// Notes that a wrapper records the episode scalars into this Telemetry.
+    pub(crate) fn attach_episode_scalars(&self) {
+        self.episode_scalars.store(true, Relaxed);
+    }
+
+    /// Records one run-wide scalar made by the binding itself (the wrappers' episode
+    /// scalars), with `log_scalar`'s checks.
+    pub(crate) fn send_scalar(
+        &self,
+        py: Python<'_>,
+        tag: &str,
+        value: f64,
+        step: u64,
+    ) -> PyResult<()> {
+        let s = telemetry_core::pb::Scalar {
+            tag: tag.to_owned(),
+            value,
+            step: i64::try_from(step).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        self.send_scalars(py, vec![s])
     }
 
     /// Counts an argument error of a record call made through a recorder.
@@ -601,10 +654,81 @@ impl Telemetry {
             if let Some(id) = run_id {
                 record.set_run_id(id);
             }
+            let is_step = matches!(record.kind, Some(telemetry_core::pb::record::Kind::Step(_)));
             let shim = self.live()?;
-            self.submit(py, shim, record)
+            self.submit(py, shim, record)?;
+            if is_step {
+                self.count_env_step();
+            }
+            Ok(())
         })();
         self.counted(py, r)
+    }
+
+    /// Records one training scalar (a loss, a learning rate, an episodic return) at `step`.
+    ///
+    /// `value`: a float, int or bool, a numpy scalar or 0-d / one-element array, or anything
+    /// with `.item()` (torch and jax scalars, read without importing them); NaN and
+    /// infinities are kept. Anything else (a list, a str, a multi-element array) is a
+    /// TypeError naming the tag. `tag`: non-empty, at most 256 bytes, no control characters
+    /// (`/` groups: "losses/td_loss"), else ValueError. `step`: an int >= 0 (ValueError if
+    /// negative); None means the run's global step, `global_step`: the env steps this
+    /// Telemetry has recorded (every agent's), so a loop that calls step() and then logs
+    /// plots against env steps. `agent_id`: None for the run as a whole. `walltime`: seconds
+    /// since the epoch (None: now). Never waits for the network.
+    #[pyo3(signature = (tag, value, step=None, *, agent_id=None, walltime=None))]
+    fn log_scalar(
+        &self,
+        py: Python<'_>,
+        tag: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        step: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        walltime: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let r = self
+            .scalars_of(&[(tag.clone(), value.clone())], step, agent_id, walltime)
+            .and_then(|s| self.send_scalars(py, s));
+        self.counted(py, r)
+    }
+
+    /// Records several scalars at one step: `values` maps tag to value (each as in
+    /// log_scalar). Every tag and value is checked first: a bad one raises and none is sent.
+    #[pyo3(signature = (values, step=None, *, agent_id=None, walltime=None))]
+    fn log(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyAny>,
+        step: Option<&Bound<'_, PyAny>>,
+        agent_id: Option<&Bound<'_, PyAny>>,
+        walltime: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let r = Self::pairs(values)
+            .and_then(|p| self.scalars_of(&p, step, agent_id, walltime))
+            .and_then(|s| self.send_scalars(py, s));
+        self.counted(py, r)
+    }
+
+    /// The run's global step: the env steps this Telemetry has recorded, of every agent
+    /// (through step(), the wrappers, or record_jsonl). The default step of log_scalar / log.
+    /// 0 when telemetry is disabled.
+    #[getter]
+    fn global_step(&self) -> u64 {
+        self.steps_recorded()
+    }
+
+    /// True once a Gymnasium wrapper records `charts/episodic_return` and
+    /// `charts/episodic_length` from its episodes into this Telemetry (then
+    /// `gym_telemetry.SummaryWriter` skips those two tags instead of storing them twice).
+    #[getter]
+    fn episode_scalars(&self) -> bool {
+        self.episode_scalars.load(Relaxed)
     }
 
     /// Calls hook(record_dict) for every step before it is queued; the hook may return a dict

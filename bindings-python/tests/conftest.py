@@ -13,6 +13,7 @@ import re
 import selectors
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -115,14 +116,66 @@ class Daemon:
             self.proc.stdout.close()
         self.proc = None
 
-    def dump(self, run_id: str, episodes: bool = False, agent_id: Optional[str] = None) -> list[dict]:
+    def dump(
+        self, run_id: str, episodes: bool = False, agent_id: Optional[str] = None, scalars: bool = False
+    ) -> list[dict]:
         args = [daemon_bin(), "dump", "--var-dir", str(self.var_dir), "--run", run_id]
         if episodes:
             args.append("--episodes")
+        if scalars:
+            args.append("--scalars")
         if agent_id is not None:
             args += ["--agent", agent_id]
         out = subprocess.run(args, capture_output=True, env=_daemon_env(), timeout=60, check=True)
         return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+    def events(self, run_id: str) -> list:
+        """The run's stored lifecycle records (RunStarted, RunCompleted, Artifact), in seq
+        order, as ``gym_telemetry.v1.Record`` messages: read from the store's ``events`` table
+        (no dump or query serves them), decoded with classes generated from our proto."""
+        pb2 = telemetry_pb2()
+        con = sqlite3.connect(f"file:{self.var_dir / 'telemetry.sqlite'}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT body FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+        finally:
+            con.close()
+        out = []
+        for (body,) in rows:
+            r = pb2.Record()
+            r.ParseFromString(body)
+            out.append(r)
+        return out
+
+
+_PB2: list = []
+
+
+def telemetry_pb2():
+    """gym_telemetry/v1/telemetry_pb2 generated (once per session) from the repository's proto."""
+    if _PB2:
+        return _PB2[0]
+    import importlib.util
+    import tempfile
+
+    import grpc_tools
+    from grpc_tools import protoc
+
+    root = Path(__file__).resolve().parents[2] / "proto"
+    out = Path(tempfile.mkdtemp(prefix="gym-telemetry-pb2-"))
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    rc = protoc.main(["grpc_tools.protoc", f"-I{root}", f"-I{include}", f"--python_out={out}",
+                      str(root / "gym_telemetry" / "v1" / "telemetry.proto")])
+    assert rc == 0, "protoc failed on proto/gym_telemetry/v1/telemetry.proto"
+    # Loaded by path under another name: "gym_telemetry.v1" would be looked up in our package.
+    spec = importlib.util.spec_from_file_location(
+        "gym_telemetry_v1_telemetry_pb2", out / "gym_telemetry" / "v1" / "telemetry_pb2.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _PB2.append(module)
+    return module
 
 
 @pytest.fixture

@@ -35,8 +35,15 @@ def test_frozenlake_wrapper_exact_counts_in_the_store(daemon) -> None:
     report = tel.close(timeout=20.0)
     assert report["outcome"] == "acked", report
     stats = tel.stats()
-    assert stats["acked"] == stats["accepted"] == sum(lengths) + 20 + 2
+    # Steps, episodes, run started/completed, and each episode's two episode scalars.
+    assert stats["acked"] == stats["accepted"] == sum(lengths) + 20 + 2 + 2 * 20
     assert stats["rejected"] == stats["dropped"] == 0
+    scalars = daemon.dump("fl-e2e", scalars=True)
+    ends = [sum(lengths[: i + 1]) for i in range(20)]
+    assert [(s["step"], s["value"]) for s in scalars if s["tag"] == "charts/episodic_length"] == [
+        (step, float(n)) for step, n in zip(ends, lengths)
+    ]
+    assert len(scalars) == 40 and all("agent_id" not in s for s in scalars), "run-wide curves"
 
     steps = daemon.dump("fl-e2e")
     episodes = daemon.dump("fl-e2e", episodes=True)

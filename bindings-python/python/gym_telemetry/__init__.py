@@ -13,6 +13,11 @@ and sent to the daemon by a background thread, so a training loop never waits fo
 
 For Gymnasium environments, ``TelemetryWrapper`` / ``TelemetryVectorWrapper`` do the calls.
 
+Training scalars: ``tel.log_scalar("losses/td_loss", loss)`` / ``tel.log({tag: value, ...})``
+(step None: the run's global step, the env steps recorded). Scripts written for TensorBoard
+change one import: ``from gym_telemetry import SummaryWriter`` (``gym_telemetry.tensorboard``);
+Stable-Baselines3 logs through ``gym_telemetry.sb3.TelemetryOutputFormat``.
+
 Contracts (details in the docstrings of ``Telemetry``):
 
 - Payloads (observation, action, info, metadata, config, hook values) are encoded to compact
@@ -48,12 +53,15 @@ from ._native import (
     normalize_control_mode,
 )
 
+from .tensorboard import SummaryWriter
+
 if TYPE_CHECKING:  # pragma: no cover
     from .wrappers import TelemetryVectorWrapper, TelemetryWrapper
 
 __all__ = [
     "EpisodeRecorder",
     "Json",
+    "SummaryWriter",
     "Telemetry",
     "TelemetryError",
     "TelemetryVectorWrapper",

@@ -95,6 +95,27 @@ class Telemetry:
     ) -> None: ...
     def artifact(self, kind: str, path: _PathLike, *, info: Optional[Mapping[str, Any]] = None) -> None: ...
     def record_jsonl(self, line: str, *, run_id: Optional[str] = None) -> None: ...
+    def log_scalar(
+        self,
+        tag: str,
+        value: Any,
+        step: Optional[int] = None,
+        *,
+        agent_id: Optional[str] = None,
+        walltime: Optional[float] = None,
+    ) -> None: ...
+    def log(
+        self,
+        values: Mapping[str, Any],
+        step: Optional[int] = None,
+        *,
+        agent_id: Optional[str] = None,
+        walltime: Optional[float] = None,
+    ) -> None: ...
+    @property
+    def global_step(self) -> int: ...
+    @property
+    def episode_scalars(self) -> bool: ...
     def register_on_step(self, hook: _Hook) -> _Hook: ...
     def register_on_episode_end(self, hook: _Hook) -> _Hook: ...
     def flush(self, timeout: float = 5.0) -> Dict[str, Any]: ...
@@ -115,6 +136,8 @@ class EpisodeRecorder:
         agent_id: Optional[str] = None,
         control_mode: Optional[str] = None,
         record_info: bool = True,
+        *,
+        episode_scalars: bool = False,
     ) -> None: ...
     @property
     def episode_index(self) -> int: ...
@@ -137,6 +160,9 @@ class EpisodeRecorder:
         truncated: bool,
         info: Optional[Mapping[str, Any]] = None,
         render_hint: Union[Mapping[str, Any], str, Json, None] = None,
+        *,
+        episode_info: Optional[Mapping[str, Any]] = None,
+        scalar_step: Optional[int] = None,
     ) -> bool: ...
 
 def from_env(

@@ -1,4 +1,5 @@
-"""Gymnasium 1.x wrappers that record every step and episode through a ``Telemetry``.
+"""Gymnasium wrappers (1.x, and 0.29.x as CleanRL pins it) that record every step and episode
+through a ``Telemetry``.
 
 ``TelemetryWrapper(env, telemetry)`` records one step per ``env.step`` and one episode when an
 episode terminates or truncates (its return and length), with an ANSI render hint on each step
@@ -18,6 +19,22 @@ env, with agent ids ``f"{agent_id}-{i}"``, honouring the env's autoreset mode:
 - ``DISABLED``: the caller resets sub-environments with ``reset(options={"reset_mask": m})``;
   each reset starts a new episode for the masked sub-environments.
 
+Gymnasium 0.29.x vector envs (``gymnasium.vector.VectorEnvWrapper`` era) always reset in the
+same step and report the final observation and info in ``infos["final_observation"]`` /
+``infos["final_info"]`` (one dict per sub-environment, where ``RecordEpisodeStatistics`` puts
+``episode``): they are recorded as ``SAME_STEP`` above.
+
+Episode scalars. With ``episode_scalars=True`` (the default) each finished episode also records
+the run-wide scalars ``charts/episodic_return`` and ``charts/episodic_length`` (CleanRL's tags)
+at the run's global step (``telemetry.global_step``: env steps recorded, every agent's; for a
+vector env, the global step after the whole ``envs.step`` call, as a CleanRL loop counts it).
+The values are ``info["episode"]["r"]`` / ``["l"]`` when ``RecordEpisodeStatistics`` put them in
+the episode's final info (what a CleanRL script logs, before any reward wrapper outside it),
+else the recorded episode's return and length. ``gym_telemetry.SummaryWriter`` then skips its
+own ``add_scalar`` of exactly those two tags on the same ``Telemetry``, so each episode is stored
+once. Pass ``episode_scalars=False`` for an env whose episodes are not the training curve (an
+evaluation env).
+
 A ``reset()`` in the middle of an episode abandons it: its steps stay recorded, no episode
 record is written for it, and the next steps belong to the next episode index. The recorded
 observation of a step is the one ``env.step`` returned. Failures of telemetry calls never break
@@ -31,14 +48,33 @@ import logging
 import re
 from typing import Any, Optional
 
+import enum
 import gymnasium as gym
-from gymnasium.vector import VectorEnv, VectorWrapper
+from gymnasium.vector import VectorEnv
 from gymnasium.vector.utils import iterate
 
 try:
+    from gymnasium.vector import VectorWrapper
+
+    _GYM_029 = False
+except ImportError:  # gymnasium 0.29.x: VectorEnvWrapper, same-step autoreset only
+    from gymnasium.vector import VectorEnvWrapper as VectorWrapper
+
+    _GYM_029 = True
+
+try:
     from gymnasium.vector import AutoresetMode
-except ImportError:  # pragma: no cover - gymnasium 1.0 exports it from vector_env only
-    from gymnasium.vector.vector_env import AutoresetMode
+except ImportError:
+    try:  # gymnasium 1.0 exports it from vector_env only
+        from gymnasium.vector.vector_env import AutoresetMode
+    except ImportError:  # gymnasium 0.29.x has none: its vector envs reset in the same step
+
+        class AutoresetMode(enum.Enum):  # type: ignore[no-redef]
+            """Gymnasium 1.x's autoreset modes, for gymnasium 0.29.x (which has only SAME_STEP)."""
+
+            NEXT_STEP = "NextStep"
+            SAME_STEP = "SameStep"
+            DISABLED = "Disabled"
 
 from ._native import EpisodeRecorder, Json, Telemetry, normalize_control_mode
 
@@ -130,6 +166,8 @@ class TelemetryWrapper(gym.Wrapper):
         control_mode: who acts: "agent" (default), "human", "hybrid", ...
         render_hint: attach ANSI render hints of text-rendered grids (default True).
         record_info: send each step's ``info`` dict as the step's ``info_json`` (default True).
+        episode_scalars: record ``charts/episodic_return`` / ``charts/episodic_length`` at
+            each episode's end (default True; see the module docs).
     """
 
     def __init__(
@@ -140,6 +178,8 @@ class TelemetryWrapper(gym.Wrapper):
         control_mode: str = "agent",
         render_hint: bool = True,
         record_info: bool = True,
+        *,
+        episode_scalars: bool = True,
     ) -> None:
         super().__init__(env)
         if not isinstance(telemetry, Telemetry):
@@ -147,7 +187,10 @@ class TelemetryWrapper(gym.Wrapper):
         self.telemetry = telemetry
         # Numbering, returns, render hints and the record calls happen in Rust: the whole
         # per-step path is one native call around env.step.
-        self._rec = EpisodeRecorder(telemetry, agent_id, normalize_control_mode(control_mode), bool(record_info))
+        self._rec = EpisodeRecorder(
+            telemetry, agent_id, normalize_control_mode(control_mode), bool(record_info),
+            episode_scalars=bool(episode_scalars),
+        )
         _setup_render_hints(self._rec, env, render_hint)
         self._errors = _ErrorLog()
         self._meta = _episode_metadata(env, None)  # resets without a seed reuse it (encoded once)
@@ -180,11 +223,18 @@ class TelemetryWrapper(gym.Wrapper):
         return self._rec.step(self.env, action)
 
 
+_FINAL_KEYS = ("final_obs", "final_info", "final_observation")
+_VECTOR_ATTRS = (
+    "num_envs", "observation_space", "action_space", "single_observation_space",
+    "single_action_space", "metadata", "spec", "render_mode", "is_vector_env",
+)
+
+
 def _sub_info(infos: dict, i: int) -> dict:
     """Sub-environment i's part of a vector env's info dict (``_key`` masks honoured)."""
     out = {}
     for k, v in infos.items():
-        if k.startswith("_") or k in ("final_obs", "final_info"):
+        if k.startswith("_") or k in _FINAL_KEYS:
             continue
         mask = infos.get("_" + k)
         if mask is not None and not mask[i]:
@@ -197,11 +247,13 @@ class TelemetryVectorWrapper(VectorWrapper):
     """Records every real step and finished episode of each sub-environment of ``env``.
 
     Args:
-        env: a Gymnasium 1.x vector env (``SyncVectorEnv``, ``AsyncVectorEnv``, ...).
+        env: a Gymnasium vector env (``SyncVectorEnv``, ``AsyncVectorEnv``, ...), 1.x or 0.29.x.
         telemetry: a ``gym_telemetry.Telemetry``.
         agent_id: sub-environment ``i`` records as agent ``f"{agent_id}-{i}"``.
         control_mode: who acts (default "agent").
         record_info: send each sub-environment's part of the info dict (default True).
+        episode_scalars: record ``charts/episodic_return`` / ``charts/episodic_length`` at
+            each episode's end (default True; see the module docs).
     """
 
     def __init__(
@@ -211,18 +263,34 @@ class TelemetryVectorWrapper(VectorWrapper):
         agent_id: str = "agent",
         control_mode: str = "agent",
         record_info: bool = True,
+        *,
+        episode_scalars: bool = True,
     ) -> None:
         super().__init__(env)
         if not isinstance(telemetry, Telemetry):
             raise TypeError(f"telemetry must be a gym_telemetry.Telemetry, not {type(telemetry).__name__}")
         self.telemetry = telemetry
-        mode = env.metadata.get("autoreset_mode", getattr(env, "autoreset_mode", AutoresetMode.NEXT_STEP))
-        self._autoreset = mode if isinstance(mode, AutoresetMode) else AutoresetMode(mode)
+        if _GYM_029:
+            # 0.29's VectorEnvWrapper forwards attributes with a deprecation warning on every
+            # access: the ones a training loop reads are copied (they do not change).
+            for name in _VECTOR_ATTRS:
+                if hasattr(env, name):
+                    setattr(self, name, getattr(env, name))
+            self._autoreset = AutoresetMode.SAME_STEP
+            self._final_obs, self._final_info = "final_observation", "final_info"
+        else:
+            mode = env.metadata.get("autoreset_mode", getattr(env, "autoreset_mode", AutoresetMode.NEXT_STEP))
+            self._autoreset = mode if isinstance(mode, AutoresetMode) else AutoresetMode(mode)
+            self._final_obs, self._final_info = "final_obs", "final_info"
         control_mode = normalize_control_mode(control_mode)
         self._record_info = bool(record_info)
+        self._episode_scalars = bool(episode_scalars)
         n = env.num_envs
         self._agent_ids = [f"{agent_id}-{i}" for i in range(n)]
-        self._recs = [EpisodeRecorder(telemetry, a, control_mode, self._record_info) for a in self._agent_ids]
+        self._recs = [
+            EpisodeRecorder(telemetry, a, control_mode, self._record_info, episode_scalars=self._episode_scalars)
+            for a in self._agent_ids
+        ]
         self._skip = [False] * n  # NEXT_STEP: this sub-env's next entry is its reset
         self._meta: list[Optional[Json]] = [_episode_metadata(env, None)] * n
         self._errors = _ErrorLog()
@@ -266,24 +334,39 @@ class TelemetryVectorWrapper(VectorWrapper):
             self._errors.report("vector step", e)
         return obs, rewards, terminations, truncations, infos
 
+    def _final_sub_info(self, infos: dict, i: int) -> dict:
+        final_info = infos[self._final_info]
+        if _GYM_029:  # an object array with one info dict (or None) per sub-env
+            return dict(final_info[i] or {})
+        return _sub_info(final_info, i)
+
     def _record(self, obs, actions, rewards, terminations, truncations, infos) -> None:
         next_step = self._autoreset == AutoresetMode.NEXT_STEP
         same_step = self._autoreset == AutoresetMode.SAME_STEP
         observations = list(iterate(self.env.observation_space, obs))
         acts = list(iterate(self.env.action_space, actions))
-        final_mask = infos.get("_final_obs") if same_step else None
+        final_mask = infos.get("_" + self._final_obs) if same_step else None
+        # The episode scalars of this call go at the global step after all of its steps (a
+        # CleanRL loop's global_step), whichever sub-env ended.
+        scalar_step = None
+        if self._episode_scalars:
+            real = sum(1 for i in range(self.num_envs) if not (next_step and self._skip[i]))
+            scalar_step = self.telemetry.global_step + real
         for i, rec in enumerate(self._recs):
             if next_step and self._skip[i]:
                 self._begin(i)  # the sub-env reset during this call: not a step
                 continue
             final = final_mask is not None and bool(final_mask[i])
-            observation = infos["final_obs"][i] if final else observations[i]
+            observation = infos[self._final_obs][i] if final else observations[i]
+            ends = bool(terminations[i] or truncations[i])
             info = None
-            if self._record_info:
-                info = _sub_info(infos["final_info"], i) if final else _sub_info(infos, i)
+            if self._record_info or (ends and self._episode_scalars):
+                info = self._final_sub_info(infos, i) if final else _sub_info(infos, i)
             try:
                 ended = rec.record(
-                    observation, acts[i], rewards[i], terminations[i], truncations[i], info
+                    observation, acts[i], rewards[i], terminations[i], truncations[i],
+                    info if self._record_info else None,
+                    episode_info=info if ends else None, scalar_step=scalar_step,
                 )
             except Exception as e:
                 self._errors.report("step", e)

@@ -91,7 +91,9 @@ impl Telemetry {
         step.truncated = truncated;
         step.agent_id = agent.unwrap_or_default();
         step.control_mode = mode.map(|m| m.as_str().to_owned()).unwrap_or_default();
-        self.submit(py, shim, step.into())
+        self.submit(py, shim, step.into())?;
+        self.count_env_step();
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
