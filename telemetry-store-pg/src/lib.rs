@@ -175,6 +175,11 @@ impl PgConfig {
         })
     }
 
+    /// Whether the URL carried a password (which must then stay off argv and out of logs).
+    pub fn has_password(&self) -> bool {
+        self.pg.get_password().is_some()
+    }
+
     /// The schema holding the store's tables.
     pub fn schema(&self) -> &str {
         &self.schema

@@ -530,6 +530,31 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// `run_stats` columns of one upsert.
+type RunStatsCols<'a> = (
+    Vec<&'a str>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<Option<i64>>,
+    Vec<Option<i64>>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+);
+
+/// `scalar_tags` columns of one upsert.
+type ScalarTagCols<'a> = (
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<f64>,
+    Vec<Option<i64>>,
+    Vec<i64>,
+);
+
 /// One attempt at an append, in one transaction (see the module doc for its steps).
 async fn append_tx(
     client: &mut Object,
@@ -691,16 +716,7 @@ async fn append_tx(
         tx.execute(&stmt, &[&ids, &seqs]).await.map_err(classify)?;
     }
     if !batch.runs.is_empty() {
-        let mut cols: (
-            Vec<&str>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<Option<i64>>,
-            Vec<Option<i64>>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-        ) = Default::default();
+        let mut cols: RunStatsCols<'_> = Default::default();
         for (run, d) in &batch.runs {
             cols.0.push(run);
             cols.1.push(u64_to_sql(d.steps));
@@ -740,17 +756,7 @@ async fn append_tx(
             .map_err(classify)?;
     }
     if !batch.tags.is_empty() {
-        let mut cols: (
-            Vec<&str>,
-            Vec<&str>,
-            Vec<&str>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<f64>,
-            Vec<Option<i64>>,
-            Vec<i64>,
-        ) = Default::default();
+        let mut cols: ScalarTagCols<'_> = Default::default();
         for ((run, tag, agent), d) in &batch.tags {
             cols.0.push(run);
             cols.1.push(tag);
