@@ -7,7 +7,15 @@
 //! telemetry_store::conformance_tests!(|| my_fresh_backend());
 //! ```
 //!
-//! which expands to one `#[test]` per check, so a failure names the check.
+//! which expands to one `#[test]` per check, so a failure names the check. A backend that needs
+//! an outside server may skip when it has none:
+//!
+//! ```text
+//! telemetry_store::conformance_tests!(optional: || my_backend_if_configured());
+//! ```
+//!
+//! where the closure returns `Option<Arc<dyn Backend>>` (`None`: the test returns at once; the
+//! closure says why, and should fail instead where skipping is not allowed, e.g. in CI).
 
 use std::sync::Arc;
 
@@ -69,8 +77,8 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Arc<dyn Backend>) {
 /// e.g. by leaking a temporary directory into the backend's path).
 #[macro_export]
 macro_rules! conformance_tests {
-    ($fresh:expr) => {
-        $crate::conformance_tests!(@each $fresh;
+    (@each [$make:expr]) => {
+        $crate::conformance_tests!(@list [$make];
             seqs_increase_per_stream, resends_are_duplicates, a_first_seq_of_zero_is_stored,
             rejected_stamps_advance_watermarks, a_failed_append_leaves_nothing,
             keyset_pages_never_skip, filters_select_run_agent_and_mode,
@@ -78,14 +86,24 @@ macro_rules! conformance_tests {
             watermarks_survive_a_new_writer, tails_are_the_latest_in_seq_order,
             scalars_keep_nan_and_downsample_in_the_store);
     };
-    (@each $fresh:expr; $($name:ident),*) => {
+    (@list [$make:expr]; $($name:ident),*) => {
         $(
             #[test]
             fn $name() {
-                let backend: ::std::sync::Arc<dyn $crate::Backend> = ($fresh)();
+                let backend: ::std::option::Option<::std::sync::Arc<dyn $crate::Backend>> =
+                    $make;
+                let ::std::option::Option::Some(backend) = backend else {
+                    return;
+                };
                 $crate::conformance::$name(backend.as_ref());
             }
         )*
+    };
+    (optional: $fresh:expr) => {
+        $crate::conformance_tests!(@each [($fresh)()]);
+    };
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@each [::std::option::Option::Some(($fresh)())]);
     };
 }
 

@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 
 use telemetry_core::{jsonl::write_record, pb::Record};
 
-use crate::{Filter, StoreError, StoreReader};
+use crate::{BackendReader, Filter, StoreError, StoreReader};
 
 /// What to dump.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -103,6 +103,61 @@ pub fn dump_jsonl<W: Write>(
             let step = step?;
             let seq = step.seq_id;
             emit(step.into(), seq)?;
+        }
+    }
+    w.flush().map_err(StoreError::Output)?;
+    report.bytes = w.get_ref().bytes;
+    Ok(report)
+}
+
+/// Rows per page of [`dump_backend_jsonl`].
+const BACKEND_PAGE: usize = 2048;
+
+/// [`dump_jsonl`] through the store seam: the same lines, from any backend's reader (keyset
+/// pages of [`BACKEND_PAGE`] rows, so memory stays flat there too).
+pub fn dump_backend_jsonl<W: Write>(
+    reader: &dyn BackendReader,
+    opts: &DumpOptions,
+    out: W,
+) -> Result<DumpReport, StoreError> {
+    let mut w = BufWriter::with_capacity(
+        64 * 1024,
+        Counting {
+            inner: out,
+            bytes: 0,
+        },
+    );
+    let mut report = DumpReport {
+        last_seq: opts.since_seq,
+        ..DumpReport::default()
+    };
+    let mut since = opts.since_seq;
+    loop {
+        let page: Vec<(Record, u64)> = if opts.scalars {
+            let rows = reader.scalars_page(since, &opts.filter, BACKEND_PAGE)?;
+            rows.into_iter()
+                .map(|r| (r.seq_id, r))
+                .map(|(s, r)| (r.into(), s))
+                .collect()
+        } else if opts.episodes {
+            let rows = reader.episodes_page(since, &opts.filter, BACKEND_PAGE)?;
+            rows.into_iter()
+                .map(|r| (r.seq_id, r))
+                .map(|(s, r)| (r.into(), s))
+                .collect()
+        } else {
+            let rows = reader.steps_page(since, &opts.filter, BACKEND_PAGE)?;
+            rows.into_iter()
+                .map(|r| (r.seq_id, r))
+                .map(|(s, r)| (r.into(), s))
+                .collect()
+        };
+        let Some(&(_, last)) = page.last() else { break };
+        since = last;
+        for (record, seq) in page {
+            write_record(&mut w, &record).map_err(StoreError::Output)?;
+            report.records += 1;
+            report.last_seq = seq;
         }
     }
     w.flush().map_err(StoreError::Output)?;

@@ -126,13 +126,34 @@ pub enum StoreError {
     /// Any other SQLite error.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// An error of a database-server backend (PostgreSQL): the connection, the server or a
+    /// statement. `retryable` when the same call may succeed unchanged (a lost connection, a
+    /// serialization failure or deadlock, the server starting up or shutting down).
+    #[error("{engine} store error{}: {detail}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Server {
+        /// The engine (`"postgres"`).
+        engine: &'static str,
+        /// Its error code (SQLSTATE for PostgreSQL), when the server sent one.
+        code: Option<String>,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+        /// What failed (never a password).
+        detail: String,
+    },
 }
 
 impl StoreError {
     /// Whether the same call may succeed if made again unchanged (a lock held by someone
     /// else); every other error needs the data, the disk or an operator to change first.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Busy)
+        matches!(
+            self,
+            StoreError::Busy
+                | StoreError::Server {
+                    retryable: true,
+                    ..
+                }
+        )
     }
 }
 

@@ -65,6 +65,7 @@ impl ScalarQuery {
 }
 
 /// One bucket under construction.
+#[derive(Debug)]
 struct Fold {
     b: ScalarBucket,
     last_seq: u64,
@@ -117,8 +118,11 @@ fn bucket_of(step: i64, lo: i64, width: i128) -> i128 {
     (i128::from(step) - i128::from(lo)) / width
 }
 
-/// Downsamples one series' points (in step order) into at most `n` buckets of `[lo, hi]`.
-struct Downsampler {
+/// Downsamples one series' points (in step order) into at most `n` buckets of `[lo, hi]`, by
+/// the module's rules. Public so every backend computes the same buckets next to its data
+/// (push the points of a `(run, tag, agent)` in step order, then `finish`).
+#[derive(Debug)]
+pub struct Downsampler {
     n: usize,
     lo: i64,
     width: i128,
@@ -131,7 +135,9 @@ struct Downsampler {
 }
 
 impl Downsampler {
-    fn new(n: usize, lo: i64, hi: i64) -> Self {
+    /// At most `n` buckets (at least 1) over the inclusive step range `[lo, hi]`.
+    pub fn new(n: usize, lo: i64, hi: i64) -> Self {
+        let n = n.max(1);
         let span = i128::from(hi) - i128::from(lo) + 1;
         let n128 = n as i128;
         Downsampler {
@@ -146,7 +152,8 @@ impl Downsampler {
         }
     }
 
-    fn push(&mut self, step: i64, value: f64, seq: u64) {
+    /// Adds a point (in step order; `seq` orders two points of the same step).
+    pub fn push(&mut self, step: i64, value: f64, seq: u64) {
         self.points += 1;
         if !self.bucketed {
             self.raw.push((step, value, seq));
@@ -177,7 +184,8 @@ impl Downsampler {
         }
     }
 
-    fn finish(mut self) -> (u64, Vec<ScalarBucket>) {
+    /// The number of points pushed and the buckets.
+    pub fn finish(mut self) -> (u64, Vec<ScalarBucket>) {
         if !self.bucketed {
             let out = self
                 .raw

@@ -25,6 +25,19 @@ pub struct VarDir {
     pub var_dir: PathBuf,
 }
 
+/// Which store: SQLite in the var dir (default) or a PostgreSQL database shared by daemons.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StoreArgs {
+    /// A PostgreSQL store (`postgres://user@host:port/db?schema=NAME`) instead of SQLite in
+    /// the var dir. Put a URL holding a password in GYM_TELEMETRY_STORE or --store-url-file,
+    /// never on the command line (refused there: argv is visible to every local account).
+    #[arg(long, env = "GYM_TELEMETRY_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL store URL (first line).
+    #[arg(long, env = "GYM_TELEMETRY_STORE_URL_FILE", conflicts_with = "store")]
+    pub store_url_file: Option<PathBuf>,
+}
+
 /// SQLite durability.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum DurabilityArg {
@@ -58,6 +71,9 @@ pub struct ServeArgs {
     /// Where the store and lock live.
     #[command(flatten)]
     pub var: VarDir,
+    /// Which store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// gRPC address (loopback by default; anything else should have --tls-cert).
     #[arg(long, env = "GYM_TELEMETRY_LISTEN", default_value = telemetry_server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -134,6 +150,9 @@ pub struct DumpArgs {
     /// Where the store lives.
     #[command(flatten)]
     pub var: VarDir,
+    /// Which store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Only records with seq greater than this.
     #[arg(long, default_value_t = 0)]
     pub since: u64,

@@ -5,14 +5,16 @@
 
 mod cli;
 
-use std::{io::Write, net::SocketAddr, time::Duration};
+use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
-use cli::{Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ImportTensorboardArgs, ServeArgs};
+use cli::{
+    Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ImportTensorboardArgs, ServeArgs, StoreArgs,
+};
 use telemetry_core::ControlMode;
 use telemetry_server::{AuthConfig, ServerConfig, TlsFiles};
 use telemetry_store::{
-    dump, legacy_import, Durability, Filter, ModeFilter, Store, StoreConfig, StoreReader,
+    dump, legacy_import, Backend, Durability, Filter, ModeFilter, Store, StoreConfig, StoreReader,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +54,20 @@ fn parse() -> anyhow::Result<Cli> {
             );
         }
     }
+    if let Some(("serve" | "dump", sub)) = matches.subcommand() {
+        if sub.value_source("store") == Some(ValueSource::CommandLine) {
+            let has_password = sub
+                .get_one::<String>("store")
+                .and_then(|u| telemetry_store_pg::PgConfig::from_url(u).ok())
+                .is_some_and(|c| c.has_password());
+            if has_password {
+                bail!(
+                    "--store with a password on the command line is visible to every local \
+                     account (ps); use --store-url-file PATH or the GYM_TELEMETRY_STORE variable"
+                );
+            }
+        }
+    }
     Ok(Cli::from_arg_matches(&matches)?)
 }
 
@@ -71,8 +87,32 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// The store named by `--store` / `--store-url-file`, or `None` for SQLite in the var dir.
+fn store_backend(a: &StoreArgs) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+    let url = match (&a.store, &a.store_url_file) {
+        (Some(url), _) if !url.trim().is_empty() => url.trim().to_owned(),
+        (_, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the store URL from {}", file.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        _ => return Ok(None),
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // Never echo the value: it may be a URL with a password in it.
+        bail!("--store takes a postgres:// or postgresql:// URL (SQLite is the default: omit it)");
+    }
+    let backend = telemetry_store_pg::PgBackend::from_url(&url)?;
+    Ok(Some(Arc::new(backend)))
+}
+
 async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut cfg = ServerConfig::new(&a.var.var_dir);
+    if let Some(backend) = store_backend(&a.store)? {
+        cfg = cfg.with_backend(backend);
+    }
     cfg.listen = a.listen;
     cfg.metrics_listen = match a.metrics_listen.as_str() {
         "off" | "" => None,
@@ -155,11 +195,7 @@ async fn shutdown_signal() {
 }
 
 fn dump_cmd(a: DumpArgs) -> anyhow::Result<std::process::ExitCode> {
-    let path = StoreConfig::in_var_dir(&a.var.var_dir).path;
-    if !path.exists() {
-        bail!("no store at {}", path.display());
-    }
-    let reader = StoreReader::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let backend = store_backend(&a.store)?;
     let control_mode = match a.control_mode.as_deref() {
         None => ModeFilter::Any,
         Some(m) => ModeFilter::Exact(m.parse::<ControlMode>()?),
@@ -176,7 +212,23 @@ fn dump_cmd(a: DumpArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let report = dump::dump_jsonl(&reader, &opts, &mut out).context("dumping")?;
+    let report = match backend {
+        Some(backend) => {
+            let reader = backend
+                .reader()
+                .with_context(|| format!("opening {}", backend.describe()))?;
+            dump::dump_backend_jsonl(reader.as_ref(), &opts, &mut out).context("dumping")?
+        }
+        None => {
+            let path = StoreConfig::in_var_dir(&a.var.var_dir).path;
+            if !path.exists() {
+                bail!("no store at {}", path.display());
+            }
+            let reader =
+                StoreReader::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            dump::dump_jsonl(&reader, &opts, &mut out).context("dumping")?
+        }
+    };
     out.flush().context("writing stdout")?;
     eprintln!(
         "dumped {} records ({} bytes), last seq {}",
