@@ -11,10 +11,12 @@
 //! builds exactly as before.
 //!
 //! **Flat memory.** [`export_parquet`] walks the store with its keyset-paged readers (one short
-//! read transaction per page, as the JSONL dump does), appends each page's rows to Arrow column
-//! builders and writes a row group every [`ParquetOptions::row_group_rows`] rows (or sooner, when
-//! the rows' text passes [`ParquetOptions::row_group_bytes`]). Memory is one store page plus one
-//! row group, whatever the number of rows exported; the table is never held whole.
+//! read transaction per page, as the JSONL dump does), appends the rows to Arrow column builders,
+//! hands them to the Parquet writer every 4,096 rows (or 8 MiB of text) as one record batch, and
+//! the writer closes a row group every [`ParquetOptions::row_group_rows`] rows (or sooner, once
+//! its encoded size passes [`ParquetOptions::row_group_bytes`]). Memory is one store page, one
+//! batch and one encoded row group, whatever the number of rows exported; the table is never
+//! held whole.
 //!
 //! ## Schemas
 //!
@@ -87,6 +89,11 @@ use telemetry_store::{dump::DumpOptions, StoreError, StoreReader};
 
 /// The time zone of every `timestamp` column.
 pub const TIME_ZONE: &str = "UTC";
+
+/// Rows handed to the Parquet writer at a time.
+const BATCH_ROWS: usize = 4096;
+/// Bytes of text after which a batch is handed over sooner.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Key of the file metadata entry naming the stream.
 pub const STREAM_METADATA_KEY: &str = "gym_telemetry.stream";
@@ -223,9 +230,8 @@ fn control_mode_field() -> Field {
 pub struct ParquetOptions {
     /// Rows per row group (at least 1; default 65,536).
     pub row_group_rows: usize,
-    /// A row group is also closed once its rows' text (strings, JSON payloads) passes this many
-    /// bytes (at least one row per group; default 64 MiB), so rows with large observations
-    /// keep memory bounded too.
+    /// A row group is also closed once its estimated encoded size passes this many bytes (at
+    /// least 1; default 64 MiB), so rows with large observations keep memory bounded too.
     pub row_group_bytes: usize,
 }
 
@@ -363,13 +369,11 @@ trait Columns {
     fn finish(&mut self) -> Vec<ArrayRef>;
 }
 
-/// The Parquet writer and the row-group accounting.
+/// The Parquet writer and the batch accounting.
 struct Sink<W: Write + Send> {
     writer: ArrowWriter<Counting<W>>,
     schema: SchemaRef,
     report: ExportReport,
-    group_rows: usize,
-    group_bytes: usize,
 }
 
 impl<W: Write + Send> Sink<W> {
@@ -379,11 +383,10 @@ impl<W: Write + Send> Sink<W> {
         out: W,
         since_seq: u64,
     ) -> Result<Self, ExportError> {
-        let group_rows = parquet.row_group_rows.max(1);
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            // Row groups are cut here, never inside the writer.
-            .set_max_row_group_row_count(Some(group_rows))
+            .set_max_row_group_row_count(Some(parquet.row_group_rows.max(1)))
+            .set_max_row_group_bytes(Some(parquet.row_group_bytes.max(1)))
             .set_key_value_metadata(Some(vec![KeyValue::new(
                 STREAM_METADATA_KEY.to_owned(),
                 stream.name().to_owned(),
@@ -406,35 +409,34 @@ impl<W: Write + Send> Sink<W> {
                 last_seq: since_seq,
                 ..ExportReport::default()
             },
-            group_rows,
-            group_bytes: parquet.row_group_bytes.max(1),
         })
     }
 
-    /// Counts the row just appended to `cols`; writes the row group when it is full.
+    /// Counts the row just appended to `cols`; hands the batch to the writer when it is full.
     fn row_added<C: Columns>(&mut self, cols: &mut C, seq: u64) -> Result<(), ExportError> {
         self.report.rows += 1;
         self.report.last_seq = seq;
-        if cols.rows() >= self.group_rows || cols.text_bytes() >= self.group_bytes {
-            self.write_group(cols)?;
+        if cols.rows() >= BATCH_ROWS || cols.text_bytes() >= BATCH_BYTES {
+            self.write_batch(cols)?;
         }
         Ok(())
     }
 
-    fn write_group<C: Columns>(&mut self, cols: &mut C) -> Result<(), ExportError> {
+    /// Encodes the builders' rows into the row group in progress (which the writer closes at
+    /// its row or byte limit).
+    fn write_batch<C: Columns>(&mut self, cols: &mut C) -> Result<(), ExportError> {
         if cols.rows() == 0 {
             return Ok(());
         }
         let batch = RecordBatch::try_new(self.schema.clone(), cols.finish())?;
         self.writer.write(&batch)?;
-        // Closes the row group: its encoded pages leave memory for the output.
-        self.writer.flush()?;
-        self.report.row_groups += 1;
         Ok(())
     }
 
     fn finish<C: Columns>(mut self, mut cols: C) -> Result<ExportReport, ExportError> {
-        self.write_group(&mut cols)?;
+        self.write_batch(&mut cols)?;
+        self.writer.flush()?;
+        self.report.row_groups = self.writer.flushed_row_groups().len() as u64;
         let mut out = self.writer.into_inner()?;
         out.flush()?;
         self.report.bytes = out.bytes;

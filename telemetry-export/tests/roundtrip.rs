@@ -64,7 +64,12 @@ fn step(i: u64) -> RunStep {
         render_hint_json: r#"{"w":84}"#.into(),
         frame_ref: format!("frames/{i}.png"),
         payload_version: 2,
-        control_mode: if i.is_multiple_of(4) { "human" } else { "agent" }.into(),
+        control_mode: if i.is_multiple_of(4) {
+            "human"
+        } else {
+            "agent"
+        }
+        .into(),
         producer_id: "p".into(),
         producer_seq: i + 1,
         info_json: if i == 2 {
@@ -613,19 +618,39 @@ fn a_failing_output_is_a_typed_error() {
 
 #[test]
 fn large_rows_close_row_groups_by_bytes() {
-    let fx = fixture();
-    let path = fx.out("bytes.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(StoreConfig::in_var_dir(&dir.path().join("var"))).unwrap();
+    const N: u64 = 10_000;
+    let pad = "x".repeat(1000);
+    let mut batch: Vec<Record> = (0..N)
+        .map(|i| {
+            RunStep {
+                run_id: "r".into(),
+                step_index: i,
+                observation_json: format!(r#"{{"i":{i},"pad":"{pad}"}}"#),
+                control_mode: "agent".into(),
+                ..Default::default()
+            }
+            .into()
+        })
+        .collect();
+    store.append(&mut batch, &[]).unwrap();
+    let path = dir.path().join("bytes.parquet");
     let report = export_parquet(
-        &fx.reader(),
+        &store.reader().unwrap(),
         &DumpOptions::default(),
         &ParquetOptions {
-            row_group_rows: 1000,
-            row_group_bytes: 1,
+            row_group_rows: 1 << 20,
+            row_group_bytes: 1024 * 1024,
         },
         File::create(&path).unwrap(),
     )
     .unwrap();
-    assert_eq!((report.rows, report.row_groups), (STEPS, STEPS));
+    // ~10 MB of observations: cut by bytes, not by the (unreached) row limit.
+    assert_eq!(report.rows, N);
+    assert!(report.row_groups >= 3, "{report:?}");
     let (_, batches, _) = read_back(&path);
-    assert_eq!(batches.len(), STEPS as usize);
+    assert_eq!(batches.len() as u64, report.row_groups);
+    assert!(batches.iter().all(|b| b.num_rows() <= 4096));
+    assert_eq!(u64s(&batches, "seq"), (1..=N).collect::<Vec<_>>());
 }
