@@ -1,4 +1,4 @@
-//! Exporting stored steps, episodes or scalars as JSONL, in flat memory.
+//! Exporting stored steps, episodes, scalars or lifecycle events as JSONL, in flat memory.
 //!
 //! `gym-telemetry-daemon dump` and ad-hoc analysis need the store's content in the same line
 //! format workers speak (`telemetry_core::jsonl`), for `jq`, pandas or a diff against a
@@ -24,6 +24,9 @@ pub struct DumpOptions {
     pub episodes: bool,
     /// Dump training scalars instead of steps (the filter's control mode does not apply).
     pub scalars: bool,
+    /// Dump lifecycle events (`run_started`, `run_completed`, `artifact`) instead of steps
+    /// (only the filter's run applies: events have no agent or control-mode column).
+    pub events: bool,
 }
 
 /// What a dump wrote.
@@ -56,7 +59,8 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// Writes every stored step (or episode or scalar, see [`DumpOptions`]) selected by `opts` to
+/// Writes every stored step (or episode, scalar or event, see [`DumpOptions`]; `events` wins
+/// over `scalars`, which wins over `episodes`) selected by `opts` to
 /// `out`, one JSON object per line, in seq order. Output is buffered here; `out` is flushed at
 /// the end.
 pub fn dump_jsonl<W: Write>(
@@ -81,7 +85,19 @@ pub fn dump_jsonl<W: Write>(
         report.last_seq = seq;
         Ok(())
     };
-    if opts.scalars {
+    if opts.events {
+        let mut since = opts.since_seq;
+        loop {
+            let page =
+                reader.events_since(since, opts.filter.run_id.as_deref(), reader.page_size())?;
+            let Some(last) = page.last() else { break };
+            since = last.seq_id();
+            for event in page {
+                let seq = event.seq_id();
+                emit(event, seq)?;
+            }
+        }
+    } else if opts.scalars {
         let mut since = opts.since_seq;
         loop {
             let page = reader.read_scalars_page(since, &opts.filter, reader.page_size())?;
@@ -133,7 +149,15 @@ pub fn dump_backend_jsonl<W: Write>(
     };
     let mut since = opts.since_seq;
     loop {
-        let page: Vec<(Record, u64)> = if opts.scalars {
+        let page: Vec<(Record, u64)> = if opts.events {
+            let rows = reader.events_page(since, opts.filter.run_id.as_deref(), BACKEND_PAGE)?;
+            rows.into_iter()
+                .map(|r| {
+                    let seq = r.seq_id();
+                    (r, seq)
+                })
+                .collect()
+        } else if opts.scalars {
             let rows = reader.scalars_page(since, &opts.filter, BACKEND_PAGE)?;
             rows.into_iter()
                 .map(|r| (r.seq_id, r))

@@ -61,6 +61,7 @@ fn dumps_filter_resume_and_switch_to_episodes() {
         },
         episodes: false,
         scalars: false,
+        events: false,
     };
     let mut out = Vec::new();
     let report = dump_jsonl(&reader, &opts, &mut out).unwrap();
@@ -173,4 +174,38 @@ fn scalars_dump_as_lines_that_read_back_nan_included() {
         ..opts
     };
     assert_eq!(dump_jsonl(&reader, &opts, &mut again).unwrap().records, 0);
+}
+
+#[test]
+fn events_dump_as_lines_of_their_run_across_pages() {
+    let mut ts = populated();
+    // 20 events (page size 8: three pages), alternating runs.
+    let mut batch: Vec<Record> = (0..20)
+        .map(|i| {
+            let run = if i % 2 == 0 { "even" } else { "odd" };
+            match i % 3 {
+                0 => Record::from(run_started(run)),
+                1 => Record::from(artifact(run)),
+                _ => Record::from(run_completed(
+                    run,
+                    telemetry_core::pb::CompletionStatus::Succeeded,
+                )),
+            }
+        })
+        .collect();
+    ts.store.append(&mut batch, &[]).unwrap();
+    let reader = ts.store.reader().unwrap();
+    let opts = DumpOptions {
+        events: true,
+        filter: Filter::run("even"),
+        ..DumpOptions::default()
+    };
+    let mut out = Vec::new();
+    let report = dump_jsonl(&reader, &opts, &mut out).unwrap();
+    let back = parse_all(&out);
+    assert_eq!(report.records, 10);
+    assert_eq!(report.last_seq, 19);
+    assert!(back.iter().all(|r| r.run_id() == "even"));
+    let seqs: Vec<u64> = back.iter().map(Record::seq_id).collect();
+    assert_eq!(seqs, (0..10).map(|i| 2 * i + 1).collect::<Vec<_>>());
 }

@@ -10,6 +10,8 @@
 //!   `SELECT ... ORDER BY seq` decoding the same rows. Goal: > 2M rows/s.
 //! - `store_dump_rss`: peak RSS of a child process dumping N rows as JSONL, against one
 //!   dumping N/5 (quick: N/5 as well). Goal: ratio ~1 (flat memory).
+//! - `dump_parquet_rss`: the same for the Parquet export (`telemetry_export::export_parquet`,
+//!   row groups of 65,536 rows) of the same store. Goal: ratio <= 1.1.
 //!
 //! - `scalar_read_1m`: `read_scalars` of 1M stored points of one tag down to 2,000 buckets
 //!   (min/max/last each), against a plain `SELECT step, value ... ORDER BY step` of the same
@@ -17,8 +19,9 @@
 //!   downsampling costs nothing over merely reading the rows, while the answer is 2,000
 //!   buckets instead of 1M points (the encoded sizes are printed on stderr).
 //!
-//! `--quick` keeps each part well under a minute. The hidden `__dump-child <db> <since>`
-//! subcommand is the child of the RSS measurement.
+//! `--quick` keeps each part well under a minute; `--only ingest|dump|scalar` runs one part
+//! (`ingest` includes `store_read`). The hidden `__dump-child <db> <since>` and
+//! `__dump-parquet-child <db> <since>` subcommands are the children of the RSS measurements.
 
 use std::{
     path::{Path, PathBuf},
@@ -184,10 +187,11 @@ fn bench_read(path: &Path) -> AnyResult<()> {
     Ok(())
 }
 
-/// Peak RSS (KiB) of a child dumping every step with seq > `since`.
-fn dump_child_rss(db: &Path, since: u64) -> AnyResult<(u64, u64)> {
+/// Peak RSS (KiB) of a child (`__dump-child` or `__dump-parquet-child`) dumping every step
+/// with seq > `since`.
+fn dump_child_rss(child: &str, db: &Path, since: u64) -> AnyResult<(u64, u64)> {
     let out = Command::new(std::env::current_exe()?)
-        .arg("__dump-child")
+        .arg(child)
         .arg(db)
         .arg(since.to_string())
         .output()?;
@@ -205,7 +209,7 @@ fn dump_child_rss(db: &Path, since: u64) -> AnyResult<(u64, u64)> {
     Ok((rss, records))
 }
 
-fn dump_child(args: &[String]) -> AnyResult<()> {
+fn dump_child(args: &[String], parquet: bool) -> AnyResult<()> {
     let db = PathBuf::from(args.first().ok_or("missing db")?);
     let since: u64 = args.get(1).ok_or("missing since")?.parse()?;
     let reader = StoreReader::open(&db)?;
@@ -213,7 +217,12 @@ fn dump_child(args: &[String]) -> AnyResult<()> {
         since_seq: since,
         ..DumpOptions::default()
     };
-    let report = dump_jsonl(&reader, &opts, std::io::sink())?;
+    let records = if parquet {
+        let p = telemetry_export::ParquetOptions::default();
+        telemetry_export::export_parquet(&reader, &opts, &p, std::io::sink())?.rows
+    } else {
+        dump_jsonl(&reader, &opts, std::io::sink())?.records
+    };
     let status = std::fs::read_to_string("/proc/self/status")?;
     let hwm = status
         .lines()
@@ -223,7 +232,7 @@ fn dump_child(args: &[String]) -> AnyResult<()> {
         .trim_end_matches("kB")
         .trim()
         .to_owned();
-    println!("{hwm} {}", report.records);
+    println!("{hwm} {records}");
     Ok(())
 }
 
@@ -231,14 +240,19 @@ fn bench_dump_rss(dir: &Path, sizes: &Sizes) -> AnyResult<()> {
     let path = fresh(dir, "dump.sqlite");
     let (fill, total) = ingest_store(&path, 1024, sizes.dump_big)?;
     eprintln!("   filled {total} rows in {:.1}s", fill.as_secs_f64());
-    let (small_kb, small_n) = dump_child_rss(&path, total - sizes.dump_small)?;
-    let (big_kb, big_n) = dump_child_rss(&path, 0)?;
-    eprintln!("   dump {small_n} rows: {small_kb} KiB peak; {big_n} rows: {big_kb} KiB peak");
-    println!(
-        "BENCH store_dump_rss {:.1} MiB ratio={:.2}",
-        big_kb as f64 / 1024.0,
-        big_kb as f64 / small_kb.max(1) as f64
-    );
+    for (child, name, what) in [
+        ("__dump-child", "store_dump_rss", "dump"),
+        ("__dump-parquet-child", "dump_parquet_rss", "parquet export"),
+    ] {
+        let (small_kb, small_n) = dump_child_rss(child, &path, total - sizes.dump_small)?;
+        let (big_kb, big_n) = dump_child_rss(child, &path, 0)?;
+        eprintln!("   {what} {small_n} rows: {small_kb} KiB peak; {big_n} rows: {big_kb} KiB peak");
+        println!(
+            "BENCH {name} {:.1} MiB ratio={:.2}",
+            big_kb as f64 / 1024.0,
+            big_kb as f64 / small_kb.max(1) as f64
+        );
+    }
     Ok(())
 }
 
@@ -318,9 +332,16 @@ fn bench_scalar_read(dir: &Path) -> AnyResult<()> {
 
 fn main() -> AnyResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("__dump-child") {
-        return dump_child(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("__dump-child") => return dump_child(&args[1..], false),
+        Some("__dump-parquet-child") => return dump_child(&args[1..], true),
+        _ => {}
     }
+    let only = args
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].clone());
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let quick = args.iter().any(|a| a == "--quick");
     let sizes = if quick {
         Sizes {
@@ -336,13 +357,19 @@ fn main() -> AnyResult<()> {
         }
     };
     let dir = tempfile::tempdir()?;
-    eprintln!("== store ingest");
-    let read_db = bench_ingest(dir.path(), &sizes)?;
-    eprintln!("== store read");
-    bench_read(&read_db)?;
-    eprintln!("== store dump rss");
-    bench_dump_rss(dir.path(), &sizes)?;
-    eprintln!("== scalar read");
-    bench_scalar_read(dir.path())?;
+    if part("ingest") {
+        eprintln!("== store ingest");
+        let read_db = bench_ingest(dir.path(), &sizes)?;
+        eprintln!("== store read");
+        bench_read(&read_db)?;
+    }
+    if part("dump") {
+        eprintln!("== store dump rss (JSONL and Parquet)");
+        bench_dump_rss(dir.path(), &sizes)?;
+    }
+    if part("scalar") {
+        eprintln!("== scalar read");
+        bench_scalar_read(dir.path())?;
+    }
     Ok(())
 }

@@ -55,7 +55,7 @@ pub enum DurabilityArg {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
-    /// Write stored telemetry to stdout as JSONL (streaming; flat memory).
+    /// Write stored telemetry as JSONL or Parquet, to stdout or -o FILE (streaming; flat memory).
     Dump(DumpArgs),
     /// Copy the predecessor's telemetry.sqlite into the store (idempotent).
     ImportLegacy(ImportArgs),
@@ -171,6 +171,25 @@ pub struct DumpArgs {
     /// Training scalars (learning curves) instead of steps.
     #[arg(long)]
     pub scalars: bool,
+    /// Lifecycle events (run_started, run_completed, artifact) instead of steps; only --run
+    /// applies to them.
+    #[arg(long, conflicts_with_all = ["episodes", "scalars", "agent_id", "control_mode"])]
+    pub events: bool,
+    /// Output format: JSON lines, or a Parquet file with typed columns.
+    #[arg(long, value_enum, default_value_t = DumpFormat::Jsonl)]
+    pub format: DumpFormat,
+    /// Write to this file (made 0600, complete or not at all) instead of stdout.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `dump --format`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DumpFormat {
+    /// One JSON object per line (the workers' JSONL contract).
+    Jsonl,
+    /// Apache Parquet, one row group per 65,536 rows (schemas: the telemetry-export docs).
+    Parquet,
 }
 
 /// `import-legacy`.

@@ -1,15 +1,17 @@
 //! `gym-telemetry-daemon`: a command-line shell over the `telemetry-server` library (`serve`),
-//! the store's offline tools (`dump`, `import-legacy`) and the TensorBoard importer
-//! (`import-tensorboard`, `telemetry-tensorboard`). The demo is its own binary,
+//! the store's offline tools (`dump`, JSONL or Parquet through `telemetry-export`, and
+//! `import-legacy`) and the TensorBoard importer (`import-tensorboard`,
+//! `telemetry-tensorboard`). The demo is its own binary,
 //! `gym-telemetry-demo`; the JSONL proxy is `gym-telemetry-proxy`.
 
 mod cli;
 
-use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io::Write, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use cli::{
-    Cli, Command, DumpArgs, DurabilityArg, ImportArgs, ImportTensorboardArgs, ServeArgs, StoreArgs,
+    Cli, Command, DumpArgs, DumpFormat, DurabilityArg, ImportArgs, ImportTensorboardArgs,
+    ServeArgs, StoreArgs,
 };
 use telemetry_core::ControlMode;
 use telemetry_server::{AuthConfig, ServerConfig, TlsFiles};
@@ -209,32 +211,114 @@ fn dump_cmd(a: DumpArgs) -> anyhow::Result<std::process::ExitCode> {
         },
         episodes: a.episodes,
         scalars: a.scalars,
+        events: a.events,
     };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let report = match backend {
-        Some(backend) => {
-            let reader = backend
-                .reader()
-                .with_context(|| format!("opening {}", backend.describe()))?;
-            dump::dump_backend_jsonl(reader.as_ref(), &opts, &mut out).context("dumping")?
+    if let Some(backend) = backend {
+        if a.format == DumpFormat::Parquet {
+            bail!("--format parquet reads the embedded SQLite store; dump PostgreSQL as JSONL");
         }
-        None => {
-            let path = StoreConfig::in_var_dir(&a.var.var_dir).path;
-            if !path.exists() {
-                bail!("no store at {}", path.display());
+        let reader = backend
+            .reader()
+            .with_context(|| format!("opening {}", backend.describe()))?;
+        let dump = |out: &mut dyn Write| dump::dump_backend_jsonl(reader.as_ref(), &opts, out);
+        let report = match &a.output {
+            Some(file) => write_file(file, |out| Ok(dump(out)?))?,
+            None => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let report = dump(&mut out).context("dumping")?;
+                out.flush().context("writing stdout")?;
+                report
             }
-            let reader =
-                StoreReader::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            dump::dump_jsonl(&reader, &opts, &mut out).context("dumping")?
+        };
+        eprintln!(
+            "dumped {} records ({} bytes), last seq {}",
+            report.records, report.bytes, report.last_seq
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let path = StoreConfig::in_var_dir(&a.var.var_dir).path;
+    if !path.exists() {
+        bail!("no store at {}", path.display());
+    }
+    let reader = StoreReader::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match a.format {
+        DumpFormat::Jsonl => {
+            let dump = |out: &mut dyn Write| dump::dump_jsonl(&reader, &opts, out);
+            let report = match &a.output {
+                Some(file) => write_file(file, |out| Ok(dump(out)?))?,
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    let report = dump(&mut out).context("dumping")?;
+                    out.flush().context("writing stdout")?;
+                    report
+                }
+            };
+            eprintln!(
+                "dumped {} records ({} bytes), last seq {}",
+                report.records, report.bytes, report.last_seq
+            );
         }
-    };
-    out.flush().context("writing stdout")?;
-    eprintln!(
-        "dumped {} records ({} bytes), last seq {}",
-        report.records, report.bytes, report.last_seq
-    );
+        DumpFormat::Parquet => {
+            let parquet = telemetry_export::ParquetOptions::default();
+            let report = match &a.output {
+                Some(file) => write_file(file, |out| {
+                    Ok(telemetry_export::export_parquet(
+                        &reader, &opts, &parquet, out,
+                    )?)
+                })?,
+                None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+                    bail!("Parquet is binary: give -o FILE or redirect stdout")
+                }
+                None => telemetry_export::export_parquet(
+                    &reader,
+                    &opts,
+                    &parquet,
+                    std::io::BufWriter::new(std::io::stdout()),
+                )
+                .context("exporting Parquet")?,
+            };
+            eprintln!(
+                "exported {} {} rows in {} row groups ({} bytes), last seq {}",
+                report.rows,
+                telemetry_export::Stream::of(&opts).name(),
+                report.row_groups,
+                report.bytes,
+                report.last_seq
+            );
+        }
+    }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Writes `path` through `write`, complete or not at all: into `<path>.partial` (mode 0600:
+/// telemetry is as private as the store), renamed over `path` once written and synced;
+/// removed on failure.
+fn write_file<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let result = write(&mut out).and_then(|report| {
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)?;
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
 }
 
 fn import(a: ImportArgs) -> anyhow::Result<std::process::ExitCode> {
