@@ -9,6 +9,10 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
+if [[ -z "${GYM_TELEMETRY_TEST_PG:-}" && "${CI:-}" != true ]]; then
+    echo "note: GYM_TELEMETRY_TEST_PG is unset, so the PostgreSQL tests skip" \
+        "(export GYM_TELEMETRY_TEST_PG=\"\$(scripts/pg-test-cluster.sh start)\"; .ci/run does)"
+fi
 # Every binary first: some tests run other packages' binaries (the proxy, the demo worker, the
 # viewer as another account), and cargo test builds only the binaries of packages with tests.
 cargo build --workspace --bins
@@ -22,7 +26,7 @@ export GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/debug/gym-telemetry-daemon"
 echo "== python, Gymnasium 0.29.1 (CleanRL's pin): the wrapper and CleanRL compatibility tests"
 bindings-python/scripts/venv.sh --gymnasium-0.29
 (cd bindings-python && ../.venv-gym029/bin/python -m pytest -q tests/test_gym029.py tests/test_cleanrl.py)
-echo "== chaos (scripts/chaos.sh --quick: daemon kills, worker kills, TCP faults)"
+echo "== chaos (scripts/chaos.sh --quick: kills, TCP faults, stalls, full queues and disks, corruption, crashes)"
 # Debug binaries: `cargo test --workspace` above built every dependency in debug already, so
 # this only links the harness (seconds); a release build would compile the tree again (minutes
 # on 2 cores). The quick scenarios take well under a minute either way.
