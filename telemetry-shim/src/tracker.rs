@@ -78,7 +78,7 @@ impl EpisodeCounter {
         if !self.started {
             *self = EpisodeCounter::fresh(0);
         } else if self.length > 0 {
-            *self = EpisodeCounter::fresh(self.index + 1);
+            *self = EpisodeCounter::fresh(self.index.saturating_add(1));
         }
     }
 
@@ -87,11 +87,12 @@ impl EpisodeCounter {
         match s.episode_index {
             Some(i) if i != self.index || !self.started => *self = EpisodeCounter::fresh(i),
             Some(_) => self.done = false,
-            None if self.done => *self = EpisodeCounter::fresh(self.index + 1),
+            None if self.done => *self = EpisodeCounter::fresh(self.index.saturating_add(1)),
             None => self.started = true,
         }
+        // Indices come from the caller: the largest one saturates instead of overflowing.
         let step = s.step_index.unwrap_or(self.next_step);
-        self.next_step = step + 1;
+        self.next_step = step.saturating_add(1);
         self.total_reward += s.reward;
         self.length += 1;
         self.terminated = s.terminated;
@@ -115,7 +116,7 @@ impl EpisodeCounter {
             };
         }
         let summary = self.summary();
-        *self = EpisodeCounter::fresh(index + 1);
+        *self = EpisodeCounter::fresh(index.saturating_add(1));
         summary
     }
 }
@@ -212,6 +213,22 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_largest_indices_saturate_instead_of_overflowing() {
+        let mut c = EpisodeCounter::new();
+        let top = StepInput {
+            episode_index: Some(u64::MAX),
+            step_index: Some(u64::MAX),
+            ..plain(1.0)
+        };
+        assert_eq!(c.step(&top), (u64::MAX, u64::MAX));
+        assert_eq!(c.step(&plain(1.0)), (u64::MAX, u64::MAX));
+        let summary = c.end(None);
+        assert_eq!((summary.index, summary.length), (u64::MAX, 2));
+        assert_eq!(c.step(&plain(0.0)).0, u64::MAX);
+    }
+
     use super::*;
 
     fn plain(reward: f64) -> StepInput {
