@@ -293,6 +293,7 @@ impl Publisher {
             }
         }
         drop(owners);
+        const EMPTY_MODE: String = String::new();
         let mut runs: HashMap<String, (String, String)> = HashMap::new();
         let mut completions = Vec::new();
         for r in &valid {
@@ -300,6 +301,9 @@ impl Publisher {
                 Some(Kind::Step(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
                 Some(Kind::Episode(e)) => (&e.run_id, &e.agent_id, &e.control_mode),
                 Some(Kind::RunStarted(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
+                // A run fed only by scalars (a learner process, a TensorBoard import) is a run
+                // too, and its scalars keep it alive like steps do.
+                Some(Kind::Scalar(s)) => (&s.run_id, &s.agent_id, &EMPTY_MODE),
                 Some(Kind::RunCompleted(c)) => {
                     completions.push(c.clone());
                     continue;

@@ -64,6 +64,16 @@ async fn scalars_are_stored_streamed_downsampled_and_listed() {
     .await
     .unwrap();
 
+    // A run fed only by scalars is registered (and kept alive) like one fed steps.
+    let runs = query
+        .list_runs(telemetry_core::pb::ListRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    let ppo = runs.iter().find(|r| r.run_id == "ppo").expect("listed");
+    assert_eq!(ppo.state, telemetry_core::pb::RunState::Running as i32);
+
     let tags = query
         .list_tags(ListTagsRequest {
             run_id: "ppo".into(),
