@@ -32,7 +32,9 @@ use telemetry_core::{
     timestamp::to_unix_nanos,
     ControlMode, Watermark,
 };
-use telemetry_store::{AppendOutcome, AppendReport, BackendWriter, CheckpointStats, StoreError};
+use telemetry_store::{
+    AppendOutcome, AppendReport, BackendWriter, CheckpointStats, SeriesDelta, StoreError,
+};
 use tokio_postgres::types::ToSql;
 
 use crate::{error::classify, Shared};
@@ -254,16 +256,6 @@ impl RunDelta {
     }
 }
 
-/// What one call adds to a series' summary.
-struct TagDelta {
-    points: u64,
-    first_step: i64,
-    last_step: i64,
-    last_value: f64,
-    last_ts: Option<i64>,
-    last_seq: u64,
-}
-
 #[derive(Default)]
 struct StepCols<'a> {
     seq: Vec<i64>,
@@ -431,7 +423,7 @@ struct Batch<'a> {
     scalars: ScalarCols<'a>,
     runs: BTreeMap<&'a str, RunDelta>,
     agents: BTreeSet<(&'a str, &'a str, &'a str)>,
-    tags: BTreeMap<(&'a str, &'a str, &'a str), TagDelta>,
+    tags: BTreeMap<(&'a str, &'a str, &'a str), SeriesDelta>,
 }
 
 impl<'a> Batch<'a> {
@@ -441,26 +433,10 @@ impl<'a> Batch<'a> {
     }
 
     fn saw_scalar(&mut self, s: &'a Scalar, seq: u64) {
-        let ts = ts_of(s.timestamp.as_ref());
-        let d = self
-            .tags
+        self.tags
             .entry((&s.run_id, &s.tag, &s.agent_id))
-            .or_insert(TagDelta {
-                points: 0,
-                first_step: s.step,
-                last_step: s.step,
-                last_value: s.value,
-                last_ts: ts,
-                last_seq: seq,
-            });
-        d.points += 1;
-        d.first_step = d.first_step.min(s.step);
-        if s.step >= d.last_step {
-            d.last_step = s.step;
-            d.last_value = s.value;
-            d.last_ts = ts;
-        }
-        d.last_seq = d.last_seq.max(seq);
+            .and_modify(|d| d.add(s, seq))
+            .or_insert_with(|| SeriesDelta::new(s, seq));
     }
 
     /// Numbers and collects one new record; returns its seq.

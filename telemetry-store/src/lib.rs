@@ -75,7 +75,9 @@ pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
 pub use iter::{EpisodeIter, StepIter};
 pub use reader::StoreReader;
-pub use scalars::{Downsampler, ScalarQuery, DEFAULT_BUCKETS, MAX_BUCKETS, MAX_SERIES};
+pub use scalars::{
+    Downsampler, ScalarQuery, SeriesDelta, DEFAULT_BUCKETS, MAX_BUCKETS, MAX_SERIES,
+};
 pub use schema::SCHEMA_VERSION;
 pub use telemetry_core::ControlMode;
 pub use writer::Store;

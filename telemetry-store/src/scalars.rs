@@ -33,6 +33,58 @@ pub const MAX_BUCKETS: usize = 10_000;
 /// The most series one read returns (the first ones by tag, then agent).
 pub const MAX_SERIES: usize = 1024;
 
+/// What one append adds to a series' summary (the `scalar_tags` row of SQLite, the same table on
+/// every backend): points, the step range, and the value at the highest step (the latest stored
+/// when a step repeats). Every backend folds its batch's scalars here, then merges the result
+/// into its stored row with the same rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesDelta {
+    /// Points added.
+    pub points: u64,
+    /// Lowest step added.
+    pub first_step: i64,
+    /// Highest step added.
+    pub last_step: i64,
+    /// The value at `last_step`.
+    pub last_value: f64,
+    /// Its wall time (Unix nanoseconds).
+    pub last_ts: Option<i64>,
+    /// Highest seq added.
+    pub last_seq: u64,
+}
+
+impl SeriesDelta {
+    /// The delta of one scalar stored as `seq`.
+    pub fn new(s: &telemetry_core::pb::Scalar, seq: u64) -> Self {
+        SeriesDelta {
+            points: 1,
+            first_step: s.step,
+            last_step: s.step,
+            last_value: s.value,
+            last_ts: s
+                .timestamp
+                .as_ref()
+                .map(telemetry_core::timestamp::to_unix_nanos),
+            last_seq: seq,
+        }
+    }
+
+    /// Adds one more scalar of the series, stored as `seq` (seqs come in increasing order).
+    pub fn add(&mut self, s: &telemetry_core::pb::Scalar, seq: u64) {
+        self.points += 1;
+        self.first_step = self.first_step.min(s.step);
+        if s.step >= self.last_step {
+            self.last_step = s.step;
+            self.last_value = s.value;
+            self.last_ts = s
+                .timestamp
+                .as_ref()
+                .map(telemetry_core::timestamp::to_unix_nanos);
+        }
+        self.last_seq = self.last_seq.max(seq);
+    }
+}
+
 /// What a downsampled read selects.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScalarQuery {

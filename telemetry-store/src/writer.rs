@@ -22,7 +22,7 @@ use crate::{
     error::classify,
     open,
     rows::{self, canonical_mode, u64_from_sql, u64_to_sql},
-    AppendOutcome, AppendReport, StoreConfig, StoreError, StoreReader,
+    AppendOutcome, AppendReport, SeriesDelta, StoreConfig, StoreError, StoreReader,
 };
 
 /// The one writer of a store file. Owns one connection; `Send`, not `Sync`.
@@ -87,16 +87,6 @@ const UPSERT_RUN_INFO: &str = "INSERT INTO runs (run_id, state, updated_ns, info
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, \
      updated_ns = excluded.updated_ns, info = excluded.info";
 
-/// What one call adds to a series' summary (`scalar_tags`).
-struct TagDelta {
-    points: u64,
-    first_step: i64,
-    last_step: i64,
-    last_value: f64,
-    last_ts: Option<i64>,
-    last_seq: u64,
-}
-
 const UPSERT_SCALAR_TAG: &str = "INSERT INTO scalar_tags (run_id, tag, agent_id, points, \
      first_step, last_step, last_value, last_ts_ns, last_seq) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
@@ -122,7 +112,7 @@ struct Batch<'a> {
     agents: HashSet<(&'a str, &'a str, &'a str)>,
     last_agent: Option<(&'a str, &'a str, &'a str)>,
     /// Keyed by (run, tag, agent).
-    tags: HashMap<(&'a str, &'a str, &'a str), TagDelta>,
+    tags: HashMap<(&'a str, &'a str, &'a str), SeriesDelta>,
 }
 
 impl<'a> Batch<'a> {
@@ -184,26 +174,10 @@ impl<'a> Batch<'a> {
     }
 
     fn saw_scalar(&mut self, s: &'a Scalar, seq: u64) {
-        let ts = ts_of(s.timestamp.as_ref());
-        let d = self
-            .tags
+        self.tags
             .entry((&s.run_id, &s.tag, &s.agent_id))
-            .or_insert(TagDelta {
-                points: 0,
-                first_step: s.step,
-                last_step: s.step,
-                last_value: s.value,
-                last_ts: ts,
-                last_seq: seq,
-            });
-        d.points += 1;
-        d.first_step = d.first_step.min(s.step);
-        if s.step >= d.last_step {
-            d.last_step = s.step;
-            d.last_value = s.value;
-            d.last_ts = ts;
-        }
-        d.last_seq = d.last_seq.max(seq);
+            .and_modify(|d| d.add(s, seq))
+            .or_insert_with(|| SeriesDelta::new(s, seq));
     }
 
     fn saw_agent(&mut self, run_id: &'a str, agent_id: &'a str, mode: &'a str) {
