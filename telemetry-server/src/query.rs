@@ -160,71 +160,37 @@ fn pack<T: prost::Message>(items: impl Iterator<Item = T>, max_bytes: usize) -> 
     out
 }
 
-impl StreamMessage for StepStreamMessage {
-    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
-        let steps = records.iter().filter_map(|r| match &r.kind {
-            Some(Kind::Step(s)) => Some(s.clone()),
-            _ => None,
-        });
-        pack(steps, max_bytes)
-            .into_iter()
-            .map(|steps| StepStreamMessage {
-                steps,
-                notice: None,
-            })
-            .collect()
-    }
-    fn notice(kind: stream_notice::Kind) -> Self {
-        StepStreamMessage {
-            steps: Vec::new(),
-            notice: Some(StreamNotice { kind: Some(kind) }),
+/// One [`StreamMessage`] impl per stream: its message type, its repeated field, and the record
+/// kind it carries.
+macro_rules! stream_message {
+    ($msg:ident, $field:ident, $kind:ident) => {
+        impl StreamMessage for $msg {
+            fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
+                let items = records.iter().filter_map(|r| match &r.kind {
+                    Some(Kind::$kind(x)) => Some(x.clone()),
+                    _ => None,
+                });
+                pack(items, max_bytes)
+                    .into_iter()
+                    .map(|$field| $msg {
+                        $field,
+                        notice: None,
+                    })
+                    .collect()
+            }
+            fn notice(kind: stream_notice::Kind) -> Self {
+                $msg {
+                    $field: Vec::new(),
+                    notice: Some(StreamNotice { kind: Some(kind) }),
+                }
+            }
         }
-    }
+    };
 }
 
-impl StreamMessage for EpisodeStreamMessage {
-    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
-        let episodes = records.iter().filter_map(|r| match &r.kind {
-            Some(Kind::Episode(e)) => Some(e.clone()),
-            _ => None,
-        });
-        pack(episodes, max_bytes)
-            .into_iter()
-            .map(|episodes| EpisodeStreamMessage {
-                episodes,
-                notice: None,
-            })
-            .collect()
-    }
-    fn notice(kind: stream_notice::Kind) -> Self {
-        EpisodeStreamMessage {
-            episodes: Vec::new(),
-            notice: Some(StreamNotice { kind: Some(kind) }),
-        }
-    }
-}
-
-impl StreamMessage for ScalarStreamMessage {
-    fn records(records: &[Arc<Record>], max_bytes: usize) -> Vec<Self> {
-        let scalars = records.iter().filter_map(|r| match &r.kind {
-            Some(Kind::Scalar(s)) => Some(s.clone()),
-            _ => None,
-        });
-        pack(scalars, max_bytes)
-            .into_iter()
-            .map(|scalars| ScalarStreamMessage {
-                scalars,
-                notice: None,
-            })
-            .collect()
-    }
-    fn notice(kind: stream_notice::Kind) -> Self {
-        ScalarStreamMessage {
-            scalars: Vec::new(),
-            notice: Some(StreamNotice { kind: Some(kind) }),
-        }
-    }
-}
+stream_message!(StepStreamMessage, steps, Step);
+stream_message!(EpisodeStreamMessage, episodes, Episode);
+stream_message!(ScalarStreamMessage, scalars, Scalar);
 
 /// The tag selection of a scalar stream, applied by the hub to stored and live scalars alike.
 struct TagFilter {
@@ -443,13 +409,7 @@ impl QueryService {
         stream: StreamKind,
         peer: Option<SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<M, Status>>, Status> {
-        let cap = self.limits.max_subscriptions_per_connection;
-        let slot = self.slots.acquire(peer, cap).map_err(|held| {
-            self.metrics.refuse_subscription("per_connection");
-            Status::resource_exhausted(format!(
-                "this connection holds {held} streams already (at most {cap} per connection)"
-            ))
-        })?;
+        let slot = self.slot(peer)?;
         let max_bytes = self.limits.max_message_bytes;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         if req.run_id.is_empty() {
@@ -490,6 +450,19 @@ impl QueryService {
         Ok(rx)
     }
 
+    /// A place for one more live stream of the client connection `peer`, or
+    /// `RESOURCE_EXHAUSTED` (counted) when it holds
+    /// [`QueryLimits::max_subscriptions_per_connection`] already.
+    fn slot(&self, peer: Option<SocketAddr>) -> Result<Option<PeerSlot>, Status> {
+        let cap = self.limits.max_subscriptions_per_connection;
+        self.slots.acquire(peer, cap).map_err(|held| {
+            self.metrics.refuse_subscription("per_connection");
+            Status::resource_exhausted(format!(
+                "this connection holds {held} streams already (at most {cap} per connection)"
+            ))
+        })
+    }
+
     /// Opens a scalar stream of one run for the client connection `peer` (the same
     /// per-connection limit as [`QueryService::open`]).
     pub fn open_scalars(
@@ -498,13 +471,7 @@ impl QueryService {
         peer: Option<SocketAddr>,
     ) -> Result<mpsc::Receiver<Result<ScalarStreamMessage, Status>>, Status> {
         let opts = scalar_subscribe_options(req)?;
-        let cap = self.limits.max_subscriptions_per_connection;
-        let slot = self.slots.acquire(peer, cap).map_err(|held| {
-            self.metrics.refuse_subscription("per_connection");
-            Status::resource_exhausted(format!(
-                "this connection holds {held} streams already (at most {cap} per connection)"
-            ))
-        })?;
+        let slot = self.slot(peer)?;
         let max_bytes = self.limits.max_message_bytes;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let sub = self
