@@ -30,6 +30,13 @@ echo "== py bench_wrapper" >&2
 bindings-python/scripts/venv.sh --release >&2
 cargo build --release -p gym-telemetry-daemon >&2
 GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_wrapper.py $QUICK
+# The same wrapper cost counted in training-thread instructions (callgrind): repeatable on a
+# shared machine, it tells how much of py_wrapper_overhead's time ratio is our code.
+if command -v valgrind >/dev/null; then
+  GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/instr_wrapper.py $QUICK
+else
+  echo "# py_wrapper_instructions: valgrind not installed, skipped" >&2
+fi
 
 # Training scalars: SummaryWriter.add_scalar against tensorboardX's (benches/python/).
 echo "== py bench_scalar" >&2
