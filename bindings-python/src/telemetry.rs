@@ -800,6 +800,7 @@ impl Telemetry {
         d.set_item("queue_records", s.queue_records)?;
         d.set_item("buffered_records", s.buffered_records)?;
         d.set_item("corrupt_tails", s.corrupt_tails)?;
+        d.set_item("corrupt_lost_records", s.corrupt_lost_records)?;
         d.set_item("refused_watermarks", s.refused_watermarks)?;
         d.set_item("last_error", s.last_error)?;
         d.set_item("hook_errors", self.hooks.errors.load(Relaxed))?;

@@ -279,6 +279,27 @@ def test_unreachable_daemon_never_raises_in_step_and_is_logged(caplog, tmp_path:
     tel.close(timeout=0.2)
 
 
+def test_records_destroyed_in_a_corrupt_queue_are_counted_in_stats(tmp_path: Path) -> None:
+    port = free_port()
+    q = tmp_path / "q"
+    tel = Telemetry(endpoint=f"http://127.0.0.1:{port}", queue_dir=q, reconnect_max=0.2)
+    for i in range(200):
+        tel.step({"i": i, "pad": "x" * 64}, 0, 1.0)
+    assert tel.close(timeout=0.5)["outcome"] == "on_disk"
+    segments = sorted(q.glob("seg-*.log"))
+    assert segments, "the records are on disk"
+    seg = segments[0]
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of a frame
+    seg.write_bytes(bytes(data))
+    again = Telemetry(endpoint=f"http://127.0.0.1:{port}", queue_dir=q, reconnect_max=0.2)
+    stats = again.stats()
+    lost = stats["corrupt_lost_records"]
+    assert 0 < lost < 200, stats
+    assert stats["queue_records"] == 200 - lost, "every record not destroyed is still queued"
+    again.close(timeout=0.2)
+
+
 def test_flush_without_queue_or_daemon_waits_out_its_timeout_and_reports_pending() -> None:
     tel = Telemetry(endpoint=f"http://127.0.0.1:{free_port()}", reconnect_max=0.2)
     tel.step(0, 0, 1.0)
