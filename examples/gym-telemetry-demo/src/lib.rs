@@ -93,6 +93,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         .context("starting the daemon")?;
     let endpoint = daemon.endpoint();
     eprintln!("daemon on {endpoint}, var dir {}", var_dir.display());
+    // The web dashboard on a free loopback port; it stops with the daemon.
+    let web = telemetry_web::start(
+        telemetry_web::WebConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        daemon.local_access(),
+    )
+    .await
+    .context("starting the web dashboard")?;
+    eprintln!(
+        "web dashboard: {}",
+        telemetry_web::login_url(web.addr, daemon.operator_token())
+    );
 
     let step_delay =
         Duration::from_millis(
