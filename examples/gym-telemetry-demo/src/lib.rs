@@ -121,6 +121,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         step_delay,
         seed: 7,
         queue_dir: Some(var_dir.join("queues").join("demo")),
+        control_mode: telemetry_core::ControlMode::MultiAgent,
     };
     let run_id = worker_cfg.run_id.clone();
     let worker = tokio::task::spawn_blocking(move || worker::run(&worker_cfg));
