@@ -431,6 +431,7 @@
   }
 
   function runPage(main, run) {
+    Object.assign(__gt, { completed: null, steps: 0, episodes: 0, agents: [], activeAgent: null, rawShown: 0 });
     const agents = new Map(); // agent → {steps:[], tabBtn, body, episodes, charts}
     const head = el('div', { class: 'filters' }, el('h2', { text: run }), el('span', { id: 'run-state', class: 'dim' }),
       el('a', { href: '#/run/' + q(run) + '/agents' }, 'all agents side by side'), el('a', { href: '#/charts?runs=' + q(run) }, 'overlay with other runs'),
