@@ -95,7 +95,11 @@ impl LocalAccess {
         &self,
         req: ReadScalarsRequest,
     ) -> Result<ReadScalarsResponse, Status> {
-        Ok(self.query.read_scalars(Request::new(req)).await?.into_inner())
+        Ok(self
+            .query
+            .read_scalars(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// `Query.ListTags`, in-process.
@@ -105,12 +109,20 @@ impl LocalAccess {
 
     /// `RunControl.SubmitRun` as the operator, in-process.
     pub async fn submit_run(&self, req: SubmitRunRequest) -> Result<SubmitRunResponse, Status> {
-        Ok(self.control.submit_run(Request::new(req)).await?.into_inner())
+        Ok(self
+            .control
+            .submit_run(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// `RunControl.CancelRun` as the operator, in-process.
     pub async fn cancel_run(&self, req: CancelRunRequest) -> Result<CancelRunResponse, Status> {
-        Ok(self.control.cancel_run(Request::new(req)).await?.into_inner())
+        Ok(self
+            .control
+            .cancel_run(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// Cancelled when the server shuts down (a front end stops serving then).

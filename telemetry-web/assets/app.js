@@ -13,10 +13,15 @@
     agents: [], activeAgent: null, activeSubtab: null,
     charts: { panels: 0, drawn: 0, series: 0 }, firstChartMs: null,
     replay: { listed: 0, frames: 0, frame: -1, playing: false, episode: null },
-    completed: null, submitted: null, latencies: [], errors: [],
+    completed: null, submitted: null, errors: [],
+    // Record creation → handled by the page, in ms: a bounded histogram (1 ms buckets, the last
+    // one is "10 s or more"), for the latency benchmark.
+    latencyHist: new Uint32Array(10001),
+    latencyP: (p) => { const h = __gt.latencyHist; let n = 0; for (const c of h) n += c; let k = 0; for (let i = 0; i < h.length; i++) { k += h[i]; if (k >= n * p) return i; } return null; },
   };
   window.__gt = __gt;
-  const MAX_LAT = 20000;
+  const MAX_CURVE = 20000; // points per curve kept on a live page; older ones are thinned
+  function latency(ms) { __gt.latencyHist[Math.max(0, Math.min(10000, Math.round(ms)))]++; }
 
   // ---- small helpers -------------------------------------------------------------------
   function el(tag, attrs, ...kids) {
@@ -238,6 +243,12 @@
     reset() { this.plot && (this.plot.destroy(), this.plot = null); this.dirty = true; }
   }
 
+  // Halves the older half of a curve (every other point), so a page left open stays bounded.
+  function thin(c) {
+    const half = c.ys.length >> 1;
+    for (const k of ['step', 'rel', 'wall', 'ys']) c[k] = c[k].filter((_, i) => i >= half || i % 2 === 0);
+  }
+
   // A charts view over sources [{run, agent (null: every agent), label}]: a section per tag
   // prefix, a panel per tag, episode returns as curves, smoothing, x-axis, zoom refinement, live.
   function chartsView(container, sources, opts) {
@@ -353,7 +364,8 @@
         const t = tsMs(r) || now, t0 = startMs.get(src.run) || t;
         c.step.push(step); c.wall.push(t / 1000); c.rel.push((t - t0) / 1000); c.ys.push(num(r.value));
         __gt.points++; __gt.livePoints++;
-        if (__gt.latencies.length < MAX_LAT && r.ts_unix_ns) __gt.latencies.push(now - t);
+        if (r.ts_unix_ns) latency(now - t);
+        if (c.ys.length > MAX_CURVE) thin(c);
         p.dirty = true;
       }
       schedule();
@@ -369,6 +381,7 @@
         if (c.step.length && x <= c.step[c.step.length - 1]) continue;
         const t = tsMs(e) || 0, t0 = startMs.get(src.run) || t;
         c.step.push(x); c.wall.push(t / 1000); c.rel.push((t - t0) / 1000); c.ys.push(num(e.total_reward || 0));
+        if (c.ys.length > MAX_CURVE) thin(c);
         __gt.points++;
       }
       p.dirty = true; schedule();
@@ -497,7 +510,7 @@
           const a = agent(s.agent_id || '');
           a.steps.push(s);
           if (a.steps.length > 100) a.steps.splice(0, a.steps.length - 100);
-          if (__gt.latencies.length < MAX_LAT && s.ts_unix_ns) __gt.latencies.push(now - tsMs(s));
+          if (s.ts_unix_ns) latency(now - tsMs(s));
         }
         __gt.steps += recs.length;
         repaint();

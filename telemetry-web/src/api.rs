@@ -126,7 +126,9 @@ async fn runs(
             None => true,
         })
         .collect();
-    Ok(Json(json!({ "runs": runs, "now_ms": ts_ms(Some(&timestamp::now())) })))
+    Ok(Json(
+        json!({ "runs": runs, "now_ms": ts_ms(Some(&timestamp::now())) }),
+    ))
 }
 
 async fn tags(

@@ -33,15 +33,30 @@ pub(crate) fn routes() -> Router<AppState> {
         }
     };
     Router::new()
-        .route("/app.js", get(file(APP_JS.as_bytes(), "text/javascript; charset=utf-8")))
-        .route("/app.css", get(file(APP_CSS.as_bytes(), "text/css; charset=utf-8")))
-        .route("/vendor/uplot.js", get(file(UPLOT_JS, "text/javascript; charset=utf-8")))
-        .route("/vendor/uplot.css", get(file(UPLOT_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/app.js",
+            get(file(APP_JS.as_bytes(), "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/app.css",
+            get(file(APP_CSS.as_bytes(), "text/css; charset=utf-8")),
+        )
+        .route(
+            "/vendor/uplot.js",
+            get(file(UPLOT_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/vendor/uplot.css",
+            get(file(UPLOT_CSS, "text/css; charset=utf-8")),
+        )
         .route(
             "/vendor/uplot.LICENSE.txt",
             get(file(UPLOT_LICENSE.as_bytes(), "text/plain; charset=utf-8")),
         )
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT.into_response() }))
+        .route(
+            "/favicon.ico",
+            get(|| async { StatusCode::NO_CONTENT.into_response() }),
+        )
 }
 
 /// The page a browser without a session gets (401), with `message` (escaped).

@@ -94,7 +94,9 @@ fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, AuthErr
 fn refused(state: &AppState, e: AuthError) -> Response {
     WebStats::bump(&state.stats.unauthenticated, 1);
     let msg = match e {
-        AuthError::Missing => "not logged in: open the URL with ?token= that gym-telemetry-daemon serve printed",
+        AuthError::Missing => {
+            "not logged in: open the URL with ?token= that gym-telemetry-daemon serve printed"
+        }
         AuthError::Wrong => "wrong credential",
     };
     (
@@ -175,7 +177,10 @@ async fn index(
 pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

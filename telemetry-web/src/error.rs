@@ -51,9 +51,7 @@ impl WebError {
         use tonic::Code;
         match self {
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            WebError::TooManyStreams(_) | WebError::Subscribe(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            WebError::TooManyStreams(_) | WebError::Subscribe(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Service(s) => match s.code() {
                 Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
                 Code::NotFound => StatusCode::NOT_FOUND,

@@ -118,7 +118,10 @@ pub fn sse_item(d: Delivery) -> SseItem {
             .to_string(),
             false,
         ),
-        Delivery::Gap { after_seq, next_seq } => item(
+        Delivery::Gap {
+            after_seq,
+            next_seq,
+        } => item(
             "gap",
             None,
             serde_json::json!({ "after_seq": after_seq, "next_seq": next_seq }).to_string(),
@@ -263,7 +266,10 @@ mod tests {
         for w in times.windows(2) {
             assert!(w[1] - w[0] >= Duration::from_millis(50), "{times:?}");
         }
-        let in_first_second = times.iter().filter(|t| **t < Duration::from_secs(1)).count();
+        let in_first_second = times
+            .iter()
+            .filter(|t| **t < Duration::from_secs(1))
+            .count();
         assert!(
             (15..=20).contains(&in_first_second),
             "{in_first_second} batches in the first second"
@@ -302,14 +308,21 @@ mod tests {
             }
         }
         assert!(dropped > 0);
-        assert_eq!(dropped + got.len() as u64, 1000, "every record delivered or counted");
+        assert_eq!(
+            dropped + got.len() as u64,
+            1000,
+            "every record delivered or counted"
+        );
         assert!(got.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
     fn completion_ends_the_stream_and_caught_up_is_a_resume_point() {
         let item = sse_item(Delivery::CaughtUp { last_seq: 42 });
-        assert_eq!((item.event, item.id, item.last), ("caught_up", Some(42), false));
+        assert_eq!(
+            (item.event, item.id, item.last),
+            ("caught_up", Some(42), false)
+        );
         let rc = telemetry_core::pb::RunCompleted {
             run_id: "r".into(),
             status: telemetry_core::pb::CompletionStatus::Succeeded as i32,
@@ -317,6 +330,10 @@ mod tests {
         };
         let item = sse_item(Delivery::Completed(Arc::new(rc)));
         assert_eq!((item.event, item.last), ("completed", true));
-        assert!(item.data.contains("\"status\":\"succeeded\""), "{}", item.data);
+        assert!(
+            item.data.contains("\"status\":\"succeeded\""),
+            "{}",
+            item.data
+        );
     }
 }

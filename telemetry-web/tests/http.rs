@@ -68,7 +68,10 @@ async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Response<Body
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap()
+    app.clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
 }
 
 async fn text(r: Response<Body>) -> String {
@@ -121,13 +124,41 @@ async fn a_wrong_or_missing_credential_gets_401_and_no_data() {
     let worker = format!("Bearer {}", f.server.worker_token("secret-run").unwrap());
     let cases: Vec<(&str, Vec<(&str, &str)>, StatusCode)> = vec![
         ("/api/runs", vec![], StatusCode::UNAUTHORIZED),
-        ("/api/runs", vec![("cookie", "gt_session=00ff")], StatusCode::UNAUTHORIZED),
-        ("/api/runs", vec![("cookie", "gt_session=s3cret-token")], StatusCode::UNAUTHORIZED),
-        ("/api/runs", vec![("authorization", "Bearer nope")], StatusCode::UNAUTHORIZED),
-        ("/api/runs", vec![("authorization", &worker)], StatusCode::FORBIDDEN),
-        ("/api/runs/secret-run/events/steps?since=0", vec![], StatusCode::UNAUTHORIZED),
-        ("/api/runs/secret-run/episodes", vec![], StatusCode::UNAUTHORIZED),
-        ("/api/runs/secret-run/replay?episode=0", vec![], StatusCode::UNAUTHORIZED),
+        (
+            "/api/runs",
+            vec![("cookie", "gt_session=00ff")],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/runs",
+            vec![("cookie", "gt_session=s3cret-token")],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/runs",
+            vec![("authorization", "Bearer nope")],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/runs",
+            vec![("authorization", &worker)],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "/api/runs/secret-run/events/steps?since=0",
+            vec![],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/runs/secret-run/episodes",
+            vec![],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/runs/secret-run/replay?episode=0",
+            vec![],
+            StatusCode::UNAUTHORIZED,
+        ),
         ("/", vec![], StatusCode::UNAUTHORIZED),
         ("/?token=wrong", vec![], StatusCode::UNAUTHORIZED),
     ];
@@ -223,16 +254,27 @@ async fn a_reconnect_with_last_event_id_resumes_with_no_gap_and_no_duplicate() {
     let cookie = login(&f).await;
     publish_steps(&f.server, "r", 0, 50).await;
     // First connection: catch-up from the start; leave after two batches.
-    let r = get(&f.app, "/api/runs/r/events/steps?since=0", &[("cookie", &cookie)]).await;
+    let r = get(
+        &f.app,
+        "/api/runs/r/events/steps?since=0",
+        &[("cookie", &cookie)],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()[header::CONTENT_TYPE], "text/event-stream");
     let mut body = r.into_body();
-    let first = read_events(&mut body, |e| e.iter().filter(|e| e.event == "records").count() >= 2).await;
+    let first = read_events(&mut body, |e| {
+        e.iter().filter(|e| e.event == "records").count() >= 2
+    })
+    .await;
     drop(body);
     let first_seqs = seqs(&first);
     let last_id = first.iter().rev().find_map(|e| e.id).unwrap();
     assert_eq!(first_seqs, (1..=last_id).collect::<Vec<_>>());
-    assert!(last_id < 50, "the first connection saw only part of the run");
+    assert!(
+        last_id < 50,
+        "the first connection saw only part of the run"
+    );
     // More records while the page is away, then the browser reconnects with Last-Event-ID.
     publish_steps(&f.server, "r", 50, 30).await;
     let id = last_id.to_string();
@@ -268,7 +310,12 @@ async fn sse_streams_are_bounded_and_refusals_counted() {
     let cookie = login(&f).await;
     publish_steps(&f.server, "r", 0, 1).await;
     let a = get(&f.app, "/api/runs/r/events/steps", &[("cookie", &cookie)]).await;
-    let b = get(&f.app, "/api/runs/r/events/episodes", &[("cookie", &cookie)]).await;
+    let b = get(
+        &f.app,
+        "/api/runs/r/events/episodes",
+        &[("cookie", &cookie)],
+    )
+    .await;
     assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
     let c = get(&f.app, "/api/runs/r/events/scalars", &[("cookie", &cookie)]).await;
     assert_eq!(c.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -361,18 +408,39 @@ async fn episodes_replay_and_scalars_come_back_as_json() {
         .map(|s| s["step_index"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(steps, [0, 1, 2, 3]);
-    assert!(v["steps"].as_array().unwrap().iter().all(|s| s["episode_index"] == 1));
+    assert!(v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["episode_index"] == 1));
     assert_eq!(v["complete"], true);
     let v = json(text(get(&f.app, "/api/runs/h/tags", &c).await).await);
     assert_eq!(v["tags"][0]["tag"], "losses/value");
     assert_eq!(v["tags"][0]["points"], 100);
     // Downsampled by the store: 10 buckets over 100 points, refined on a zoomed range.
-    let v = json(text(get(&f.app, "/api/runs/h/scalars?tag=losses/value&max_points=10", &c).await).await);
+    let v = json(
+        text(
+            get(
+                &f.app,
+                "/api/runs/h/scalars?tag=losses/value&max_points=10",
+                &c,
+            )
+            .await,
+        )
+        .await,
+    );
     assert_eq!(v["series"][0]["step"].as_array().unwrap().len(), 10);
     assert_eq!(v["series"][0]["points"], 100);
     let v = json(
-        text(get(&f.app, "/api/runs/h/scalars?tag=losses/value&max_points=10&min_step=20&max_step=29", &c).await)
+        text(
+            get(
+                &f.app,
+                "/api/runs/h/scalars?tag=losses/value&max_points=10&min_step=20&max_step=29",
+                &c,
+            )
             .await,
+        )
+        .await,
     );
     let steps: Vec<i64> = v["series"][0]["step"]
         .as_array()
