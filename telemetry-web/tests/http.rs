@@ -122,7 +122,7 @@ async fn a_wrong_or_missing_credential_gets_401_and_no_data() {
     let f = fixture(|_| {}).await;
     publish_steps(&f.server, "secret-run", 0, 5).await;
     let worker = format!("Bearer {}", f.server.worker_token("secret-run").unwrap());
-    let cases: Vec<(&str, Vec<(&str, &str)>, StatusCode)> = vec![
+    let cases: Vec<Case> = vec![
         ("/api/runs", vec![], StatusCode::UNAUTHORIZED),
         (
             "/api/runs",
@@ -189,6 +189,9 @@ async fn a_wrong_or_missing_credential_gets_401_and_no_data() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     f.server.shutdown().await.unwrap();
 }
+
+/// A request's path and headers, and the status it must get.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode);
 
 /// One parsed SSE event.
 #[derive(Debug)]
