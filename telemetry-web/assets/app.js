@@ -331,26 +331,30 @@
     }
     onLeave(() => clearTimeout(zoomTimer));
     (async () => {
-      for (const src of sources) {
-        const runs = await api('/runs');
+      const runsP = api('/runs');
+      await Promise.all(sources.map(async (src) => {
+        // The tags and the run list at once; then every tag's downsampled read at once.
+        const [runs, t] = await Promise.all([runsP, api(`/runs/${q(src.run)}/tags`)]);
         const run = runs.runs.find((r) => r.run_id === src.run);
         if (run && run.first_ts_ms) startMs.set(src.run, run.first_ts_ms);
-        const t = await api(`/runs/${q(src.run)}/tags`);
         const seen = new Set();
+        const loads = [];
         for (const info of t.tags) {
           info.run = src.run;
           tagInfos.set(src.run + '|' + info.agent_id + '|' + info.tag, info);
           if (!keep(src, info.agent_id) || seen.has(info.tag)) continue;
           seen.add(info.tag);
-          await load(src, info);
+          loads.push(load(src, info));
         }
         // Episode returns, per agent.
-        const eps = await api(`/runs/${q(src.run)}/episodes` + (src.agent ? `?agent=${q(src.agent)}` : ''));
+        const epsP = api(`/runs/${q(src.run)}/episodes` + (src.agent ? `?agent=${q(src.agent)}` : ''));
+        await Promise.all(loads);
+        const eps = await epsP;
         addEpisodes(src, eps.episodes);
         // Live points: from now on (history came from ReadScalars above; overlap is cut by step).
-        stream(src.run, 'scalars', src.agent ? {} : {}, { records: (recs) => addScalars(src, recs) });
+        stream(src.run, 'scalars', {}, { records: (recs) => addScalars(src, recs) });
         stream(src.run, 'episodes', { since: eps.episodes.length ? eps.episodes[eps.episodes.length - 1].seq_id : 0, agent: src.agent }, { records: (recs) => addEpisodes(src, recs) });
-      }
+      }));
     })().catch((e) => __gt.errors.push(String(e)));
     function addScalars(src, recs) {
       const now = Date.now();
@@ -539,6 +543,8 @@
     pages: {}, agentTabs: {},
     registerPage(name, page) { this.pages[name] = page; },
     registerAgentTab(name, tab) { this.agentTabs[name] = tab; },
+    // A link in the top bar for a registered page (a Policies page: addNav('Policies', '#/policies', 'policies')).
+    addNav(label, href, page) { document.getElementById('nav').append(el('a', { href, 'data-page': page }, label)); },
     el, api, stream, chartsView, frameOf,
   };
   window.GT = GT;
