@@ -21,6 +21,7 @@
   };
   window.__gt = __gt;
   const MAX_CURVE = 20000; // points per curve kept on a live page; older ones are thinned
+  function gtError(e) { if (__gt.errors.length < 100) __gt.errors.push(e); }
   function latency(ms) { __gt.latencyHist[Math.max(0, Math.min(10000, Math.round(ms)))]++; }
 
   // ---- small helpers -------------------------------------------------------------------
@@ -44,7 +45,7 @@
     const body = await r.json().catch(() => ({}));
     if (!r.ok) {
       const msg = body.error || r.statusText;
-      __gt.errors.push(r.status + ' ' + msg);
+      gtError(r.status + ' ' + msg);
       if (r.status === 401) setConn('not logged in', true);
       throw new Error(msg);
     }
@@ -355,7 +356,7 @@
         stream(src.run, 'scalars', {}, { records: (recs) => addScalars(src, recs) });
         stream(src.run, 'episodes', { since: eps.episodes.length ? eps.episodes[eps.episodes.length - 1].seq_id : 0, agent: src.agent }, { records: (recs) => addEpisodes(src, recs) });
       }));
-    })().catch((e) => __gt.errors.push(String(e)));
+    })().catch((e) => gtError(String(e)));
     function addScalars(src, recs) {
       const now = Date.now();
       for (const r of recs) {
@@ -422,7 +423,7 @@
       document.getElementById('runs-count').textContent = r.runs.length + ' runs';
       setConn('live');
     }
-    const kick = () => refresh().catch((e) => __gt.errors.push(String(e)));
+    const kick = () => refresh().catch((e) => gtError(String(e)));
     status.onchange = mode.onchange = () => { prev.clear(); kick(); };
     kick();
     const timer = setInterval(kick, 1000);
@@ -709,7 +710,7 @@
       if (page.match(parts)) {
         __gt.route = name;
         for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === name || (name === 'player' && a.dataset.page === 'replay'));
-        Promise.resolve(page.render(main, parts, params)).catch((e) => { __gt.errors.push(String(e)); main.append(el('div', { class: 'banner bad', text: String(e.message || e) })); });
+        Promise.resolve(page.render(main, parts, params)).catch((e) => { gtError(String(e)); main.append(el('div', { class: 'banner bad', text: String(e.message || e) })); });
         return;
       }
     }

@@ -168,15 +168,28 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
     let web = match web_listen {
         Some(addr) => {
-            let web =
-                telemetry_web::start(telemetry_web::WebConfig::new(addr), daemon.local_access())
-                    .await?;
-            // Like Jupyter: the login URL goes to the operator's terminal, never to a log.
-            println!(
-                "web dashboard: {}",
-                telemetry_web::login_url(web.addr, daemon.operator_token())
-            );
-            Some(web)
+            match telemetry_web::start(telemetry_web::WebConfig::new(addr), daemon.local_access())
+                .await
+            {
+                Ok(web) => {
+                    // Like Jupyter: the login URL goes to the operator's terminal, never a log.
+                    println!(
+                        "web dashboard: {}",
+                        telemetry_web::login_url(web.addr, daemon.operator_token())
+                    );
+                    Some(web)
+                }
+                // The default port taken (another daemon on this machine): serve without the
+                // dashboard rather than refuse ingest; an address asked for must work.
+                Err(e) if a.web_listen == telemetry_web::DEFAULT_WEB_LISTEN => {
+                    tracing::warn!(error = %e, "web dashboard not started (--web-listen to choose another address)");
+                    None
+                }
+                Err(e) => {
+                    daemon.shutdown().await?;
+                    return Err(e.into());
+                }
+            }
         }
         None => None,
     };
