@@ -41,3 +41,15 @@ fi
 # Training scalars: SummaryWriter.add_scalar against tensorboardX's (benches/python/).
 echo "== py bench_scalar" >&2
 GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_scalar.py $QUICK
+
+# The web dashboard in headless chromium (telemetry-web/tests/browser/bench.mjs): first chart of a
+# 1M-point run, live latency at 10k steps/s, JS heap growth of an open tab (WEB_TAB_MEMORY_SECS,
+# default 600 s, --quick 120 s). Needs Debian's chromium and npm.
+if [ -x /usr/bin/chromium ]; then
+  echo "== web bench (headless chromium)" >&2
+  (cd telemetry-web/tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2)
+  GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" WEB_FEED_BIN="$BIN/web_feed" \
+    node telemetry-web/tests/browser/bench.mjs $QUICK
+else
+  echo "note: /usr/bin/chromium is missing (apt-get install chromium): web benches skipped" >&2
+fi

@@ -31,3 +31,16 @@ echo "== chaos (scripts/chaos.sh --quick: kills, TCP faults, stalls, full queues
 # this only links the harness (seconds); a release build would compile the tree again (minutes
 # on 2 cores). The quick scenarios take well under a minute either way.
 scripts/chaos.sh --quick --debug
+echo "== web dashboard in headless chromium (telemetry-web/tests/browser: playwright-core, Debian's chromium)"
+# Needs `apt-get install chromium` and node/npm; outside CI a machine without chromium skips it.
+if [[ -x /usr/bin/chromium || "${CI:-}" == true ]]; then
+    WEB_TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    (cd telemetry-web/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+    WEB_ARTIFACTS="$WEB_TARGET_DIR/web-artifacts" \
+        GYM_TELEMETRY_DAEMON_BIN="$WEB_TARGET_DIR/debug/gym-telemetry-daemon" \
+        GYM_TELEMETRY_DEMO_BIN="$WEB_TARGET_DIR/debug/gym-telemetry-demo" \
+        node --test --test-concurrency=1 telemetry-web/tests/browser/dashboard.test.mjs
+    echo "screenshots in $WEB_TARGET_DIR/web-artifacts"
+else
+    echo "note: /usr/bin/chromium is missing (apt-get install chromium), so the browser test skips"
+fi

@@ -28,6 +28,7 @@ use tonic::{service::Interceptor, Request, Status};
 
 const WORKER_PREFIX: &str = "worker.";
 const WORKER_CONTEXT: &[u8] = b"gym-telemetry worker token v1:";
+const WEB_SESSION_CONTEXT: &[u8] = b"gym-telemetry web session v1";
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +169,26 @@ impl Credentials {
         let keys = self.inner.as_ref()?;
         let tag = hmac::sign(&keys.worker, &worker_message(run_id));
         Some(format!("{WORKER_PREFIX}{run_id}.{}", hex(tag.as_ref())))
+    }
+
+    /// The value of the web dashboard's session cookie (`None` without credentials): derived
+    /// from the operator token like a worker token, so it survives a restart, needs no session
+    /// table, and cannot be turned back into the operator token (a leaked cookie does not give
+    /// gRPC access). Rotating the token file revokes it.
+    pub fn web_session(&self) -> Option<String> {
+        let keys = self.inner.as_ref()?;
+        Some(hex(hmac::sign(&keys.worker, WEB_SESSION_CONTEXT).as_ref()))
+    }
+
+    /// Whether `cookie` is the web session cookie's value (constant time); the operator.
+    pub fn authenticate_web_session(&self, cookie: Option<&str>) -> Result<Principal, AuthError> {
+        let Some(keys) = &self.inner else {
+            return Ok(Principal::Operator);
+        };
+        let mac = unhex(cookie.ok_or(AuthError::Missing)?).ok_or(AuthError::Wrong)?;
+        hmac::verify(&keys.worker, WEB_SESSION_CONTEXT, &mac)
+            .map(|()| Principal::Operator)
+            .map_err(|_| AuthError::Wrong)
     }
 
     /// Who presents `token` (`None`: no `authorization` header).
@@ -332,6 +353,41 @@ mod tests {
         );
         assert!(Principal::Operator.require_operator("SubmitRun").is_ok());
         assert_ne!(w.id(), Principal::Operator.id());
+    }
+
+    #[test]
+    fn the_web_session_is_derived_checked_and_not_the_token() {
+        let creds = Credentials::new("s3cret").expect("rng");
+        let cookie = creds.web_session().expect("cookie");
+        assert!(!cookie.contains("s3cret"));
+        assert_eq!(
+            creds.authenticate_web_session(Some(&cookie)),
+            Ok(Principal::Operator)
+        );
+        // Survives a restart; another token's cookie, a flipped digit, garbage: refused.
+        let restarted = Credentials::new("s3cret").expect("rng");
+        assert!(restarted.authenticate_web_session(Some(&cookie)).is_ok());
+        let other = Credentials::new("other").expect("rng");
+        assert_eq!(
+            creds.authenticate_web_session(other.web_session().as_deref()),
+            Err(AuthError::Wrong)
+        );
+        let mut flipped = cookie.clone();
+        let last = flipped.pop().expect("digit");
+        flipped.push(if last == '0' { '1' } else { '0' });
+        for bad in [flipped.as_str(), "", "zz", "s3cret"] {
+            assert_eq!(
+                creds.authenticate_web_session(Some(bad)),
+                Err(AuthError::Wrong)
+            );
+        }
+        assert_eq!(
+            creds.authenticate_web_session(None),
+            Err(AuthError::Missing)
+        );
+        // The cookie is not a bearer token for gRPC.
+        assert_eq!(creds.authenticate(Some(&cookie)), Err(AuthError::Wrong));
+        assert!(Credentials::none().web_session().is_none());
     }
 
     #[test]

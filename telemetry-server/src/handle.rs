@@ -17,6 +17,7 @@ pub struct ServerHandle {
     pub metrics_addr: Option<SocketAddr>,
     /// Runs the previous server left running, now failed as interrupted.
     pub interrupted_runs: Vec<String>,
+    pub(crate) local: crate::local::LocalAccess,
     pub(crate) hub: Hub,
     pub(crate) publisher: Publisher,
     pub(crate) tls: bool,
@@ -63,6 +64,12 @@ impl ServerHandle {
     /// exported as `gym_telemetry_writer_queue_depth`.
     pub fn writer_queue_depth(&self) -> usize {
         self.publisher.pipeline().queued()
+    }
+
+    /// In-process access for a front end mounted beside the gRPC API (the web dashboard):
+    /// authentication, hub, store reader, queries and run control, cheap to clone.
+    pub fn local_access(&self) -> crate::local::LocalAccess {
+        self.local.clone()
     }
 
     /// The hub itself (metrics, and subscriptions that report refusal in-band).

@@ -85,6 +85,7 @@ mod ingest_limits;
 mod legacy;
 mod legacy_config;
 mod legacy_runs;
+mod local;
 mod lock;
 mod metrics;
 mod owners;
@@ -111,6 +112,7 @@ pub use legacy_config::{
     WorkerSpec,
 };
 pub use legacy_runs::{LegacyOptions, DEMO_EXE_NAME, WORKER_CONFIG_FILE};
+pub use local::LocalAccess;
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};

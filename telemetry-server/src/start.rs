@@ -35,6 +35,7 @@ use crate::{
     housekeeping::{housekeeping, stop_workers},
     ingest::IngestService,
     legacy::LegacyService,
+    local::LocalAccess,
     lock::InstanceLock,
     metrics::{self, Metrics},
     pipeline::{self, Pipeline},
@@ -103,13 +104,13 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         metrics.clone(),
         cfg.ingest,
     );
-    let router = services(
+    let (router, query, control) = services(
         &cfg,
         addr,
         &credentials,
         &publisher,
         &hub,
-        reader,
+        reader.clone(),
         &registry,
         &dispatch_cfg,
         &metrics,
@@ -165,7 +166,17 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         cancel.clone(),
         stopped,
     ));
+    let local = LocalAccess {
+        credentials: credentials.clone(),
+        unauthenticated: metrics.unauthenticated.clone(),
+        hub: hub.clone(),
+        reader,
+        query,
+        control,
+        cancel: cancel.clone(),
+    };
     Ok(ServerHandle {
+        local,
         addr,
         metrics_addr,
         interrupted_runs: interrupted,
@@ -354,7 +365,7 @@ async fn services(
     dispatch_cfg: &Arc<DispatchConfig>,
     metrics: &Metrics,
     cancel: &CancellationToken,
-) -> Result<Router, ServerError> {
+) -> Result<(Router, QueryService, ControlService), ServerError> {
     let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
     let query = QueryService::new(hub.clone(), reader, registry.clone())
@@ -410,7 +421,7 @@ async fn services(
     } else {
         auth.clone()
     };
-    Ok(builder
+    let router = builder
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, reflection_auth))
         .add_service(InterceptedService::new(
@@ -421,11 +432,11 @@ async fn services(
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
-            QueryServer::new(query).max_encoding_message_size(max),
+            QueryServer::new(query.clone()).max_encoding_message_size(max),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
-            RunControlServer::new(control),
+            RunControlServer::new(control.clone()),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
@@ -433,7 +444,8 @@ async fn services(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             auth,
-        )))
+        ));
+    Ok((router, query, control))
 }
 
 /// What shutdown stops, in order, after serving ends.

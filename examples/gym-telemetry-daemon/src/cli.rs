@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Prometheus `/metrics` address, or `off`.
     #[arg(long, env = "GYM_TELEMETRY_METRICS_LISTEN", default_value = telemetry_server::DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: String,
+    /// Web dashboard address, or `off`. Open the login URL printed at start-up (it carries
+    /// the operator token once; the browser then keeps a cookie).
+    #[arg(long, env = "GYM_TELEMETRY_WEB_LISTEN", default_value = telemetry_web::DEFAULT_WEB_LISTEN)]
+    pub web_listen: String,
     /// The operator token, from the environment only (`GYM_TELEMETRY_AUTH_TOKEN`): a token on
     /// the command line is refused, because every local account can read argv in `ps`.
     #[arg(

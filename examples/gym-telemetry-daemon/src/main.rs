@@ -157,8 +157,42 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         cfg.demo_exe = demo;
     }
     cfg.gpus = a.gpus;
+    let web_listen = match a.web_listen.as_str() {
+        "off" | "" => None,
+        s => Some(
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("--web-listen {s:?} is not an address or `off`"))?,
+        ),
+    };
     let daemon = telemetry_server::start(cfg).await?;
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
+    let web = match web_listen {
+        Some(addr) => {
+            match telemetry_web::start(telemetry_web::WebConfig::new(addr), daemon.local_access())
+                .await
+            {
+                Ok(web) => {
+                    // Like Jupyter: the login URL goes to the operator's terminal, never a log.
+                    println!(
+                        "web dashboard: {}",
+                        telemetry_web::login_url(web.addr, daemon.operator_token())
+                    );
+                    Some(web)
+                }
+                // The default port taken (another daemon on this machine): serve without the
+                // dashboard rather than refuse ingest; an address asked for must work.
+                Err(e) if a.web_listen == telemetry_web::DEFAULT_WEB_LISTEN => {
+                    tracing::warn!(error = %e, "web dashboard not started (--web-listen to choose another address)");
+                    None
+                }
+                Err(e) => {
+                    daemon.shutdown().await?;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
     if token_file_default {
         println!(
             "operator token in {} (clients of this user find it; workers get their own)",
@@ -178,6 +212,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         stop.cancel();
     });
     daemon.wait().await?;
+    if let Some(web) = web {
+        web.wait().await?;
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 

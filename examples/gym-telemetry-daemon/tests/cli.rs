@@ -129,3 +129,48 @@ fn import_tensorboard_through_a_serving_daemon() {
     );
     assert_eq!(out(&dump).lines().count(), 18, "{}", out(&dump));
 }
+
+/// `serve` prints the dashboard's login URL (with the operator token, for the operator's
+/// terminal) and logs nothing with the token in it; a `--web-listen` that is no address is refused.
+#[test]
+fn serve_prints_the_web_login_url_and_logs_no_token() {
+    use std::io::BufRead;
+    let var = tempfile::tempdir().unwrap();
+    let mut serve = daemon()
+        .args(["serve", "--var-dir"])
+        .arg(var.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--web-listen", "127.0.0.1:0", "--log", "debug"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("web dashboard: ").map(str::to_owned))
+        .expect("the daemon prints the dashboard URL");
+    let token = std::fs::read_to_string(var.path().join("auth-token")).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    let out = serve.wait_with_output().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.ends_with(&format!("/?token={}", token.trim())), "{url}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains(token.trim()),
+        "the token is in the log: {log}"
+    );
+
+    let off = daemon()
+        .args(["serve", "--var-dir"])
+        .arg(var.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--web-listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert_ne!(off.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&off.stderr).contains("--web-listen \"nowhere\""));
+}

@@ -93,6 +93,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         .context("starting the daemon")?;
     let endpoint = daemon.endpoint();
     eprintln!("daemon on {endpoint}, var dir {}", var_dir.display());
+    // The web dashboard on a free loopback port; it stops with the daemon.
+    let web = telemetry_web::start(
+        telemetry_web::WebConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        daemon.local_access(),
+    )
+    .await
+    .context("starting the web dashboard")?;
+    eprintln!(
+        "web dashboard: {}",
+        telemetry_web::login_url(web.addr, daemon.operator_token())
+    );
 
     let step_delay =
         Duration::from_millis(
@@ -110,6 +121,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         step_delay,
         seed: 7,
         queue_dir: Some(var_dir.join("queues").join("demo")),
+        control_mode: telemetry_core::ControlMode::MultiAgent,
     };
     let run_id = worker_cfg.run_id.clone();
     let worker = tokio::task::spawn_blocking(move || worker::run(&worker_cfg));

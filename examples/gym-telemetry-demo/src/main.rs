@@ -47,6 +47,9 @@ struct WorkerArgs {
     /// Seed of the first agent (the others add 1, 2, ...).
     #[arg(long, env = "GYM_TELEMETRY_SEED", default_value_t = 7)]
     seed: u64,
+    /// The control mode the records carry (`human` makes Human Replay episodes).
+    #[arg(long, default_value = "multi_agent")]
+    control_mode: telemetry_core::ControlMode,
 }
 
 /// Writes a line to stderr, ignoring failure (`eprintln!` panics when the pipe to a dead
@@ -114,6 +117,7 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         seed: a.seed,
         queue_dir: env("GYM_TELEMETRY_QUEUE_DIR").map(Into::into),
         auth_token: None,
+        control_mode: a.control_mode,
     };
     let report = worker::run(&cfg)?;
     say(&format!("demo worker done: {report:?}"));

@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     pub queue_dir: Option<PathBuf>,
     /// The credential to present (`None`: found as every client finds it).
     pub auth_token: Option<String>,
+    /// The control mode its records carry (the demo: `multi_agent`).
+    pub control_mode: ControlMode,
 }
 
 /// What the worker produced and what its shims reported.
@@ -59,7 +61,7 @@ fn shim_for(cfg: &WorkerConfig, agent: &str) -> anyhow::Result<Telemetry> {
     sc.endpoint = cfg.endpoint.clone();
     sc.run_id = Some(cfg.run_id.clone());
     sc.agent_id = Some(agent.to_owned());
-    sc.control_mode = Some(ControlMode::MultiAgent);
+    sc.control_mode = Some(cfg.control_mode);
     sc.queue_dir = cfg.queue_dir.as_ref().map(|d| d.join(agent));
     if cfg.auth_token.is_some() {
         sc.auth_token = cfg.auth_token.clone();
@@ -76,7 +78,7 @@ pub fn run(cfg: &WorkerConfig) -> anyhow::Result<WorkerReport> {
         shim.set_metadata(Metadata {
             seed: Some(cfg.seed + u64::from(i)),
             game_id: Some(GAME_ID.to_owned()),
-            control_mode: Some(ControlMode::MultiAgent),
+            control_mode: Some(cfg.control_mode),
             agent_id: Some(agent.clone()),
             policy_label: Some("q-learning".into()),
             backend: Some("gym-telemetry-demo".into()),
@@ -93,7 +95,7 @@ pub fn run(cfg: &WorkerConfig) -> anyhow::Result<WorkerReport> {
                 "seed": cfg.seed, "policy": "tabular q-learning"
             })
             .to_string(),
-            control_mode: ControlMode::MultiAgent.as_str().into(),
+            control_mode: cfg.control_mode.as_str().into(),
             ..Default::default()
         })?;
     }

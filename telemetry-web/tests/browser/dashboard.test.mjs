@@ -1,0 +1,150 @@
+// The dashboard in a real browser (Debian's chromium through playwright-core), against the real
+// daemon and demo workers: login, live points, agent tabs, the Human Replay filter, replaying an
+// episode, run control, and refusal without the token. Screenshots go to $WEB_ARTIFACTS.
+// Run by scripts/test.sh with node's test runner.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { startDaemon, startWorker, launch, artifacts, gt, waitGt, need, cleanup } from './lib.mjs';
+
+let daemon, ctx, shots;
+before(async () => {
+  shots = artifacts();
+  daemon = await startDaemon();
+  // Finished human episodes for Human Replay, then a live two-agent run.
+  await startWorker(daemon, ['--run-id', 'human-run', '--agents', '1', '--episodes', '4', '--control-mode', 'human', '--seed', '3'], { wait: true });
+  startWorker(daemon, ['--run-id', 'multi-run', '--agents', '2', '--episodes', '100000', '--step-delay-ms', '5']);
+  ctx = await launch();
+});
+after(async () => {
+  if (ctx) await ctx.close();
+  if (daemon) daemon.child.kill('SIGTERM');
+  cleanup();
+});
+
+test('a missing or wrong token gets 401 and no data', async () => {
+  const page = await ctx.newPage();
+  const r = await page.goto(daemon.base);
+  assert.equal(r.status(), 401);
+  assert.match(await page.textContent('#login-message'), /Not logged in/);
+  const api = await page.evaluate(async () => { const r = await fetch('/api/runs'); return { status: r.status, body: await r.text() }; });
+  assert.equal(api.status, 401);
+  assert.doesNotMatch(api.body, /multi-run|human-run/);
+  const wrong = await page.goto(daemon.base + '?token=not-the-token');
+  assert.equal(wrong.status(), 401);
+  const cookies = await ctx.cookies();
+  assert.equal(cookies.length, 0, 'no session cookie without the right token');
+  await page.screenshot({ path: join(shots, 'refused.png') });
+  await page.close();
+});
+
+let page;
+test('login with the token URL, then the runs table updates live', async () => {
+  page = await ctx.newPage();
+  await page.goto(daemon.login);
+  assert.ok(!page.url().includes('token'), `the token left the address bar: ${page.url()}`);
+  const [cookie] = await ctx.cookies();
+  assert.equal(cookie.name, 'gt_session');
+  assert.equal(cookie.httpOnly, true);
+  assert.equal(cookie.sameSite, 'Strict');
+  await waitGt(page, () => window.__gt.runRows >= 2);
+  const steps0 = await page.evaluate(() => Number(document.querySelector('tr[data-run="multi-run"] td:nth-child(5)').textContent));
+  await page.waitForFunction((s0) => Number(document.querySelector('tr[data-run="multi-run"] td:nth-child(5)').textContent) > s0, steps0, { timeout: 30000 });
+  await page.selectOption('#filter-mode', 'human');
+  await waitGt(page, () => window.__gt.runRows === 1 && document.querySelector('tr[data-run="human-run"]') !== null);
+  await page.selectOption('#filter-mode', '');
+  await waitGt(page, () => window.__gt.runRows >= 2);
+  await page.screenshot({ path: join(shots, 'runs.png') });
+});
+
+test('a run: agent tabs appear with their records, live steps, raw, episodes and charts', async () => {
+  await page.goto(daemon.base + '#/run/multi-run');
+  await waitGt(page, () => window.__gt.agents.length === 2 && window.__gt.steps > 0);
+  const s0 = await gt(page, () => window.__gt.steps);
+  await waitGt(page, (s) => window.__gt.steps > s + 20, s0);
+  assert.equal(await page.locator('#pane-grid pre.grid').count(), 1, 'the grid is drawn');
+  await page.screenshot({ path: join(shots, 'run-grid.png') });
+  await page.click('button[data-agent="agent-1"]');
+  assert.equal(await gt(page, () => window.__gt.activeAgent), 'agent-1');
+  await page.click('button[data-subtab="raw"]');
+  await waitGt(page, () => window.__gt.rawShown > 0);
+  const raw = JSON.parse(await page.textContent('#raw-steps'));
+  assert.ok(raw.length > 0 && raw.length <= 100);
+  assert.ok(raw.every((s) => s.agent_id === 'agent-1'), 'the raw view shows the selected agent only');
+  await page.click('button[data-subtab="episodes"]');
+  await page.waitForSelector('#pane-episodes table.episodes tbody tr', { timeout: 30000 });
+  const seed = await page.textContent('#pane-episodes tbody tr td:nth-child(2)');
+  assert.equal(seed.trim(), '8', 'agent-1 plays with seed 7 + 1');
+  await page.click('button[data-subtab="charts"]');
+  await waitGt(page, () => window.__gt.charts.drawn > 0 && window.__gt.livePoints > 0);
+  assert.ok(await page.locator('.section[data-section="episodes"] .chart-panel').count() >= 1, 'episode returns are a curve');
+  // Smoothing re-draws; the x-axis switch rebuilds the panels.
+  const d0 = await gt(page, () => window.__gt.charts.drawn);
+  await page.locator('#smoothing').fill('0.9');
+  await page.selectOption('#xaxis', 'rel');
+  await waitGt(page, (d) => window.__gt.charts.drawn > d, d0);
+  await page.screenshot({ path: join(shots, 'run-charts.png'), fullPage: true });
+  const lagShown = await page.locator('#lag-banner').isVisible();
+  const lagged = await gt(page, () => window.__gt.sse.lagged);
+  assert.equal(lagShown, lagged > 0, 'drops are shown exactly when there were some');
+});
+
+test('multi-agent page: every agent side by side', async () => {
+  await page.goto(daemon.base + '#/run/multi-run/agents');
+  await waitGt(page, () => window.__gt.agentTables === 2 && window.__gt.charts.drawn > 0);
+  await page.screenshot({ path: join(shots, 'multi-agent.png'), fullPage: true });
+});
+
+test('Human Replay lists only human episodes; the filter off lists the others too; an episode replays', async () => {
+  await page.goto(daemon.base + '#/replay?mode=human');
+  await waitGt(page, () => window.__gt.route === 'replay' && window.__gt.replay.listed > 0);
+  assert.deepEqual(await gt(page, () => window.__gt.replay.listedModes), ['human']);
+  const human = await gt(page, () => window.__gt.replay.listed);
+  assert.equal(human, 4);
+  await page.click('#human-only');
+  await waitGt(page, (h) => window.__gt.replay.listed > h && window.__gt.replay.listedModes.includes('multi_agent'), human);
+  await page.screenshot({ path: join(shots, 'replay-all.png') });
+  await page.click('#human-only');
+  await waitGt(page, () => window.__gt.replay.listed === 4);
+  await page.click('#replay-list tbody tr:first-child');
+  await waitGt(page, () => window.__gt.route === 'player' && window.__gt.replay.frames > 0);
+  const frames = await gt(page, () => window.__gt.replay.frames);
+  assert.equal(await gt(page, () => window.__gt.replay.frame), 0);
+  await page.click('#next');
+  assert.equal(await gt(page, () => window.__gt.replay.frame), 1);
+  await page.click('#prev');
+  assert.equal(await gt(page, () => window.__gt.replay.frame), 0);
+  await page.click('#play');
+  await waitGt(page, () => window.__gt.replay.frame >= 2);
+  await page.click('#play');
+  assert.equal(await gt(page, () => window.__gt.replay.playing), false);
+  await page.locator('#scrub').fill(String(frames - 1));
+  assert.equal(await gt(page, () => window.__gt.replay.frame), frames - 1);
+  assert.equal(await page.locator('#replay-frame pre.grid').count(), 1);
+  await page.screenshot({ path: join(shots, 'replay-player.png') });
+});
+
+test('run control: submit a run from the form; its run_completed closes the live views', async () => {
+  await page.goto(daemon.base + '#/submit');
+  await page.fill('textarea[name=argv]', [need('GYM_TELEMETRY_DEMO_BIN'), 'worker', '--agents', '1', '--episodes', '3'].join('\n'));
+  await page.fill('input[name=run_id]', 'submitted-run');
+  await page.selectOption('select[name=control_mode]', 'agent');
+  await page.click('#submit-form button[type=submit]');
+  await waitGt(page, () => window.__gt.submitted === 'submitted-run' && window.__gt.route === 'run');
+  await waitGt(page, () => window.__gt.completed !== null, undefined, 90000);
+  assert.equal(await gt(page, () => window.__gt.completed), 'succeeded');
+  await page.waitForSelector('#completed-banner');
+  assert.equal(await gt(page, () => window.__gt.streams), 0, 'live views closed');
+  await page.screenshot({ path: join(shots, 'run-completed.png') });
+  // Cancel: a long run, cancelled from the run page.
+  await page.goto(daemon.base + '#/submit');
+  await page.fill('textarea[name=argv]', [need('GYM_TELEMETRY_DEMO_BIN'), 'worker', '--agents', '1', '--episodes', '100000', '--step-delay-ms', '20'].join('\n'));
+  await page.fill('input[name=run_id]', 'cancelled-run');
+  await page.click('#submit-form button[type=submit]');
+  await waitGt(page, () => window.__gt.submitted === 'cancelled-run' && window.__gt.steps > 0);
+  await page.click('#cancel-run');
+  await waitGt(page, () => window.__gt.completed !== null, undefined, 60000);
+  assert.equal(await gt(page, () => window.__gt.completed), 'cancelled');
+  const errors = await gt(page, () => window.__gt.errors);
+  assert.deepEqual(errors, []);
+});
