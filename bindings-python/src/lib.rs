@@ -10,6 +10,7 @@
 //! - [`encode`]: Python values (numpy included) to compact JSON, walked in Rust.
 //! - [`hooks`]: Python callables as the shim's step/episode hooks.
 //! - [`recorder`]: the Gymnasium wrappers' per-agent episode bookkeeping (one call per step).
+//! - [`load`]: `gym_telemetry.load(store=PATH)`'s read of a store file as Parquet bytes.
 //! - [`logbridge`]: the shim's `tracing` events into Python `logging`.
 //! - [`args`], [`config`]: argument conversion with errors that name the argument.
 //!
@@ -22,6 +23,7 @@ mod args;
 mod config;
 mod encode;
 mod hooks;
+mod load;
 mod logbridge;
 mod recorder;
 mod telemetry;
@@ -51,6 +53,8 @@ mod native {
     use super::normalize_control_mode;
     #[pymodule_export]
     use crate::encode::Json;
+    #[pymodule_export]
+    use crate::load::_read_parquet;
     #[pymodule_export]
     use crate::recorder::EpisodeRecorder;
     #[pymodule_export]

@@ -287,6 +287,19 @@ pub fn export_parquet<W: Write + Send>(
     parquet: &ParquetOptions,
     out: W,
 ) -> Result<ExportReport, ExportError> {
+    export_parquet_tags(reader, opts, parquet, &[], out)
+}
+
+/// [`export_parquet`], with scalars further limited to the exact `tags` (empty: every tag;
+/// the other streams ignore it). `gym_telemetry.load(kind="scalars", tags=...)` reads this way.
+/// `last_seq` is then the seq of the last scalar read, written or not.
+pub fn export_parquet_tags<W: Write + Send>(
+    reader: &StoreReader,
+    opts: &DumpOptions,
+    parquet: &ParquetOptions,
+    tags: &[String],
+    out: W,
+) -> Result<ExportReport, ExportError> {
     let stream = Stream::of(opts);
     let mut sink = Sink::new(stream, parquet, out, opts.since_seq)?;
     match stream {
@@ -316,9 +329,12 @@ pub fn export_parquet<W: Write + Send>(
                 let Some(last) = page.last() else { break };
                 since = last.seq_id;
                 for scalar in &page {
-                    cols.push(scalar);
-                    sink.row_added(&mut cols, scalar.seq_id)?;
+                    if tags.is_empty() || tags.contains(&scalar.tag) {
+                        cols.push(scalar);
+                        sink.row_added(&mut cols, scalar.seq_id)?;
+                    }
                 }
+                sink.report.last_seq = since;
             }
             sink.finish(cols)
         }
