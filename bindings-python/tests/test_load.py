@@ -116,3 +116,36 @@ def test_bad_arguments_raise_typed_errors(store, tmp_path) -> None:
 
 def test_load_is_exported_and_stubbed() -> None:
     assert gym_telemetry.load is load and "load" in gym_telemetry.__all__ and "pivot" in gym_telemetry.__all__
+
+
+@pytest.mark.parametrize("kind", ["steps", "episodes", "scalars"])
+@pytest.mark.parametrize("backend", ["pandas", "polars"])
+def test_the_query_api_gives_the_same_frames_as_the_store(daemon, store, kind, backend) -> None:
+    """Without store=, load reads through the daemon (the worker's credential, found through
+    the var dir), with the same columns and rows."""
+    kw = dict(kind=kind, backend=backend)
+    for sel in ({}, {"agent_id": "b"}, {"since_seq": 3}):
+        local = load("nb", store=store, **kw, **sel)
+        remote = load("nb", endpoint=daemon.endpoint, **kw, **sel)
+        assert len(remote) > 0
+        if backend == "polars":
+            assert remote.equals(local), sel
+        else:
+            pd.testing.assert_frame_equal(remote, local)
+    if kind == "scalars":
+        only = load("nb", kind="scalars", tags=["losses/loss"], endpoint=daemon.endpoint)
+        assert set(only["tag"]) == {"losses/loss"} and len(only) == 7
+
+
+def test_the_query_api_needs_the_credential(daemon, store, monkeypatch) -> None:
+    monkeypatch.setenv("GYM_TELEMETRY_AUTH_TOKEN", "not-the-token")
+    with pytest.raises(TelemetryError, match="(?i)unauthenticated|token|credential"):
+        load("nb", endpoint=daemon.endpoint)
+    with pytest.raises(ValueError, match="events"):
+        load("nb", kind="events", endpoint=daemon.endpoint)
+    with pytest.raises(ValueError, match="not both"):
+        load("nb", store=store, endpoint=daemon.endpoint)
+    daemon.stop()
+    monkeypatch.delenv("GYM_TELEMETRY_AUTH_TOKEN")
+    with pytest.raises(TelemetryError, match="cannot connect"):
+        load("nb", endpoint=daemon.endpoint)

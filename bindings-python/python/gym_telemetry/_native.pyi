@@ -199,3 +199,13 @@ def _read_parquet(
     tags: Optional[List[str]] = None,
     since_seq: int = 0,
 ) -> bytes: ...
+def _read_parquet_remote(
+    run_id: str,
+    kind: str = "steps",
+    *,
+    endpoint: Optional[str] = None,
+    agent_id: Optional[str] = None,
+    control_mode: Optional[str] = None,
+    tags: Optional[List[str]] = None,
+    since_seq: int = 0,
+) -> bytes: ...

@@ -8,8 +8,10 @@ W&B users have an API and TensorBoard users an export for analysing runs; this i
     eps = gt.load("run-1", kind="episodes", agent_id="player_0", backend="polars", store=...)
     curves = gt.pivot(gt.load("run-1", kind="scalars", store=...))              # one column per tag
 
-``load`` opens the store file read-only (no daemon needed; a running daemon is not disturbed:
-each page of rows is its own short read transaction). The rows are read and laid out in typed
+``load`` with ``store=PATH`` opens the store file read-only (no daemon needed; a running daemon
+is not disturbed: each page of rows is its own short read transaction). Without one it reads
+through the daemon's Query API with the credential a worker would use (the daemon pages its
+store by seq; nothing is loaded whole into it). Either way the rows are laid out in typed
 columns in Rust, by the same code as ``gym-telemetry-daemon dump --format parquet``
 (``telemetry-export``: the schemas are documented there), and handed over as Parquet bytes,
 which ``pandas.read_parquet`` (pyarrow) or ``polars.read_parquet`` turn into a DataFrame.
@@ -48,6 +50,7 @@ def load(
     since_seq: int = 0,
     backend: Literal["pandas", "polars"] = "pandas",
     store: Union[str, "os.PathLike[str]", None] = None,
+    endpoint: Optional[str] = None,
 ) -> Any:
     """One stream of a run as a pandas DataFrame (or polars with ``backend="polars"``).
 
@@ -60,9 +63,15 @@ def load(
         tags: scalars only: these exact tags (at most 256).
         since_seq: only rows stored after this seq (the ``seq`` column of an earlier load).
         backend: "pandas" (needs pandas and pyarrow) or "polars".
-        store: the store file (``<var-dir>/telemetry.sqlite``), opened read-only.
+        store: the store file (``<var-dir>/telemetry.sqlite``), opened read-only. Without
+            one, the rows come through the daemon's Query API (stored records only).
+        endpoint: the daemon (default: ``GYM_TELEMETRY_ENDPOINT``, else
+            ``http://127.0.0.1:50151``), with the credential and TLS settings a worker's
+            ``Telemetry`` uses (``GYM_TELEMETRY_AUTH_TOKEN``, the var dir's token, ...).
+            Lifecycle events (``kind="events"``) need ``store``.
 
-    Raises ValueError for a bad argument, TelemetryError when the store cannot be read.
+    Raises ValueError for a bad argument, TelemetryError when the store or the daemon cannot
+    be read.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {', '.join(map(repr, _KINDS))}")
@@ -70,12 +79,16 @@ def load(
         raise ValueError(f"backend: {backend!r} is not 'pandas' or 'polars'")
     if isinstance(tags, str):
         raise TypeError("tags must be a list of tags, not a str")
-    if store is None:
-        raise ValueError("store: pass the store file to read (<var-dir>/telemetry.sqlite)")
-    data = _native._read_parquet(
-        os.fspath(store), run_id, kind, agent_id=agent_id, control_mode=control_mode,
+    if store is not None and endpoint is not None:
+        raise ValueError("pass store or endpoint, not both")
+    selection = dict(
+        agent_id=agent_id, control_mode=control_mode,
         tags=None if tags is None else [str(t) for t in tags], since_seq=int(since_seq),
     )
+    if store is not None:
+        data = _native._read_parquet(os.fspath(store), run_id, kind, **selection)
+    else:
+        data = _native._read_parquet_remote(run_id, kind, endpoint=endpoint, **selection)
     if backend == "polars":
         import polars as pl
 
