@@ -240,3 +240,26 @@ def test_importing_gym_telemetry_does_not_import_pettingzoo() -> None:
     code = "import sys, gym_telemetry; gym_telemetry.Telemetry; print('pettingzoo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_recorders_of_departed_agents_are_forgotten_past_the_limit(tmp_path: Path, monkeypatch) -> None:
+    import gym_telemetry.pettingzoo as gpz
+
+    monkeypatch.setattr(gpz, "MAX_AGENTS", 6)
+    tel = Telemetry(dry_run=str(tmp_path / "out.jsonl"), run_id="many")
+    env = TelemetryAECWrapper(generated_aec(max_cycles=60), tel)
+    seen: set = set()
+    most = peak_live = 0
+    for ep in range(3):
+        env.reset(seed=ep)
+        for agent in env.agent_iter():
+            seen.add(agent)
+            _, _, term, trunc, _ = env.last()
+            env.step(None if term or trunc else env.action_space(agent).sample())
+            # Bounded by the limit, or by the most agents the env itself held at once.
+            peak_live = max(peak_live, len(env.agents))
+            most = max(most, len(env._tel.recs) - max(gpz.MAX_AGENTS, peak_live + 1))
+    tel.close()
+    assert len(seen) > gpz.MAX_AGENTS
+    assert env.agents_evicted > 0
+    assert most <= 0 and len(seen) > max(gpz.MAX_AGENTS, peak_live + 1), "the bound bit"

@@ -41,8 +41,10 @@ needs a unique ``agent_id`` per agent. This module is imported only when asked f
 A ``reset()`` in the middle of an episode abandons it (as in ``TelemetryWrapper``): the steps
 stay recorded, no episode record is written. Telemetry failures never break the env loop: they
 are logged (bounded) and counted in ``wrapper.telemetry_errors``. At most ``MAX_AGENTS``
-agents are tracked at once; past that, the recorders of agents that have left are forgotten
-(``wrapper.agents_evicted`` counts them).
+recorders are kept (or one more than the most agents the env holds at once, if that is more):
+when a new agent needs one past that, the recorders of agents no longer in ``env.agents`` are
+forgotten (``wrapper.agents_evicted`` counts them; such an agent, if it returns, numbers its
+episodes from 0 again).
 """
 
 from __future__ import annotations
