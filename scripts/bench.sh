@@ -34,3 +34,8 @@ GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/py
 # Training scalars: SummaryWriter.add_scalar against tensorboardX's (benches/python/).
 echo "== py bench_scalar" >&2
 GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_scalar.py $QUICK
+
+# Notebooks: gym_telemetry.load of 1M scalar rows against pandas.read_parquet of the same rows
+# (benches/python/bench_load.py).
+echo "== py bench_load" >&2
+GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_load.py $QUICK
