@@ -49,27 +49,36 @@ def generated_aec(**kwargs):
 
 
 def play_parallel(env, episodes: int, seed: int = 0):
-    """Random actions; per agent: steps, return of each episode, episode ends."""
+    """Random actions; per agent: steps, return and length of each episode, and the env step
+    (counted over all episodes) at which each of its episodes ended."""
     steps: Counter = Counter()
     returns: dict = defaultdict(list)
+    lengths: dict = defaultdict(list)
+    ended_at: dict = defaultdict(list)
     env_steps = []
+    total = 0
     for ep in range(episodes):
         env.reset(seed=seed + ep)
         for a in env.agents:
             env.action_space(a).seed(seed + ep)
         ret: Counter = Counter()
+        length: Counter = Counter()
         n = 0
         while env.agents:
             actions = {a: env.action_space(a).sample() for a in env.agents}
             _, rewards, terms, truncs, _ = env.step(actions)
             n += 1
+            total += 1
             for a, r in rewards.items():
                 steps[a] += 1
                 ret[a] += float(r)
+                length[a] += 1
                 if terms.get(a) or truncs.get(a):
                     returns[a].append(ret.pop(a))
+                    lengths[a].append(length.pop(a))
+                    ended_at[a].append(total)
         env_steps.append(n)
-    return steps, returns, env_steps
+    return steps, returns, env_steps, lengths, ended_at
 
 
 def play_aec(env, episodes: int, seed: int = 0):
@@ -105,43 +114,67 @@ def play_aec(env, episodes: int, seed: int = 0):
 
 
 @pytest.mark.daemon
-def test_parallel_pistonball_counts_in_the_store(daemon) -> None:
+def test_parallel_knights_archers_zombies_counts_in_the_store(daemon) -> None:
+    """Butterfly's knights-archers-zombies (Parallel): agents leave when zombies reach them."""
     from gym_telemetry import load
 
-    tel = Telemetry(endpoint=daemon.endpoint, run_id="piston")
+    tel = Telemetry(endpoint=daemon.endpoint, run_id="kaz")
     env = TelemetryParallelWrapper(
-        pettingzoo.make("parallel", "butterfly/pistonball-v6", n_pistons=4, max_cycles=25), tel
+        pettingzoo.make("parallel", "butterfly/knights_archers_zombies-v11", max_cycles=80), tel
     )
-    steps, returns, env_steps = play_parallel(env, episodes=3)
+    steps, returns, env_steps, lengths, ended_at = play_parallel(env, episodes=3)
     env.close()
-    assert tel.close()["outcome"] == "acked"
+    assert tel.close(timeout=60.0)["outcome"] == "acked"
     assert env.telemetry_errors == 0
     store = daemon.var_dir / "telemetry.sqlite"
-    s = load("piston", kind="steps", store=store, backend="polars")
+    s = load("kaz", kind="steps", store=store, backend="polars")
     assert dict(Counter(s["agent_id"].to_list())) == dict(steps)
     assert set(s["control_mode"].cast(str).to_list()) == {"multi_agent"}
-    e = load("piston", kind="episodes", store=store, backend="polars")
+    e = load("kaz", kind="episodes", store=store, backend="polars")
     per_agent = e.filter(e["agent_id"] != "")
+    assert sorted(set(per_agent["agent_id"].to_list())) == sorted(returns)
     for agent, rets in returns.items():
         mine = per_agent.filter(per_agent["agent_id"] == agent).sort("episode_index")
         assert mine["episode_index"].to_list() == [0, 1, 2]
         assert mine["total_reward"].to_list() == pytest.approx(rets)
+        assert mine["steps"].to_list() == lengths[agent]
     run = e.filter(e["agent_id"] == "").sort("episode_index")
     assert run["episode_index"].to_list() == [0, 1, 2]
     assert run["steps"].to_list() == env_steps
     assert set(run["control_mode"].cast(str).to_list()) == {"multi_agent"}
     for i, meta in enumerate(run["metadata_json"].to_list()):
         m = json.loads(meta)
-        assert m["game_id"] == "pistonball_v6" and m["seed"] == i
+        assert m["game_id"] == "knights_archers_zombies_v11" and m["seed"] == i
         assert sorted(m["agents"]) == sorted(returns)
         assert {a: v["return"] for a, v in m["agents"].items()} == pytest.approx(
             {a: r[i] for a, r in returns.items()}
         )
-        assert {v["length"] for v in m["agents"].values()} == {env_steps[i]}
-    sc = load("piston", kind="scalars", store=store, tags=["agents/piston_0/episodic_return"])
-    assert sc["value"].tolist() == pytest.approx(returns["piston_0"])
-    assert set(sc["agent_id"]) == {"piston_0"}
-    assert sc["step"].tolist() == [sum(env_steps[: i + 1]) for i in range(3)]
+        assert {a: v["length"] for a, v in m["agents"].items()} == {a: n[i] for a, n in lengths.items()}
+        assert max(v["length"] for v in m["agents"].values()) == env_steps[i]
+    sc = load("kaz", kind="scalars", store=store, tags=["agents/archer_0/episodic_return"])
+    assert sc["value"].tolist() == pytest.approx(returns["archer_0"])
+    assert set(sc["agent_id"]) == {"archer_0"}
+    assert sc["step"].tolist() == ended_at["archer_0"]
+
+
+@pytest.mark.daemon
+def test_parallel_pistonball_image_observations_in_the_store(daemon) -> None:
+    """Pistonball's per-agent observations are images (~600 KB as JSON each): few steps."""
+    from gym_telemetry import load
+
+    tel = Telemetry(endpoint=daemon.endpoint, run_id="piston")
+    env = TelemetryParallelWrapper(
+        pettingzoo.make("parallel", "butterfly/pistonball-v6", n_pistons=4, max_cycles=5), tel
+    )
+    steps, returns, env_steps, _, _ = play_parallel(env, episodes=2)
+    assert tel.close(timeout=60.0)["outcome"] == "acked"
+    store = daemon.var_dir / "telemetry.sqlite"
+    s = load("piston", store=store, backend="polars")
+    assert dict(Counter(s["agent_id"].to_list())) == dict(steps)
+    e = load("piston", kind="episodes", store=store, backend="polars")
+    assert e.filter(e["agent_id"] == "")["steps"].to_list() == env_steps
+    got = e.filter(e["agent_id"] == "piston_0")["total_reward"].to_list()
+    assert got == pytest.approx(returns["piston_0"])
 
 
 @pytest.mark.daemon
