@@ -42,6 +42,11 @@ fi
 echo "== py bench_scalar" >&2
 GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_scalar.py $QUICK
 
+# Notebooks: gym_telemetry.load of 1M scalar rows against pandas.read_parquet of the same rows
+# (benches/python/bench_load.py).
+echo "== py bench_load" >&2
+GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_load.py $QUICK
+
 # The web dashboard in headless chromium (telemetry-web/tests/browser/bench.mjs): first chart of a
 # 1M-point run, live latency at 10k steps/s, JS heap growth of an open tab (WEB_TAB_MEMORY_SECS,
 # default 600 s, --quick 120 s). Needs Debian's chromium and npm.

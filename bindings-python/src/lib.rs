@@ -10,6 +10,8 @@
 //! - [`encode`]: Python values (numpy included) to compact JSON, walked in Rust.
 //! - [`hooks`]: Python callables as the shim's step/episode hooks.
 //! - [`recorder`]: the Gymnasium wrappers' per-agent episode bookkeeping (one call per step).
+//! - [`load`]: `gym_telemetry.load`'s read of a store file, or of the daemon's Query API, as
+//!   Parquet bytes.
 //! - [`logbridge`]: the shim's `tracing` events into Python `logging`.
 //! - [`args`], [`config`]: argument conversion with errors that name the argument.
 //!
@@ -22,6 +24,7 @@ mod args;
 mod config;
 mod encode;
 mod hooks;
+mod load;
 mod logbridge;
 mod recorder;
 mod telemetry;
@@ -51,6 +54,10 @@ mod native {
     use super::normalize_control_mode;
     #[pymodule_export]
     use crate::encode::Json;
+    #[pymodule_export]
+    use crate::load::_read_parquet;
+    #[pymodule_export]
+    use crate::load::_read_parquet_remote;
     #[pymodule_export]
     use crate::recorder::EpisodeRecorder;
     #[pymodule_export]

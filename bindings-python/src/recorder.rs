@@ -70,6 +70,11 @@ enum Render {
 /// With `episode_scalars`, each finished episode also records the run-wide scalars
 /// `charts/episodic_return` and `charts/episodic_length` at the run's global step (see
 /// `record`), and the Telemetry's `episode_scalars` becomes True.
+///
+/// With `scalar_prefix` (the PettingZoo wrappers pass `agents/<agent_id>/`), the episode
+/// scalars are `<prefix>episodic_return` and `<prefix>episodic_length` instead, recorded under
+/// the recorder's agent id (one curve per agent, side by side), and the Telemetry's
+/// `episode_scalars` is left alone (`SummaryWriter` never writes those tags itself).
 #[pyclass(frozen, module = "gym_telemetry._native")]
 pub struct EpisodeRecorder {
     telemetry: Py<Telemetry>,
@@ -77,6 +82,8 @@ pub struct EpisodeRecorder {
     control_mode: &'static str,
     record_info: bool,
     episode_scalars: bool,
+    /// The episode scalars' tags, and the agent id they are recorded under ("": run-wide).
+    scalar_tags: ScalarTags,
     state: Mutex<State>,
     render: Mutex<std::sync::Arc<Render>>,
     /// `env.step` of the env given to `bind`.
@@ -260,8 +267,9 @@ impl EpisodeRecorder {
                     .and_then(episode_statistics)
                     .unwrap_or((ret, len as f64));
                 let step = scalar_step.unwrap_or_else(|| tel.steps_recorded());
-                tel.send_scalar(py, EPISODIC_RETURN, ret, step)?;
-                tel.send_scalar(py, EPISODIC_LENGTH, len, step)?;
+                let tags = &self.scalar_tags;
+                tel.send_scalar(py, &tags.ret, ret, step, &tags.agent_id)?;
+                tel.send_scalar(py, &tags.len, len, step, &tags.agent_id)?;
             }
         }
         Ok(ended)
@@ -271,6 +279,39 @@ impl EpisodeRecorder {
 /// The episode scalars' tags (CleanRL's names).
 const EPISODIC_RETURN: &str = "charts/episodic_return";
 const EPISODIC_LENGTH: &str = "charts/episodic_length";
+
+/// Where a recorder's episode scalars go.
+struct ScalarTags {
+    ret: String,
+    len: String,
+    /// The scalars' agent id ("" for the run-wide `charts/` ones).
+    agent_id: String,
+}
+
+impl ScalarTags {
+    /// CleanRL's run-wide tags, or `<prefix>episodic_return` / `<prefix>episodic_length`
+    /// under `agent_id` (checked by the one tag rule, `telemetry_core::validate::check_tag`).
+    fn new(prefix: Option<&str>, agent_id: &str) -> PyResult<Self> {
+        let Some(prefix) = prefix else {
+            return Ok(ScalarTags {
+                ret: EPISODIC_RETURN.to_owned(),
+                len: EPISODIC_LENGTH.to_owned(),
+                agent_id: String::new(),
+            });
+        };
+        let tags = ScalarTags {
+            ret: format!("{prefix}episodic_return"),
+            len: format!("{prefix}episodic_length"),
+            agent_id: agent_id.to_owned(),
+        };
+        for tag in [&tags.ret, &tags.len] {
+            telemetry_core::validate::check_tag(tag).map_err(|e| {
+                pyo3::exceptions::PyValueError::new_err(format!("scalar_prefix: {e}"))
+            })?;
+        }
+        Ok(tags)
+    }
+}
 
 /// `info["episode"]["r"]` and `["l"]` as Gymnasium's `RecordEpisodeStatistics` leaves them
 /// at an episode's end (numbers, or one-element arrays), if there.
@@ -285,21 +326,25 @@ fn episode_statistics(info: &Bound<'_, PyAny>) -> Option<(f64, f64)> {
 impl EpisodeRecorder {
     #[new]
     #[pyo3(signature = (telemetry, agent_id=None, control_mode=None, record_info=true, *,
-        episode_scalars=false))]
+        episode_scalars=false, scalar_prefix=None))]
     fn new(
         telemetry: Py<Telemetry>,
         agent_id: Option<&Bound<'_, PyAny>>,
         control_mode: Option<&Bound<'_, PyAny>>,
         record_info: bool,
         episode_scalars: bool,
+        scalar_prefix: Option<&str>,
     ) -> PyResult<Self> {
-        if episode_scalars {
+        let agent_id = args::opt_id(agent_id, "agent_id")?.unwrap_or_default();
+        let scalar_tags = ScalarTags::new(scalar_prefix, &agent_id)?;
+        if episode_scalars && scalar_prefix.is_none() {
             telemetry.get().attach_episode_scalars();
         }
         Ok(EpisodeRecorder {
             telemetry,
             episode_scalars,
-            agent_id: args::opt_id(agent_id, "agent_id")?.unwrap_or_default(),
+            scalar_tags,
+            agent_id,
             control_mode: args::opt_control_mode(control_mode, "control_mode")?
                 .map(ControlMode::as_str)
                 .unwrap_or(""),
@@ -388,6 +433,13 @@ impl EpisodeRecorder {
     #[getter]
     fn steps(&self) -> u64 {
         self.state().counter.summary().length
+    }
+
+    /// The sum of the rewards recorded in the current episode (after its last step: the
+    /// finished episode's return, until the next step or `begin`).
+    #[getter]
+    fn episode_return(&self) -> f64 {
+        self.state().counter.summary().total_reward
     }
 
     /// Starts the next episode (see the module docs); `metadata` (a dict, or a `Json` of one)

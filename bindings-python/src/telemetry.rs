@@ -293,19 +293,21 @@ impl Telemetry {
         self.episode_scalars.store(true, Relaxed);
     }
 
-    /// Records one run-wide scalar made by the binding itself (the wrappers' episode
-    /// scalars), with `log_scalar`'s checks.
+    /// Records one scalar made by the binding itself (the wrappers' episode scalars), with
+    /// `log_scalar`'s checks; `agent_id` "" is run-wide.
     pub(crate) fn send_scalar(
         &self,
         py: Python<'_>,
         tag: &str,
         value: f64,
         step: u64,
+        agent_id: &str,
     ) -> PyResult<()> {
         let s = telemetry_core::pb::Scalar {
             tag: tag.to_owned(),
             value,
             step: i64::try_from(step).unwrap_or(i64::MAX),
+            agent_id: agent_id.to_owned(),
             ..Default::default()
         };
         self.send_scalars(py, vec![s])

@@ -275,6 +275,14 @@ pub enum ExportError {
     /// Flushing the output failed.
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
+    /// A [`RecordWriter`] was given a record of another stream (or made for events).
+    #[error("a writer of {} cannot take {expected}", stream.name())]
+    WrongStream {
+        /// The writer's stream.
+        stream: Stream,
+        /// What it was given.
+        expected: &'static str,
+    },
 }
 
 /// Writes every stored record of the stream `opts` selects (see [`Stream::of`]) that matches
@@ -285,6 +293,19 @@ pub fn export_parquet<W: Write + Send>(
     reader: &StoreReader,
     opts: &DumpOptions,
     parquet: &ParquetOptions,
+    out: W,
+) -> Result<ExportReport, ExportError> {
+    export_parquet_tags(reader, opts, parquet, &[], out)
+}
+
+/// [`export_parquet`], with scalars further limited to the exact `tags` (empty: every tag;
+/// the other streams ignore it). `gym_telemetry.load(kind="scalars", tags=...)` reads this way.
+/// `last_seq` is then the seq of the last scalar read, written or not.
+pub fn export_parquet_tags<W: Write + Send>(
+    reader: &StoreReader,
+    opts: &DumpOptions,
+    parquet: &ParquetOptions,
+    tags: &[String],
     out: W,
 ) -> Result<ExportReport, ExportError> {
     let stream = Stream::of(opts);
@@ -316,9 +337,12 @@ pub fn export_parquet<W: Write + Send>(
                 let Some(last) = page.last() else { break };
                 since = last.seq_id;
                 for scalar in &page {
-                    cols.push(scalar);
-                    sink.row_added(&mut cols, scalar.seq_id)?;
+                    if tags.is_empty() || tags.contains(&scalar.tag) {
+                        cols.push(scalar);
+                        sink.row_added(&mut cols, scalar.seq_id)?;
+                    }
                 }
+                sink.report.last_seq = since;
             }
             sink.finish(cols)
         }
@@ -336,6 +360,94 @@ pub fn export_parquet<W: Write + Send>(
                 }
             }
             sink.finish(cols)
+        }
+    }
+}
+
+/// One stream's rows written as they come, from any source: [`export_parquet`] reads the
+/// store itself; a reader of the daemon's Query API (`gym_telemetry.load` without a store
+/// file) pushes the records it receives. Same schemas, same batching and row groups, so both
+/// paths give the same file for the same rows.
+pub struct RecordWriter<W: Write + Send> {
+    sink: Sink<W>,
+    cols: AnyColumns,
+}
+
+/// One writer holds one of these for its whole life, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum AnyColumns {
+    Steps(StepColumns),
+    Episodes(EpisodeColumns),
+    Scalars(ScalarColumns),
+}
+
+impl<W: Write + Send> RecordWriter<W> {
+    /// A writer of `stream` (steps, episodes or scalars; lifecycle events come only from the
+    /// store, [`export_parquet`]) into `out`.
+    pub fn new(stream: Stream, parquet: &ParquetOptions, out: W) -> Result<Self, ExportError> {
+        let cols = match stream {
+            Stream::Steps => AnyColumns::Steps(StepColumns::default()),
+            Stream::Episodes => AnyColumns::Episodes(EpisodeColumns::default()),
+            Stream::Scalars => AnyColumns::Scalars(ScalarColumns::default()),
+            Stream::Events => {
+                return Err(ExportError::WrongStream {
+                    stream,
+                    expected: "a store",
+                })
+            }
+        };
+        Ok(RecordWriter {
+            sink: Sink::new(stream, parquet, out, 0)?,
+            cols,
+        })
+    }
+
+    /// Appends a step (a writer of another stream refuses it).
+    pub fn push_step(&mut self, step: &RunStep) -> Result<(), ExportError> {
+        match &mut self.cols {
+            AnyColumns::Steps(c) => {
+                c.push(step)?;
+                self.sink.row_added(c, step.seq_id)
+            }
+            _ => Err(self.wrong("steps")),
+        }
+    }
+
+    /// Appends an episode.
+    pub fn push_episode(&mut self, episode: &RunEpisode) -> Result<(), ExportError> {
+        match &mut self.cols {
+            AnyColumns::Episodes(c) => {
+                c.push(episode)?;
+                self.sink.row_added(c, episode.seq_id)
+            }
+            _ => Err(self.wrong("episodes")),
+        }
+    }
+
+    /// Appends a scalar.
+    pub fn push_scalar(&mut self, scalar: &Scalar) -> Result<(), ExportError> {
+        match &mut self.cols {
+            AnyColumns::Scalars(c) => {
+                c.push(scalar);
+                self.sink.row_added(c, scalar.seq_id)
+            }
+            _ => Err(self.wrong("scalars")),
+        }
+    }
+
+    fn wrong(&self, expected: &'static str) -> ExportError {
+        ExportError::WrongStream {
+            stream: self.sink.report.stream.unwrap_or(Stream::Steps),
+            expected,
+        }
+    }
+
+    /// Writes the last batch and the footer; returns what was written.
+    pub fn finish(self) -> Result<ExportReport, ExportError> {
+        match self.cols {
+            AnyColumns::Steps(c) => self.sink.finish(c),
+            AnyColumns::Episodes(c) => self.sink.finish(c),
+            AnyColumns::Scalars(c) => self.sink.finish(c),
         }
     }
 }

@@ -654,3 +654,77 @@ fn large_rows_close_row_groups_by_bytes() {
     assert!(batches.iter().all(|b| b.num_rows() <= 4096));
     assert_eq!(u64s(&batches, "seq"), (1..=N).collect::<Vec<_>>());
 }
+
+#[test]
+fn pushed_records_give_the_same_file_as_the_store_export() {
+    use telemetry_export::{export_parquet_tags, RecordWriter};
+    let fx = fixture();
+    let reader = fx.reader();
+    let opts = ParquetOptions::default();
+    let same = |dump: DumpOptions, push: &dyn Fn(&mut RecordWriter<&mut Vec<u8>>)| {
+        let mut exported = Vec::new();
+        let report = export_parquet(&reader, &dump, &opts, &mut exported).unwrap();
+        let mut pushed = Vec::new();
+        let mut w = RecordWriter::new(Stream::of(&dump), &opts, &mut pushed).unwrap();
+        push(&mut w);
+        let pushed_report = w.finish().unwrap();
+        assert!(report.rows > 0);
+        assert_eq!(pushed_report.rows, report.rows);
+        assert_eq!(pushed_report.last_seq, report.last_seq);
+        assert_eq!(pushed, exported, "byte for byte");
+    };
+    same(DumpOptions::default(), &|w| {
+        for s in reader.stream_steps_since(0, &Filter::default()) {
+            w.push_step(&s.unwrap()).unwrap();
+        }
+    });
+    let episodes = DumpOptions {
+        episodes: true,
+        ..DumpOptions::default()
+    };
+    same(episodes, &|w| {
+        for e in reader.stream_episodes_since(0, &Filter::default()) {
+            w.push_episode(&e.unwrap()).unwrap();
+        }
+    });
+    let scalars = DumpOptions {
+        scalars: true,
+        ..DumpOptions::default()
+    };
+    same(scalars, &|w| {
+        for s in reader
+            .read_scalars_page(0, &Filter::default(), 1000)
+            .unwrap()
+        {
+            w.push_scalar(&s).unwrap();
+        }
+        // A record of another stream is refused, not written.
+        assert!(matches!(
+            w.push_step(&step(0)),
+            Err(ExportError::WrongStream { .. })
+        ));
+    });
+    // Exact tags: only those scalars, and last_seq still moves past the others.
+    let mut out = Vec::new();
+    let all = reader
+        .read_scalars_page(0, &Filter::default(), 1000)
+        .unwrap();
+    let tag = all[0].tag.clone();
+    let dump = DumpOptions {
+        scalars: true,
+        ..DumpOptions::default()
+    };
+    let report =
+        export_parquet_tags(&reader, &dump, &opts, std::slice::from_ref(&tag), &mut out).unwrap();
+    assert_eq!(
+        report.rows,
+        all.iter().filter(|s| s.tag == tag).count() as u64
+    );
+    let none = export_parquet_tags(&reader, &dump, &opts, &["no/such".into()], Vec::new()).unwrap();
+    assert_eq!(none.rows, 0);
+    assert_eq!(none.last_seq, all.last().unwrap().seq_id);
+    assert!(matches!(
+        RecordWriter::new(Stream::Events, &opts, Vec::new()),
+        Err(ExportError::WrongStream { .. })
+    ));
+}

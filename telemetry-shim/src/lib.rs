@@ -46,6 +46,7 @@ pub mod error;
 #[cfg(feature = "fake-ingest")]
 pub mod fake_ingest;
 pub mod metadata;
+pub mod query;
 pub mod ratelimit;
 pub mod shim;
 pub mod stats;

@@ -40,7 +40,8 @@ fn enter_opens_one_pane_per_agent_and_x_closes_the_run() {
             "r1/a2: Grid",
             "r1/a2: Raw",
             "r1/a2: Episodes",
-            "r1: Charts"
+            "r1: Charts",
+            "r1: Agents"
         ]
     );
     assert_eq!(app.current_tab().title(), "r1/a1: Grid");
@@ -68,7 +69,7 @@ fn enter_opens_one_pane_per_agent_and_x_closes_the_run() {
     assert_eq!(opened_steps(&away).len(), 1);
     assert!(opened_steps(&away)[0].1.drop_render);
     let again = open_selected(&mut app);
-    assert_eq!(titles(&app).len(), 9, "no second set of tabs");
+    assert_eq!(titles(&app).len(), 10, "no second set of tabs");
     assert!(opened_episodes(&again).is_empty());
     assert!(opened_steps(&again)
         .iter()

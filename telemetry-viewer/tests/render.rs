@@ -473,3 +473,128 @@ fn charts_draw_the_shown_group_with_last_values_and_count_nan() {
         "the x axis ends at the last step: {txt}"
     );
 }
+
+#[test]
+fn agents_tab_shows_every_agent_side_by_side_on_one_scale() {
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary(
+            "mp",
+            RunState::Running,
+            &["piston_0", "piston_1", "piston_2"],
+            &["multi_agent"],
+        )],
+        t0,
+    );
+    let cmds = open_selected(&mut app);
+    let eps = opened_episodes(&cmds);
+    assert_eq!(eps.len(), 3, "one episodes stream per agent");
+    // piston_0: returns 0.25, 1.25, 2.25 (10 steps each); piston_1: one of 5.25; piston_2: none.
+    for (id, req) in &eps {
+        let episodes = match req.agent_id.as_str() {
+            "piston_0" => (0..3)
+                .map(|i| episode("mp", "piston_0", i + 1, i, "multi_agent", "{}"))
+                .collect(),
+            "piston_1" => vec![episode("mp", "piston_1", 9, 5, "multi_agent", "{}")],
+            _ => Vec::new(),
+        };
+        app.update(Event::Episodes {
+            stream: *id,
+            message: episodes_msg(episodes, None),
+        });
+    }
+    let agents = app
+        .tabs()
+        .iter()
+        .position(|t| {
+            *t == Tab::Agents {
+                run_id: "mp".into(),
+            }
+        })
+        .expect("a run with several agents has an Agents tab");
+    assert_eq!(app.tabs()[agents - 1].title(), "mp: Charts");
+    // `a` from an agent tab jumps to it.
+    app.update(key(KeyCode::Char('a')));
+    assert_eq!(app.current_index(), agents);
+    let buf = render(&app, 100, 24);
+    let rows = lines(&buf);
+    assert!(
+        rows[1].contains("mp · 3 agents side by side"),
+        "{}",
+        rows[1]
+    );
+    let header = rows
+        .iter()
+        .find(|l| l.contains("Agent") && l.contains("Eps"))
+        .expect("header");
+    for h in [
+        "Eps",
+        "Steps",
+        "Last",
+        "Mean",
+        "Best",
+        "Len",
+        "returns 0.25 … 5.25",
+    ] {
+        assert!(header.contains(h), "{h} in {header}");
+    }
+    let row = |agent: &str| {
+        rows.iter()
+            .skip(1) // the tab bar names agents too
+            .find(|l| l.contains(agent))
+            .unwrap_or_else(|| panic!("{agent} row in {rows:?}"))
+            .replace('│', " ")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // Agent, episodes, steps, last, mean, best, mean length, sparkline (one shared scale).
+    assert_eq!(
+        row("piston_0")[1..],
+        ["3", "0", "2.25", "1.25", "2.25", "10.0", "▁▂▄"]
+    );
+    assert_eq!(
+        row("piston_1")[1..],
+        ["1", "0", "5.25", "5.25", "5.25", "10.0", "█"]
+    );
+    assert_eq!(row("piston_2")[1..], ["0", "0", "—", "—", "—", "—"]);
+    // The agent with the best mean return is highlighted.
+    let cell = |agent: &str| {
+        let y = rows
+            .iter()
+            .skip(1)
+            .position(|l| l.contains(agent))
+            .expect("agent row") as u16
+            + 1;
+        let x = rows[usize::from(y)]
+            .chars()
+            .position(|c| c == 'p')
+            .expect("name") as u16;
+        buf[(x, y)].fg
+    };
+    assert_eq!(cell("piston_1"), Color::Green);
+    assert_ne!(cell("piston_0"), Color::Green);
+}
+
+#[test]
+fn a_single_agent_run_has_no_agents_tab_until_a_second_agent_appears() {
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary("r1", RunState::Running, &["a1"], &[])],
+        t0,
+    );
+    open_selected(&mut app);
+    assert!(!app.tabs().iter().any(|t| matches!(t, Tab::Agents { .. })));
+    list(
+        &mut app,
+        vec![summary("r1", RunState::Running, &["a1", "a2"], &[])],
+        t0,
+    );
+    let titles: Vec<String> = app.tabs().iter().map(Tab::title).collect();
+    assert!(titles.contains(&"r1: Agents".to_owned()), "{titles:?}");
+    assert!(titles.contains(&"r1/a2: Grid".to_owned()), "{titles:?}");
+    app.update(key(KeyCode::Char('x')));
+    assert_eq!(app.tabs().len(), 2, "closing the run closes its Agents tab");
+}

@@ -11,7 +11,10 @@ and sent to the daemon by a background thread, so a training loop never waits fo
     tel.episode_end()                       # return, length and flags from the steps
     tel.close()
 
-For Gymnasium environments, ``TelemetryWrapper`` / ``TelemetryVectorWrapper`` do the calls.
+For Gymnasium environments, ``TelemetryWrapper`` / ``TelemetryVectorWrapper`` do the calls;
+for PettingZoo, ``gym_telemetry.pettingzoo.TelemetryParallelWrapper`` / ``TelemetryAECWrapper``.
+Notebooks read runs back as DataFrames: ``gym_telemetry.load(run_id, kind=..., store=PATH)``
+and ``gym_telemetry.pivot(scalars)`` (``gym_telemetry.dataframes``).
 
 Training scalars: ``tel.log_scalar("losses/td_loss", loss)`` / ``tel.log({tag: value, ...})``
 (step None: the run's global step, the env steps recorded). Scripts written for TensorBoard
@@ -54,6 +57,7 @@ from ._native import (
 )
 
 from .tensorboard import SummaryWriter
+from .dataframes import load, pivot
 
 if TYPE_CHECKING:  # pragma: no cover
     from .wrappers import TelemetryVectorWrapper, TelemetryWrapper
@@ -69,7 +73,9 @@ __all__ = [
     "__version__",
     "encode_json",
     "from_env",
+    "load",
     "normalize_control_mode",
+    "pivot",
 ]
 
 

@@ -2,7 +2,7 @@
 
 import os
 from types import TracebackType
-from typing import Any, Callable, Dict, Literal, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Type, TypeVar, Union
 
 _PathLike = Union[str, "os.PathLike[str]"]
 _Hook = TypeVar("_Hook", bound=Callable[[Dict[str, Any]], Optional[Mapping[str, Any]]])
@@ -138,11 +138,14 @@ class EpisodeRecorder:
         record_info: bool = True,
         *,
         episode_scalars: bool = False,
+        scalar_prefix: Optional[str] = None,
     ) -> None: ...
     @property
     def episode_index(self) -> int: ...
     @property
     def steps(self) -> int: ...
+    @property
+    def episode_return(self) -> float: ...
     @property
     def errors(self) -> int: ...
     def set_toy_text_render(self, env: Any, rows: int, cols: int) -> None: ...
@@ -186,3 +189,23 @@ def from_env(
 def encode_json(value: Any, *, max_bytes: int = 1048576) -> str: ...
 def normalize_control_mode(value: str) -> str: ...
 def _close_all(timeout: float = 5.0) -> int: ...
+def _read_parquet(
+    store: _PathLike,
+    run_id: str,
+    kind: str = "steps",
+    *,
+    agent_id: Optional[str] = None,
+    control_mode: Optional[str] = None,
+    tags: Optional[List[str]] = None,
+    since_seq: int = 0,
+) -> bytes: ...
+def _read_parquet_remote(
+    run_id: str,
+    kind: str = "steps",
+    *,
+    endpoint: Optional[str] = None,
+    agent_id: Optional[str] = None,
+    control_mode: Optional[str] = None,
+    tags: Optional[List[str]] = None,
+    since_seq: int = 0,
+) -> bytes: ...

@@ -57,6 +57,7 @@ impl App {
             Tab::HumanReplay => self.human_key(key.code),
             Tab::Agent { key: pane, view } => self.agent_key(&pane, view, key.code),
             Tab::Charts { run_id } => self.charts_key(&run_id, key.code),
+            Tab::Agents { run_id } => self.agents_key(&run_id, key.code),
         }
     }
 
@@ -84,6 +85,27 @@ impl App {
                     }
                 }
             }
+        }
+        Vec::new()
+    }
+
+    /// The Agents tab: `x` closes the run, Left/Right move between tabs, `g`/`r`/`e`/`p`
+    /// open the run's first agent's view and `c` its Charts, as from an agent tab.
+    fn agents_key(&mut self, run_id: &str, code: KeyCode) -> Vec<Command> {
+        match code {
+            KeyCode::Char('x') => return self.close_run(run_id),
+            KeyCode::Left => self.cycle(-1),
+            KeyCode::Right => self.cycle(1),
+            KeyCode::Char('g' | 'r' | 'e' | 'p' | 'c') => {
+                let first = self.tabs.iter().find_map(|t| match t {
+                    Tab::Agent { key, .. } if key.run_id == run_id => Some(key.clone()),
+                    _ => None,
+                });
+                if let Some(key) = first {
+                    return self.agent_key(&key, AgentView::Grid, code);
+                }
+            }
+            _ => {}
         }
         Vec::new()
     }
@@ -182,6 +204,15 @@ impl App {
                 run_id: key.run_id.clone(),
             };
             if let Some(i) = self.tabs.iter().position(|t| *t == charts) {
+                self.current = i;
+            }
+            return Vec::new();
+        }
+        if code == KeyCode::Char('a') {
+            let agents = Tab::Agents {
+                run_id: key.run_id.clone(),
+            };
+            if let Some(i) = self.tabs.iter().position(|t| *t == agents) {
                 self.current = i;
             }
             return Vec::new();

@@ -183,6 +183,11 @@ pub enum Tab {
         /// The run.
         run_id: String,
     },
+    /// Every agent of an open run with several agents, side by side (`views::agents`).
+    Agents {
+        /// The run.
+        run_id: String,
+    },
 }
 
 impl Tab {
@@ -193,6 +198,7 @@ impl Tab {
             Tab::HumanReplay => "Human Replay".to_owned(),
             Tab::Agent { key, view } => format!("{}: {}", key.label(), view.name()),
             Tab::Charts { run_id } => format!("{run_id}: Charts"),
+            Tab::Agents { run_id } => format!("{run_id}: Agents"),
         }
     }
 }
@@ -348,6 +354,11 @@ impl App {
     /// A pane of an open run.
     pub fn pane(&self, key: &PaneKey) -> Option<&Pane> {
         self.panes.get(key)
+    }
+
+    /// The panes of an open run, in agent-id order.
+    pub fn run_panes<'a>(&'a self, run_id: &'a str) -> impl Iterator<Item = &'a Pane> + 'a {
+        self.panes.values().filter(move |p| p.key.run_id == run_id)
     }
 
     /// The Charts state of an open run.
@@ -681,6 +692,7 @@ impl App {
                     self.add_pane(key, finished.clone());
                 }
             }
+            self.add_agents_tab(&run_id);
             if let Some(state) = finished {
                 let keys: Vec<PaneKey> = self
                     .panes
@@ -716,6 +728,27 @@ impl App {
             self.add_replay_tab(&key);
         }
         first
+    }
+
+    /// Adds the run's Agents tab (after its Charts tab) once it has two agents or more.
+    fn add_agents_tab(&mut self, run_id: &str) {
+        let tab = Tab::Agents {
+            run_id: run_id.to_owned(),
+        };
+        if self.tabs.contains(&tab) || self.run_panes(run_id).count() < 2 {
+            return;
+        }
+        let charts = Tab::Charts {
+            run_id: run_id.to_owned(),
+        };
+        let at = match self.tabs.iter().position(|t| *t == charts) {
+            Some(i) => i + 1,
+            None => self.tabs.len(),
+        };
+        self.tabs.insert(at, tab);
+        if self.current >= at {
+            self.current += 1;
+        }
     }
 
     fn add_replay_tab(&mut self, key: &PaneKey) {
@@ -777,6 +810,7 @@ impl App {
                 },
             );
         }
+        self.add_agents_tab(run_id);
         if let Some(i) = first {
             self.current = i;
         }
@@ -792,7 +826,7 @@ impl App {
         self.charts.remove(run_id);
         self.tabs.retain(|t| match t {
             Tab::Agent { key, .. } => key.run_id != run_id,
-            Tab::Charts { run_id: r } => r != run_id,
+            Tab::Charts { run_id: r } | Tab::Agents { run_id: r } => r != run_id,
             Tab::Runs | Tab::HumanReplay => true,
         });
         let ids: Vec<StreamId> = self

@@ -16,6 +16,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Enter", "open run · load episode · replay it"),
     ("g r e p", "agent's Grid / Raw / Episodes / Replay"),
     ("c", "the run's Charts (↑↓ j k: tag group)"),
+    ("a", "the run's Agents: every agent side by side"),
     ("← → h l", "replay: previous / next frame"),
     ("Home End", "first / last (frame, row, Raw top/tail)"),
     ("Space", "replay: play / pause"),

@@ -4,6 +4,7 @@
 //! Layout (works down to 80x24): one line of tabs, the body of the shown tab, one status line
 //! (link state, lag, drops, gaps, key hint), and the key help on top when asked for.
 
+pub mod agents;
 pub mod charts;
 pub mod episodes;
 pub mod grid;
@@ -51,6 +52,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
             Some(c) => charts::draw(frame, body, c),
             None => frame.render_widget(Paragraph::new("(closed)"), body),
         },
+        Tab::Agents { run_id } => agents::draw(frame, body, run_id, app.run_panes(run_id)),
     }
     frame.render_widget(Paragraph::new(status_line(app)), status);
     if app.show_help() {
