@@ -230,7 +230,7 @@
         this.plot = new uPlot({
           width: this.opts.width || 440, height: 220, series,
           scales: { x: { time: axis === 'wall' } },
-          axes: [{ label: axis === 'step' ? 'step' : axis === 'rel' ? 'seconds since start' : '' }, {}],
+          axes: [{ label: axis === 'step' ? (this.tag === 'episodes/return' ? 'episode' : 'step') : axis === 'rel' ? 'seconds since start' : '' }, {}],
           cursor: { drag: { x: true, y: false } },
           hooks: {
             draw: [() => { __gt.charts.drawn++; if (__gt.firstChartMs == null) __gt.firstChartMs = performance.now(); }],
