@@ -31,6 +31,7 @@ use crate::{
     control::ControlService,
     dispatch::{DispatchConfig, WorkerTls},
     error::{io, ServerError},
+    follow::Follower,
     handle::{endpoint_for, ServerHandle},
     housekeeping::{housekeeping, stop_workers},
     ingest::IngestService,
@@ -64,9 +65,22 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     let (writer, reader, upkeep) = open_store(&cfg, &metrics)?;
 
     let hub = Hub::new(cfg.hub.clone(), Arc::new(StoreCatchUp::new(reader.clone())));
-    let (pipeline, writer_thread) =
-        pipeline::spawn(writer, hub.clone(), metrics.clone(), cfg.store_retry)
-            .map_err(io("starting the store writer"))?;
+    // A store shared with other daemons: the follower publishes (before our first write, so
+    // its cursors start below everything this server commits).
+    let follower = Follower::start(
+        backend_of(&cfg).as_ref(),
+        reader.clone(),
+        hub.clone(),
+        metrics.clone(),
+    )?;
+    let (pipeline, writer_thread) = pipeline::spawn(
+        writer,
+        hub.clone(),
+        follower.as_ref().map(Follower::local_wake),
+        metrics.clone(),
+        cfg.store_retry,
+    )
+    .map_err(io("starting the store writer"))?;
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -156,6 +170,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         upkeep,
         pipeline,
         writer_thread,
+        follower,
         grace: cfg.cancel_grace,
     };
     let join = tokio::spawn(serve(
@@ -444,6 +459,7 @@ struct Stopped {
     upkeep: Option<CheckpointThread>,
     pipeline: Pipeline,
     writer_thread: std::thread::JoinHandle<()>,
+    follower: Option<Follower>,
     grace: Duration,
 }
 
@@ -496,6 +512,9 @@ async fn serve(
     drop(s.registry);
     let writer_thread = s.writer_thread;
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if let Some(f) = s.follower {
+        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+    }
     drop(s.lock);
     tracing::info!("gym-telemetry server stopped");
     result.map_err(ServerError::from)

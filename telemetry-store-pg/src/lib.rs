@@ -53,6 +53,7 @@
 //! rules.
 
 mod error;
+mod feed;
 mod reader;
 mod schema;
 pub mod testing;
@@ -237,6 +238,19 @@ impl Rt {
     }
 }
 
+/// A connection of our own (not pooled), its socket driven by the returned connection object.
+pub(crate) async fn connect(
+    pg: &tokio_postgres::Config,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    StoreError,
+> {
+    pg.connect(NoTls).await.map_err(error::classify)
+}
+
 /// What the writer and the reader of one backend share.
 pub(crate) struct Shared {
     // Field order is drop order: the pools (whose connections' tasks run on `rt`) go first.
@@ -388,5 +402,15 @@ impl Backend for PgBackend {
 
     fn describe(&self) -> String {
         self.shared.cfg.describe()
+    }
+
+    fn change_feed(
+        &self,
+        wake: telemetry_store::ChangeWake,
+    ) -> Result<Option<Box<dyn telemetry_store::ChangeFeed>>, StoreError> {
+        Ok(Some(Box::new(feed::PgChangeFeed::start(
+            self.shared.clone(),
+            wake,
+        )?)))
     }
 }

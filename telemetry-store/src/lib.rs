@@ -70,7 +70,10 @@ use std::{
     time::Duration,
 };
 
-pub use backend::{Backend, BackendReader, BackendWriter, Maintenance, SqliteBackend};
+pub use backend::{
+    Backend, BackendReader, BackendWriter, ChangeFeed, ChangeFeedStats, ChangeWake, Maintenance,
+    SqliteBackend, StreamHeads,
+};
 pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
 pub use iter::{EpisodeIter, StepIter};
