@@ -51,6 +51,7 @@ pub mod backend;
 mod checkpoint;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod copy;
 pub mod dump;
 mod error;
 mod identity;
