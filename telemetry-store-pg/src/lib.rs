@@ -48,9 +48,12 @@
 //! object); deadpool-postgres pools the readers' connections, recycles broken ones and keeps
 //! prepared statements per connection.
 //!
+//! - **Change feed.** Each append that stores rows sends one `pg_notify` hint (seqs only) in its
+//!   transaction; [`Backend::change_feed`] `LISTEN`s for them (`feed.rs`), so the server's
+//!   follower can publish other daemons' records live.
+//!
 //! Not yet: TLS to the server (`NoTls` only: use a loopback or a private network, or a local
-//! TLS-terminating proxy), live streams across daemons, a shared run registry's ownership
-//! rules.
+//! TLS-terminating proxy), a shared run registry's ownership rules.
 
 mod error;
 mod feed;
