@@ -85,6 +85,7 @@ impl PgChangeFeed {
         let (ready, listening) = tokio::sync::oneshot::channel();
         let task = shared.rt.runtime().spawn(listen_loop(
             shared.cfg.pg.clone(),
+            shared.cfg.tls.clone(),
             shared.cfg.schema.clone(),
             counters.clone(),
             wake,
@@ -113,6 +114,7 @@ impl PgChangeFeed {
 
 async fn listen_loop(
     pg: tokio_postgres::Config,
+    tls: crate::tls::Connector,
     channel: String,
     counters: Arc<Counters>,
     wake: ChangeWake,
@@ -122,16 +124,18 @@ async fn listen_loop(
     let mut connected_before = false;
     let mut ready = Some(ready);
     loop {
-        match listen_once(
-            &pg,
-            &channel,
-            &counters,
-            &wake,
-            &mut connected_before,
-            &mut ready,
-        )
-        .await
-        {
+        let (cb, r) = (&mut connected_before, &mut ready);
+        let once = match &tls {
+            crate::tls::Connector::Plain => {
+                let conn = crate::connect(&pg, tokio_postgres::NoTls).await;
+                listen_on(conn, &channel, &counters, &wake, cb, r).await
+            }
+            crate::tls::Connector::Tls(t) => {
+                let conn = crate::connect(&pg, t.clone()).await;
+                listen_on(conn, &channel, &counters, &wake, cb, r).await
+            }
+        };
+        match once {
             Ok(()) => tracing::warn!("store change feed: connection closed, reconnecting"),
             Err(e) => tracing::warn!(error = %e, ?pause, "store change feed: reconnecting"),
         }
@@ -144,17 +148,22 @@ async fn listen_loop(
     }
 }
 
+type Connection<S> = tokio_postgres::Connection<tokio_postgres::Socket, S>;
+
 /// One connection: `LISTEN`, wake once (catch-up), then wake on every notification until the
 /// connection ends.
-async fn listen_once(
-    pg: &tokio_postgres::Config,
+async fn listen_on<S>(
+    connected: Result<(tokio_postgres::Client, Connection<S>), StoreError>,
     channel: &str,
     counters: &Counters,
     wake: &ChangeWake,
     connected_before: &mut bool,
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<(), StoreError> {
-    let (client, mut conn) = crate::connect(pg).await?;
+) -> Result<(), StoreError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (client, mut conn) = connected?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
     let driver = async move {
