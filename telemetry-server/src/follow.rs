@@ -22,6 +22,11 @@
 //! - a failed read is counted (`errors`) and retried on the next round from the same cursors.
 //!
 //! Memory is bounded by one page per stream ([`PAGE`] records).
+//!
+//! The run registry is shared the same way: every run row carries its owner daemon
+//! (`RunInfo.owner`, [`daemon_identity`]); [`follow_runs`] reads the rows every second and
+//! shows other daemons' runs in ours (ListRuns, WatchRuns), which never persists, cancels,
+//! reaps or times them out: their owner does.
 
 use std::{
     sync::{
@@ -38,7 +43,46 @@ use telemetry_store::{
     Backend, BackendReader, ChangeFeed, ChangeWake, Filter, StoreError, StreamHeads,
 };
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, runs::Registry};
+
+/// How often the run rows of other daemons are read into the registry.
+pub const RUNS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// This daemon's identity on a shared store: `<hostname>:<var dir>` (stable across restarts,
+/// so a restarted daemon knows its own runs; distinct per var dir, so two daemons of one host
+/// differ).
+pub fn daemon_identity(var_dir: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let dir = std::fs::canonicalize(var_dir).unwrap_or_else(|_| var_dir.to_owned());
+    format!("{host}:{}", dir.display())
+}
+
+/// Reads the shared run registry every [`RUNS_INTERVAL`] and shows other daemons' runs (and
+/// their changes) in ours, until `cancel`.
+pub async fn follow_runs(
+    reader: Arc<dyn BackendReader>,
+    registry: Registry,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(RUNS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let r = reader.clone();
+        match tokio::task::spawn_blocking(move || r.run_infos()).await {
+            Ok(Ok(rows)) => registry.merge_foreign(rows),
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the shared run registry failed"),
+            Err(e) => tracing::warn!(error = %e, "the run registry read did not finish"),
+        }
+    }
+}
 
 /// The longest a committed record waits to be read when every hint about it was lost.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);

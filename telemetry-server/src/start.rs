@@ -95,8 +95,12 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &cancel,
     )?);
 
-    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
+    let mut registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
         .with_max_watchers(cfg.max_run_watchers);
+    if follower.is_some() {
+        // A shared store: runs carry their owner, and other daemons' runs are shown here.
+        registry = registry.with_owner(&crate::follow::daemon_identity(&cfg.var_dir));
+    }
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(
@@ -111,6 +115,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         None => None,
     };
 
+    let runs_reader = follower.as_ref().map(|_| reader.clone());
     let publisher = Publisher::new(
         pipeline.clone(),
         registry.clone(),
@@ -149,6 +154,11 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &cancel,
     );
 
+    if let Some(reader) = runs_reader {
+        let registry = registry.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(crate::follow::follow_runs(reader, registry, cancel));
+    }
     // Queues left by workers of a previous server: delivered through the shim code, once we
     // serve (a shutdown cancels the drain; what is left waits for the next start).
     {

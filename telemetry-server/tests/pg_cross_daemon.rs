@@ -204,3 +204,83 @@ async fn a_cut_feed_reconnects_and_its_viewer_misses_nothing() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_daemons_runs_are_shown_and_left_to_their_owner() {
+    use telemetry_core::pb::{CancelRunRequest, RunInfo, RunState, WatchRunsRequest};
+    let Some(url) = testing::test_url("another_daemons_runs_are_shown_and_left_to_their_owner")
+    else {
+        return;
+    };
+    let pg = testing::fresh_config(&url, "xdruns");
+    // Daemon A (another host) owns a running run whose worker it spawned, and one fed by hand.
+    let a_backend = PgBackend::new(pg.clone()).unwrap();
+    let mut a_writer = a_backend.open_writer().unwrap();
+    let owned = |run: &str, pid: Option<u32>| RunInfo {
+        run_id: run.into(),
+        state: RunState::Running as i32,
+        worker_pid: pid,
+        worker_start_ticks: pid.map(|_| 1),
+        owner: "host-a:/var/telemetry".into(),
+        ..Default::default()
+    };
+    a_writer
+        .put_run_info(&owned("spawned-on-a", Some(1)))
+        .unwrap();
+    a_writer.put_run_info(&owned("by-hand-on-a", None)).unwrap();
+
+    // B starts on the same store: A's runs were not interrupted by anything of B's.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = daemon(dir_b.path(), &pg, false).await;
+    assert!(b.interrupted_runs.is_empty(), "{:?}", b.interrupted_runs);
+    let reader = a_backend.reader().unwrap();
+    for run in ["spawned-on-a", "by-hand-on-a"] {
+        assert_eq!(
+            reader.run_completion(run).unwrap(),
+            None,
+            "{run}: no completion made"
+        );
+    }
+    // Shown on B, as running, with its owner; B refuses to cancel it.
+    let (_, _, mut control) = clients(&b).await;
+    let mut watch = control
+        .watch_runs(WatchRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let shown = until(&mut watch, "spawned-on-a", |s| s == RunState::Running).await;
+    assert_eq!(shown.owner, "host-a:/var/telemetry");
+    let refused = control
+        .cancel_run(CancelRunRequest {
+            run_id: "spawned-on-a".into(),
+        })
+        .await;
+    let text = format!("{refused:?}");
+    assert!(text.contains("cancel it there"), "{text}");
+    // The owner's changes reach B's WatchRuns.
+    a_writer
+        .put_run_info(&RunInfo {
+            state: RunState::Completed as i32,
+            ..owned("spawned-on-a", Some(1))
+        })
+        .unwrap();
+    until(&mut watch, "spawned-on-a", |s| s == RunState::Completed).await;
+    // B's own runs carry B's identity.
+    let (mut ingest, _, _) = clients(&b).await;
+    ingest
+        .publish_batch(batch(1, vec![step("on-b", "pb", 1)]))
+        .await
+        .unwrap();
+    let mine = until(&mut watch, "on-b", |s| s == RunState::Running).await;
+    assert!(
+        mine.owner.ends_with(
+            &std::fs::canonicalize(dir_b.path())
+                .unwrap()
+                .display()
+                .to_string()
+        ),
+        "{}",
+        mine.owner
+    );
+    b.shutdown().await.unwrap();
+}
