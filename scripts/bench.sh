@@ -25,6 +25,17 @@ for b in "${BENCHES[@]}"; do
   "$BIN/$b" $QUICK
 done
 
+# PostgreSQL store (benches/src/bin/pg_bench.rs): on GYM_TELEMETRY_TEST_PG, or on a throwaway
+# cluster of its own (Debian's postgresql) started here and stopped after.
+echo "== pg_bench" >&2
+if [ -z "${GYM_TELEMETRY_TEST_PG:-}" ]; then
+  export PG_TEST_DIR=/tmp/gym-telemetry-pg-bench PG_TEST_PORT=54339
+  GYM_TELEMETRY_TEST_PG="$(scripts/pg-test-cluster.sh start)"
+  export GYM_TELEMETRY_TEST_PG
+  trap 'scripts/pg-test-cluster.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+"$BIN/pg_bench" $QUICK
+
 # Python bindings: per-step cost of gym_telemetry in a training loop (benches/python/).
 echo "== py bench_wrapper" >&2
 bindings-python/scripts/venv.sh --release >&2

@@ -16,7 +16,11 @@ set -euo pipefail
 
 DIR="${PG_TEST_DIR:-/tmp/gym-telemetry-pg}"
 PORT="${PG_TEST_PORT:-54329}"
-URL="postgres://postgres@127.0.0.1:${PORT}/postgres"
+# The multi-host test (scripts/pg-multihost.sh) runs a cluster inside a network namespace on
+# the namespace's address, trusting its test subnet; everything else keeps loopback.
+LISTEN="${PG_TEST_LISTEN:-127.0.0.1}"
+HBA_NET="${PG_TEST_HBA_NET:-}"
+URL="postgres://postgres@${LISTEN}:${PORT}/postgres"
 
 bindir() {
     if command -v pg_ctl >/dev/null 2>&1; then
@@ -55,9 +59,12 @@ start)
     fi
     as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres --auth=trust --no-sync \
         >"$DIR/initdb.log" 2>&1 || { cat "$DIR/initdb.log" >&2; exit 1; }
+    if [[ -n "$HBA_NET" ]]; then
+        echo "host all all $HBA_NET trust" >>"$DIR/data/pg_hba.conf"
+    fi
     # fsync off: a throwaway cluster for tests (a crash loses it, and nothing of value).
     as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start \
-        -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off -c max_connections=200" \
+        -o "-c listen_addresses=$LISTEN -p $PORT -k $DIR -c fsync=off -c max_connections=200" \
         >/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
     echo "$URL"
     ;;

@@ -26,6 +26,16 @@ export GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/debug/gym-telemetry-daemon"
 echo "== python, Gymnasium 0.29.1 (CleanRL's pin): the wrapper and CleanRL compatibility tests"
 bindings-python/scripts/venv.sh --gymnasium-0.29
 (cd bindings-python && ../.venv-gym029/bin/python -m pytest -q tests/test_gym029.py tests/test_cleanrl.py)
+echo "== multi-host PostgreSQL (scripts/pg-multihost.sh: network namespaces, root only)"
+if [[ "$(id -u)" == 0 ]] && command -v ip >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    scripts/pg-multihost.sh "$TARGET_DIR/debug/gym-telemetry-daemon" "$TARGET_DIR/debug/gym-telemetry-demo"
+elif [[ "${CI:-}" == true ]]; then
+    echo "the multi-host test needs root, ip(8) and PostgreSQL in CI" >&2
+    exit 1
+else
+    echo "note: skipped (needs root, ip(8) and Debian's postgresql)"
+fi
 echo "== chaos (scripts/chaos.sh --quick: kills, TCP faults, stalls, full queues and disks, corruption, crashes)"
 # Debug binaries: `cargo test --workspace` above built every dependency in debug already, so
 # this only links the harness (seconds); a release build would compile the tree again (minutes

@@ -798,6 +798,7 @@ impl Telemetry {
         d.set_item("rejected", s.rejected)?;
         d.set_item("duplicates", s.duplicates)?;
         d.set_item("reconnects", s.reconnects)?;
+        d.set_item("failovers", s.failovers)?;
         d.set_item("queue_bytes", s.queue_bytes)?;
         d.set_item("queue_records", s.queue_records)?;
         d.set_item("buffered_records", s.buffered_records)?;

@@ -77,6 +77,10 @@ pub struct Metrics {
     /// Commits of the predecessor's Publish streams, by `cause` (`records`, `bytes`, `pause`,
     /// `end`).
     pub legacy_publish_flushes: Family<Labels, Counter>,
+    /// Following a shared store (follow.rs), by `event`: `hints` received, `coalesced` (hints
+    /// merged into a read already due), `reconnects` of the feed, `reads` (catch-up rounds),
+    /// `records` published to the hub, `errors` (failed rounds, retried).
+    pub store_follow: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -120,6 +124,7 @@ impl Metrics {
             dispatch_pending: Gauge::default(),
             dispatch_running: Gauge::default(),
             legacy_publish_flushes: Family::default(),
+            store_follow: Family::default(),
         };
         reg.register("ingested_records", "Records stored", m.ingested.clone());
         reg.register(
@@ -247,6 +252,11 @@ impl Metrics {
             "legacy_publish_flushes",
             "Commits of the predecessor's Publish streams, by what triggered them",
             m.legacy_publish_flushes.clone(),
+        );
+        reg.register(
+            "store_follow",
+            "Following a store shared with other daemons, by event (hints, coalesced, reconnects, reads, records, errors)",
+            m.store_follow.clone(),
         );
         m.registry = Arc::new(reg);
         m

@@ -69,6 +69,9 @@ pub(crate) struct ProcessControl {
 
 struct Entry {
     info: RunInfo,
+    /// Owned by another daemon of a shared store: shown, never persisted, cancelled or timed
+    /// out here (its rows come from the store, see [`Registry::merge_foreign`]).
+    foreign: bool,
     process: Option<ProcessControl>,
     completion_recorded: bool,
     last_beat: Instant,
@@ -87,6 +90,8 @@ pub struct Registry {
     changes: broadcast::Sender<RunInfo>,
     watchers: Arc<WatchLimit>,
     writer: Pipeline,
+    /// This daemon's identity on a shared store (empty: the store is ours alone).
+    owner: Arc<str>,
     /// Where workers' logs and queues live.
     pub var_dir: PathBuf,
 }
@@ -106,7 +111,62 @@ impl Registry {
                 max: DEFAULT_MAX_WATCHERS,
             }),
             writer,
+            owner: Arc::from(""),
             var_dir,
+        }
+    }
+
+    /// The same registry as daemon `owner` of a store shared with other daemons (call before
+    /// cloning): runs it makes carry that owner, rows of other owners are shown but left alone.
+    pub fn with_owner(mut self, owner: &str) -> Self {
+        self.owner = Arc::from(owner);
+        self
+    }
+
+    fn is_foreign(&self, info: &RunInfo) -> bool {
+        !self.owner.is_empty() && !info.owner.is_empty() && info.owner != *self.owner
+    }
+
+    /// Takes in the store's run rows of other daemons (shown by ListRuns/WatchRuns here, and
+    /// changes broadcast); rows of ours are ignored (we wrote them).
+    pub fn merge_foreign(&self, stored: Vec<RunInfo>) {
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            for info in stored {
+                if !self.is_foreign(&info) {
+                    continue;
+                }
+                match inner.runs.get_mut(&info.run_id) {
+                    Some(e) if e.foreign => {
+                        if e.info != info {
+                            e.info = info.clone();
+                            changed.push(info);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        let order = inner.next_order;
+                        inner.next_order += 1;
+                        inner.runs.insert(
+                            info.run_id.clone(),
+                            Entry {
+                                info: info.clone(),
+                                foreign: true,
+                                process: None,
+                                completion_recorded: true,
+                                last_beat: Instant::now(),
+                                order,
+                            },
+                        );
+                        changed.push(info);
+                    }
+                }
+            }
+            evict(&mut inner);
+        }
+        for info in changed {
+            let _ = self.changes.send(info);
         }
     }
 
@@ -139,6 +199,10 @@ impl Registry {
     /// Loads the runs a previous daemon persisted. Runs it left pending or running were
     /// interrupted by its death: they are marked failed. Returns the ids so marked.
     pub async fn restore(&self, stored: Vec<RunInfo>) -> Vec<Interrupted> {
+        // Other daemons' runs were not interrupted by our death: shown, not restored.
+        let (foreign, stored): (Vec<RunInfo>, Vec<RunInfo>) =
+            stored.into_iter().partition(|i| self.is_foreign(i));
+        self.merge_foreign(foreign);
         let (interrupted, changed) = {
             let mut inner = self.lock();
             let marked = insert_restored(&mut inner, stored);
@@ -167,6 +231,9 @@ impl Registry {
                 return Err(format!("run {:?} already exists", info.run_id));
             }
             let now = timestamp::now();
+            if info.owner.is_empty() {
+                info.owner = self.owner.to_string();
+            }
             info.state = RunState::Pending as i32;
             info.created_at = Some(now);
             info.updated_at = Some(now);
@@ -177,6 +244,7 @@ impl Registry {
                 info.run_id.clone(),
                 Entry {
                     info: info.clone(),
+                    foreign: false,
                     process: None,
                     completion_recorded: false,
                     last_beat: Instant::now(),
@@ -191,18 +259,23 @@ impl Registry {
 
     /// Applies `f` to a run's info and persists the result when `f` returns true.
     async fn update(&self, run_id: &str, f: impl FnOnce(&mut Entry) -> bool) -> Option<RunInfo> {
-        let changed = {
+        let (changed, foreign) = {
             let mut inner = self.lock();
             let entry = inner.runs.get_mut(run_id)?;
             if f(entry) {
                 entry.info.updated_at = Some(timestamp::now());
-                Some(entry.info.clone())
+                (Some(entry.info.clone()), entry.foreign)
             } else {
-                None
+                (None, entry.foreign)
             }
         };
-        if let Some(info) = &changed {
-            self.persist(info.clone()).await;
+        match &changed {
+            // Another daemon's run: its owner persists; we only show the change.
+            Some(info) if foreign => {
+                let _ = self.changes.send(info.clone());
+            }
+            Some(info) => self.persist(info.clone()).await,
+            None => {}
         }
         changed
     }
@@ -282,6 +355,12 @@ impl Registry {
             let inner = self.lock();
             match inner.runs.get(run_id) {
                 None => return Err(format!("unknown run {run_id:?}")),
+                Some(e) if e.foreign => {
+                    return Err(format!(
+                        "run {run_id:?} belongs to daemon {:?}: cancel it there",
+                        e.info.owner
+                    ))
+                }
                 Some(e) => e.info.state,
             }
         };
@@ -389,7 +468,7 @@ impl Registry {
         self.lock()
             .runs
             .values()
-            .filter(|e| e.info.state == RunState::Running as i32)
+            .filter(|e| e.info.state == RunState::Running as i32 && !e.foreign)
             .filter(|e| now.saturating_duration_since(e.last_beat) > timeout)
             .map(|e| e.info.run_id.clone())
             .collect()
@@ -532,6 +611,7 @@ fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<Interrupted>
             info.run_id.clone(),
             Entry {
                 info,
+                foreign: false,
                 process: None,
                 // Active runs have no stored completion yet: the server makes one (for an
                 // external run, when its heartbeat times out).

@@ -31,6 +31,7 @@ use crate::{
     control::ControlService,
     dispatch::{DispatchConfig, WorkerTls},
     error::{io, ServerError},
+    follow::Follower,
     handle::{endpoint_for, ServerHandle},
     housekeeping::{housekeeping, stop_workers},
     ingest::IngestService,
@@ -65,9 +66,22 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     let (writer, reader, upkeep) = open_store(&cfg, &metrics)?;
 
     let hub = Hub::new(cfg.hub.clone(), Arc::new(StoreCatchUp::new(reader.clone())));
-    let (pipeline, writer_thread) =
-        pipeline::spawn(writer, hub.clone(), metrics.clone(), cfg.store_retry)
-            .map_err(io("starting the store writer"))?;
+    // A store shared with other daemons: the follower publishes (before our first write, so
+    // its cursors start below everything this server commits).
+    let follower = Follower::start(
+        backend_of(&cfg).as_ref(),
+        reader.clone(),
+        hub.clone(),
+        metrics.clone(),
+    )?;
+    let (pipeline, writer_thread) = pipeline::spawn(
+        writer,
+        hub.clone(),
+        follower.as_ref().map(Follower::local_wake),
+        metrics.clone(),
+        cfg.store_retry,
+    )
+    .map_err(io("starting the store writer"))?;
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -82,8 +96,12 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &cancel,
     )?);
 
-    let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
+    let mut registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
         .with_max_watchers(cfg.max_run_watchers);
+    if follower.is_some() {
+        // A shared store: runs carry their owner, and other daemons' runs are shown here.
+        registry = registry.with_owner(&crate::follow::daemon_identity(&cfg.var_dir));
+    }
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(
@@ -98,6 +116,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         None => None,
     };
 
+    let runs_reader = follower.as_ref().map(|_| reader.clone());
     let publisher = Publisher::new(
         pipeline.clone(),
         registry.clone(),
@@ -136,6 +155,11 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &cancel,
     );
 
+    if let Some(reader) = runs_reader {
+        let registry = registry.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(crate::follow::follow_runs(reader, registry, cancel));
+    }
     // Queues left by workers of a previous server: delivered through the shim code, once we
     // serve (a shutdown cancels the drain; what is left waits for the next start).
     {
@@ -157,6 +181,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         upkeep,
         pipeline,
         writer_thread,
+        follower,
         grace: cfg.cancel_grace,
     };
     let join = tokio::spawn(serve(
@@ -456,6 +481,7 @@ struct Stopped {
     upkeep: Option<CheckpointThread>,
     pipeline: Pipeline,
     writer_thread: std::thread::JoinHandle<()>,
+    follower: Option<Follower>,
     grace: Duration,
 }
 
@@ -508,6 +534,9 @@ async fn serve(
     drop(s.registry);
     let writer_thread = s.writer_thread;
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if let Some(f) = s.follower {
+        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+    }
     drop(s.lock);
     tracing::info!("gym-telemetry server stopped");
     result.map_err(ServerError::from)

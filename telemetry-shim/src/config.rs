@@ -85,6 +85,12 @@ pub struct ShimConfig {
     pub mode: Mode,
     /// The daemon's Ingest URL (`GYM_TELEMETRY_ENDPOINT`). Default: [`DEFAULT_ENDPOINT`].
     /// `http://` is plaintext; `https://` is TLS (rustls), checked against `tls_ca_file`.
+    ///
+    /// A comma-separated list (`http://a:50151,http://b:50151`, at most [`MAX_ENDPOINTS`])
+    /// names daemons sharing one store (PostgreSQL): when the link to one fails, the shim moves
+    /// on to the next, with the reconnect backoff once it has tried them all, and resends from
+    /// its last durable ack; the shared store's watermarks keep it exactly once. All are
+    /// `http://` or all `https://` (one set of TLS settings).
     pub endpoint: String,
     /// PEM file of the CA certificate(s) an `https://` endpoint's certificate must chain to
     /// (`GYM_TELEMETRY_TLS_CA_FILE`); for a self-signed daemon, its certificate itself. When set,
@@ -200,10 +206,22 @@ impl ShimConfig {
             })
         };
         if self.mode == Mode::Live {
-            let uri_ok = self.endpoint.parse::<tonic::transport::Uri>().is_ok()
-                && (self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"));
-            if !uri_ok {
-                return bad("endpoint", "expected a URL such as http://127.0.0.1:50151");
+            let list = endpoint_list(&self.endpoint);
+            let uri_ok = |e: &str| {
+                e.parse::<tonic::transport::Uri>().is_ok()
+                    && (e.starts_with("http://") || e.starts_with("https://"))
+            };
+            if list.is_empty() || !list.iter().all(|e| uri_ok(e)) {
+                return bad(
+                    "endpoint",
+                    "expected a URL such as http://127.0.0.1:50151, or a comma-separated list",
+                );
+            }
+            if list.len() > MAX_ENDPOINTS {
+                return bad("endpoint", "at most 16 endpoints");
+            }
+            if list.iter().any(|e| is_https(e)) != list.iter().all(|e| is_https(e)) {
+                return bad("endpoint", "mixes http:// and https:// endpoints");
             }
             let tls_set = self.tls_ca_file.is_some() || self.tls_domain.is_some();
             if tls_set && !is_https(&self.endpoint) {
@@ -264,6 +282,18 @@ impl ShimConfig {
         }
         Ok(())
     }
+}
+
+/// Most endpoints in [`ShimConfig::endpoint`]'s list.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// The endpoints of a comma-separated list, trimmed, empty entries skipped.
+pub(crate) fn endpoint_list(endpoint: &str) -> Vec<&str> {
+    endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 /// Whether `endpoint` asks for TLS.

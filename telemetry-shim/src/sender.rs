@@ -65,7 +65,8 @@ pub(crate) enum Command {
 
 /// What the sender needs from the configuration.
 pub(crate) struct Settings {
-    pub endpoint: Endpoint,
+    /// One or more daemons of one store, tried in turn (`ShimConfig::endpoint`'s list).
+    pub endpoints: Vec<Endpoint>,
     pub auth: Option<MetadataValue<Ascii>>,
     pub producer_id: String,
     pub batch_records: usize,
@@ -81,19 +82,26 @@ impl Settings {
         let invalid = |field, reason: String| {
             ShimError::Config(crate::ConfigError::Invalid { field, reason })
         };
-        let endpoint = Endpoint::from_shared(c.endpoint.clone())
-            .map_err(|e| invalid("endpoint", e.to_string()))?
-            .connect_timeout(c.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        let endpoint = match crate::tls::client_config(c)? {
-            Some(tls) => endpoint
-                .tls_config(tls)
-                .map_err(|e| invalid("endpoint", describe(&e)))?,
-            None => endpoint,
-        };
+        let tls = crate::tls::client_config(c)?;
+        let mut endpoints = Vec::new();
+        for url in crate::config::endpoint_list(&c.endpoint) {
+            let endpoint = Endpoint::from_shared(url.to_owned())
+                .map_err(|e| invalid("endpoint", e.to_string()))?
+                .connect_timeout(c.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true);
+            endpoints.push(match &tls {
+                Some(tls) => endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| invalid("endpoint", describe(&e)))?,
+                None => endpoint,
+            });
+        }
+        if endpoints.is_empty() {
+            return Err(invalid("endpoint", "no endpoint".into()));
+        }
         let auth = match &c.auth_token {
             None => None,
             Some(t) => Some(
@@ -102,7 +110,7 @@ impl Settings {
             ),
         };
         Ok(Settings {
-            endpoint,
+            endpoints,
             auth,
             producer_id,
             batch_records: c.batch_max_records,
@@ -160,6 +168,8 @@ struct Sender {
     counters: Arc<Counters>,
     staged: VecDeque<Pending>,
     link: Link,
+    /// The endpoint of `s.endpoints` the link uses (or will try next).
+    current: usize,
     attempts: u32,
     ever_attempted: bool,
     retry_at: Instant,
@@ -184,6 +194,7 @@ impl Sender {
             counters,
             staged: VecDeque::new(),
             link: Link::Down,
+            current: 0,
             attempts: 0,
             ever_attempted: false,
             retry_at: Instant::now(),
@@ -402,12 +413,18 @@ impl Sender {
         }
     }
 
+    /// The daemon the link uses or will try next.
+    fn endpoint(&self) -> &Endpoint {
+        // `Settings::from_config` refuses an empty list.
+        &self.s.endpoints[self.current % self.s.endpoints.len()]
+    }
+
     fn connect(&mut self) {
         if self.ever_attempted {
             Counters::add(&self.counters.reconnects, 1);
         }
         self.ever_attempted = true;
-        let endpoint = self.s.endpoint.clone();
+        let endpoint = self.endpoint().clone();
         self.link = Link::Connecting(tokio::spawn(async move { endpoint.connect().await }));
     }
 
@@ -460,7 +477,7 @@ impl Sender {
         self.sent_upto = self.acked;
         self.in_flight.clear();
         if let Some(held) = self.logs.connected.allow() {
-            tracing::info!(endpoint = %self.s.endpoint.uri(), resend_after = self.acked,
+            tracing::info!(endpoint = %self.endpoint().uri(), resend_after = self.acked,
                 reconnects = self.counters.reconnects.load(Relaxed), streams_since_last_log = held,
                 "telemetry stream open");
         }
@@ -474,10 +491,13 @@ impl Sender {
         self.link.shut();
         self.in_flight.clear();
         self.sent_upto = self.acked;
+        // Several daemons: try the next one, backing off once per round of the list.
+        let n = self.s.endpoints.len().max(1);
+        let failed_over = n > 1;
         let mut delay = backoff::next(
             self.s.reconnect_initial,
             self.s.reconnect_max,
-            self.attempts,
+            self.attempts / n as u32,
         );
         if !self.flushes.is_empty() && !refused {
             delay = delay.min(flushes::FLUSH_RETRY);
@@ -490,12 +510,16 @@ impl Sender {
             }
         }
         if let Some(held) = self.logs.link.allow() {
-            tracing::warn!(endpoint = %self.s.endpoint.uri(), error = %error, was_up,
+            tracing::warn!(endpoint = %self.endpoint().uri(), error = %error, was_up,
                 retry_in_ms = delay.as_millis() as u64, failures_since_last_log = held,
                 "telemetry daemon unreachable; queueing");
         }
         self.counters.set_error(&error);
         self.last_link_error = error;
+        if failed_over {
+            self.current = (self.current + 1) % n;
+            Counters::add(&self.counters.failovers, 1);
+        }
     }
 
     /// Sends batches while the in-flight window has room.

@@ -43,6 +43,8 @@ pub struct ShimStats {
     /// Watermarks from the daemon not adopted as this shim's seq floor: more than
     /// `telemetry_core::MAX_SEQ_JUMP` ahead of the shim's own counter (or at `u64::MAX`).
     pub refused_watermarks: u64,
+    /// Times the sender moved on to the next daemon of its endpoint list after a link failed.
+    pub failovers: u64,
     /// The last error the sender met (connection, stream, disk), if any.
     pub last_error: Option<String>,
 }
@@ -64,6 +66,7 @@ pub(crate) struct Counters {
     pub corrupt_tails: AtomicU64,
     pub corrupt_lost_records: AtomicU64,
     pub refused_watermarks: AtomicU64,
+    pub failovers: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -96,6 +99,7 @@ impl Counters {
             corrupt_tails: self.corrupt_tails.load(Relaxed),
             corrupt_lost_records: self.corrupt_lost_records.load(Relaxed),
             refused_watermarks: self.refused_watermarks.load(Relaxed),
+            failovers: self.failovers.load(Relaxed),
             last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
         }
     }

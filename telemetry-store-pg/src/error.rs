@@ -38,11 +38,18 @@ pub fn classify(e: tokio_postgres::Error) -> StoreError {
     // does not convert, which is a bug or bad data, not worth a retry).
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     let retryable = e.is_closed() || io || e.to_string().contains("timed out");
+    // The cause (a TLS or I/O error) says what to fix: keep the chain.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(&format!(": {s}"));
+        source = s.source();
+    }
     StoreError::Server {
         engine: "postgres",
         code: e.code().map(|c| c.code().to_owned()),
         retryable,
-        detail: e.to_string(),
+        detail,
     }
 }
 

@@ -48,14 +48,22 @@
 //! object); deadpool-postgres pools the readers' connections, recycles broken ones and keeps
 //! prepared statements per connection.
 //!
-//! Not yet: TLS to the server (`NoTls` only: use a loopback or a private network, or a local
-//! TLS-terminating proxy), live streams across daemons, a shared run registry's ownership
-//! rules.
+//! - **Change feed.** Each append that stores rows sends one `pg_notify` hint (seqs only) in its
+//!   transaction; [`Backend::change_feed`] `LISTEN`s for them (`feed.rs`), so the server's
+//!   follower can publish other daemons' records live.
+//!
+//! - **TLS.** `sslmode=verify-full&sslrootcert=FILE` in the URL: rustls (ring) through
+//!   tokio-postgres-rustls, the certificate checked against FILE and the host name; no silent
+//!   fall back to plaintext (see the `tls` module).
+//!
+//! Not yet: a shared run registry's ownership rules.
 
 mod error;
+mod feed;
 mod reader;
 mod schema;
 pub mod testing;
+mod tls;
 mod writer;
 
 use std::{
@@ -86,6 +94,7 @@ pub struct PgConfig {
     /// How long a call waits for a connection (from the pool, or a new one) before it fails
     /// (retryable).
     pub connect_timeout: Duration,
+    tls: tls::Connector,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -93,6 +102,7 @@ impl std::fmt::Debug for PgConfig {
         // tokio_postgres::Config's Debug redacts the password; ours prints only describe().
         f.debug_struct("PgConfig")
             .field("store", &self.describe())
+            .field("tls", &self.uses_tls())
             .field("read_pool_size", &self.read_pool_size)
             .finish()
     }
@@ -120,10 +130,12 @@ impl PgConfig {
         };
         let mut schema = DEFAULT_SCHEMA.to_owned();
         let mut rest = Vec::new();
+        let mut tls = tls::TlsParams::default();
         for param in query.into_iter().flat_map(|q| q.split('&')) {
             match param.split_once('=') {
                 Some(("schema", v)) => schema = v.to_owned(),
                 _ if param.is_empty() => {}
+                _ if tls.take(param) => {}
                 _ => rest.push(param),
             }
         }
@@ -132,10 +144,22 @@ impl PgConfig {
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             bad_url(format!("the store URL does not parse: {e}"))
         })?;
-        PgConfig::new(pg, &schema)
+        let connector = tls.connector()?;
+        if matches!(connector, tls::Connector::Tls(_)) {
+            // The client then refuses a server that does not speak TLS.
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        let mut cfg = PgConfig::new(pg, &schema)?;
+        cfg.tls = connector;
+        Ok(cfg)
+    }
+
+    /// Whether connections use TLS (`sslmode`/`sslrootcert` in the URL; see the `tls` module).
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.tls, tls::Connector::Tls(_))
     }
 
     /// A configuration from a parsed tokio-postgres config and a schema name.
@@ -172,6 +196,7 @@ impl PgConfig {
             schema: schema.to_owned(),
             read_pool_size: 8,
             connect_timeout,
+            tls: tls::Connector::Plain,
         })
     }
 
@@ -235,6 +260,23 @@ impl Rt {
         // Only `drop` takes it out.
         self.0.as_ref().unwrap_or_else(|| unreachable!())
     }
+}
+
+/// A connection of our own (not pooled), its socket driven by the returned connection object.
+pub(crate) async fn connect<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, T::Stream>,
+    ),
+    StoreError,
+>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+{
+    pg.connect(tls).await.map_err(error::classify)
 }
 
 /// What the writer and the reader of one backend share.
@@ -301,13 +343,13 @@ impl std::fmt::Debug for PgBackend {
 }
 
 fn pool(cfg: &PgConfig, size: usize) -> Result<Pool, StoreError> {
-    let mgr = Manager::from_config(
-        cfg.pg.clone(),
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let mc = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match &cfg.tls {
+        tls::Connector::Plain => Manager::from_config(cfg.pg.clone(), NoTls, mc),
+        tls::Connector::Tls(t) => Manager::from_config(cfg.pg.clone(), t.clone(), mc),
+    };
     Pool::builder(mgr)
         .max_size(size.max(1))
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -388,5 +430,15 @@ impl Backend for PgBackend {
 
     fn describe(&self) -> String {
         self.shared.cfg.describe()
+    }
+
+    fn change_feed(
+        &self,
+        wake: telemetry_store::ChangeWake,
+    ) -> Result<Option<Box<dyn telemetry_store::ChangeFeed>>, StoreError> {
+        Ok(Some(Box::new(feed::PgChangeFeed::start(
+            self.shared.clone(),
+            wake,
+        )?)))
     }
 }

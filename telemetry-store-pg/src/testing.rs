@@ -81,3 +81,52 @@ pub fn fresh_backend(test: &str) -> Option<PgBackend> {
         Err(e) => panic!("backend: {e}"),
     }
 }
+
+/// Ends every session that is `LISTEN`ing on `schema`'s channel (the change feeds of the
+/// backends on it), as a network cut or a server restart would; returns how many. The feeds
+/// must reconnect and catch up.
+///
+/// # Panics
+///
+/// When the test database cannot be reached.
+pub fn terminate_listeners(url: &str, schema: &str) -> u64 {
+    let url = url.to_owned();
+    let listen = format!("LISTEN {schema}");
+    let run = async move {
+        let (client, conn) = match url.parse::<tokio_postgres::Config>() {
+            Ok(c) => match c.connect(tokio_postgres::NoTls).await {
+                Ok(x) => x,
+                Err(e) => panic!("connect: {e}"),
+            },
+            Err(e) => panic!("url: {e}"),
+        };
+        let driver = tokio::spawn(conn);
+        let rows = match client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1 \
+                 AND pid <> pg_backend_pid()",
+                &[&listen],
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => panic!("terminate: {e}"),
+        };
+        drop(client);
+        let _ = driver.await;
+        rows.len() as u64
+    };
+    // A test may call this from inside its own runtime: run ours on a thread of its own.
+    // (made and dropped on that thread).
+    let on_thread = || match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run),
+        Err(e) => panic!("runtime: {e}"),
+    };
+    std::thread::scope(|s| match s.spawn(on_thread).join() {
+        Ok(n) => n,
+        Err(p) => std::panic::resume_unwind(p),
+    })
+}

@@ -9,7 +9,8 @@
 //! 3. drops duplicates, numbers the new rows from the counters and inserts them, one
 //!    `INSERT … SELECT FROM unnest(…)` per stream;
 //! 4. moves the counters, the watermarks, the run and series summaries (each in key order);
-//! 5. commits, which releases every lock.
+//! 5. sends one `pg_notify` hint for other daemons (feed.rs) and commits, which releases every
+//!    lock.
 //!
 //! Locks are always taken in the same global order (counters, producers, run summaries, run
 //! agents, series summaries; each by key), so two daemons' appends wait for each other but do
@@ -56,6 +57,7 @@ const LOCK_PRODUCERS: &str = "SELECT producer_id, durable_seq FROM producers \
      WHERE producer_id = ANY($1) ORDER BY producer_id FOR UPDATE";
 const MOVE_PRODUCERS: &str = "UPDATE producers AS p SET durable_seq = u.seq \
      FROM unnest($1::text[], $2::bigint[]) AS u(id, seq) WHERE p.producer_id = u.id";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 const SELECT_WATERMARK: &str = "SELECT durable_seq FROM producers WHERE producer_id = $1";
 
 const INSERT_STEPS: &str = "INSERT INTO steps (seq, run_id, episode_index, step_index, \
@@ -168,7 +170,7 @@ impl BackendWriter for PgWriter {
         let input: &[Record] = records;
         let (outcomes, watermarks) = s.block_on(async {
             let mut client = s.write_client().await?;
-            append_tx(&mut client, input, rejected).await
+            append_tx(&mut client, input, rejected, &s.cfg.schema).await
         })?;
         let mut stored = 0;
         for (record, outcome) in records.iter_mut().zip(&outcomes) {
@@ -536,6 +538,7 @@ async fn append_tx(
     client: &mut Object,
     records: &[Record],
     rejected: &[(String, u64)],
+    channel: &str,
 ) -> Result<Appended, StoreError> {
     let tx = client.transaction().await.map_err(classify)?;
     let mut batch = Batch {
@@ -771,6 +774,23 @@ async fn append_tx(
                 .map(|(wm, _)| (p.to_owned(), wm.durable_seq()))
         })
         .collect();
+    // 5. One hint for the other daemons' change feeds, delivered at commit (feed.rs): the last
+    // seq of each stream this batch wrote, nothing else.
+    if batch
+        .outcomes
+        .iter()
+        .any(|o| matches!(o, AppendOutcome::Stored { .. }))
+    {
+        let written: Vec<(&str, i64)> = STREAMS
+            .iter()
+            .zip(batch.used.iter().zip(batch.last))
+            .filter_map(|(name, (used, last))| (*used && last > 0).then_some((*name, last)))
+            .collect();
+        let stmt = tx.prepare_cached(NOTIFY).await.map_err(classify)?;
+        tx.execute(&stmt, &[&channel, &crate::feed::payload(&written)])
+            .await
+            .map_err(classify)?;
+    }
     tx.commit().await.map_err(classify)?;
     Ok((batch.outcomes, watermarks))
 }

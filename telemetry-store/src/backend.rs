@@ -123,6 +123,54 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Where the data lives, for logs (never a secret: no password in it).
     fn describe(&self) -> String;
+    /// For a store other writers share (PostgreSQL): a feed that calls `wake` whenever another
+    /// writer may have committed (see [`ChangeFeed`]). `None` (the default, SQLite): this
+    /// server's writer is the only one, and what it commits is all there is.
+    fn change_feed(&self, wake: ChangeWake) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        let _ = wake;
+        Ok(None)
+    }
+}
+
+/// What a [`ChangeFeed`] calls on each hint. It must be cheap and never block (set a flag).
+pub type ChangeWake = Arc<dyn Fn() + Send + Sync>;
+
+/// The last committed seq of each stream of a store: where a follower starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamHeads {
+    /// Steps.
+    pub steps: u64,
+    /// Episodes.
+    pub episodes: u64,
+    /// Lifecycle events.
+    pub events: u64,
+    /// Scalars.
+    pub scalars: u64,
+}
+
+/// Counters of a change feed, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeFeedStats {
+    /// Hints (one per committed batch of any writer) received.
+    pub hints: u64,
+    /// Times the feed's connection was (re)established after the first; each one is followed
+    /// by a wake, so a reader catches up on what it may have missed.
+    pub reconnects: u64,
+    /// Hints that arrived with no payload we could read (still a wake).
+    pub malformed: u64,
+}
+
+/// Hints that other writers of a shared store committed.
+///
+/// A hint carries nothing a reader needs: it only says "read again". Readers then do keyset
+/// reads by seq from their own cursors (complete by the store's resume-point contract), so a
+/// lost hint delays records and never loses them, as long as the reader also polls at a
+/// bounded interval. Dropping the feed stops it.
+pub trait ChangeFeed: Send {
+    /// The last committed seq of every stream now.
+    fn heads(&self) -> Result<StreamHeads, StoreError>;
+    /// Its counters.
+    fn stats(&self) -> ChangeFeedStats;
 }
 
 /// The embedded SQLite backend: one file in WAL mode.

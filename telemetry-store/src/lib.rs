@@ -51,6 +51,7 @@ pub mod backend;
 mod checkpoint;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod copy;
 pub mod dump;
 mod error;
 mod identity;
@@ -70,7 +71,10 @@ use std::{
     time::Duration,
 };
 
-pub use backend::{Backend, BackendReader, BackendWriter, Maintenance, SqliteBackend};
+pub use backend::{
+    Backend, BackendReader, BackendWriter, ChangeFeed, ChangeFeedStats, ChangeWake, Maintenance,
+    SqliteBackend, StreamHeads,
+};
 pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;
 pub use iter::{EpisodeIter, StepIter};

@@ -63,6 +63,23 @@ pub enum Command {
     /// the running daemon. Idempotent and resumable; --follow tails the files while a run
     /// writes them.
     ImportTensorboard(ImportTensorboardArgs),
+    /// Copy a store into another (a SQLite file ⇄ a postgres:// URL), verified by counts and
+    /// seq-ordered SHA-256 digests of every stream. Idempotent and resumable; a target that is
+    /// not empty and not a prefix of the source is refused untouched. Stop the daemons writing
+    /// the source first.
+    MigrateStore(MigrateStoreArgs),
+}
+
+/// `migrate-store`.
+#[derive(Debug, Args)]
+pub struct MigrateStoreArgs {
+    /// The source: a SQLite store file (e.g. <var-dir>/telemetry.sqlite) or a postgres:// URL.
+    /// A URL holding a password goes in GYM_TELEMETRY_MIGRATE_FROM, never on the command line.
+    #[arg(long, env = "GYM_TELEMETRY_MIGRATE_FROM", hide_env_values = true)]
+    pub from: String,
+    /// The target, likewise (GYM_TELEMETRY_MIGRATE_TO); a SQLite file is created if missing.
+    #[arg(long, env = "GYM_TELEMETRY_MIGRATE_TO", hide_env_values = true)]
+    pub to: String,
 }
 
 /// `serve`.

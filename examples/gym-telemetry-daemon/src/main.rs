@@ -11,7 +11,7 @@ use std::{io::Write, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use anyhow::{bail, Context};
 use cli::{
     Cli, Command, DumpArgs, DumpFormat, DurabilityArg, ImportArgs, ImportTensorboardArgs,
-    ServeArgs, StoreArgs,
+    MigrateStoreArgs, ServeArgs, StoreArgs,
 };
 use telemetry_core::ControlMode;
 use telemetry_server::{AuthConfig, ServerConfig, TlsFiles};
@@ -56,6 +56,22 @@ fn parse() -> anyhow::Result<Cli> {
             );
         }
     }
+    if let Some(("migrate-store", sub)) = matches.subcommand() {
+        for id in ["from", "to"] {
+            if sub.value_source(id) == Some(ValueSource::CommandLine)
+                && sub
+                    .get_one::<String>(id)
+                    .and_then(|u| telemetry_store_pg::PgConfig::from_url(u).ok())
+                    .is_some_and(|c| c.has_password())
+            {
+                bail!(
+                    "--{id} with a password on the command line is visible to every local \
+                     account (ps); use the GYM_TELEMETRY_MIGRATE_{} variable",
+                    id.to_uppercase()
+                );
+            }
+        }
+    }
     if let Some(("serve" | "dump", sub)) = matches.subcommand() {
         if sub.value_source("store") == Some(ValueSource::CommandLine) {
             let has_password = sub
@@ -86,7 +102,66 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Dump(a) => dump_cmd(a),
         Command::ImportLegacy(a) => import(a),
         Command::ImportTensorboard(a) => runtime()?.block_on(import_tensorboard(a)),
+        Command::MigrateStore(a) => migrate_store(a),
     }
+}
+
+/// A backend named by a postgres:// URL or a SQLite file path (`must_exist`: a source).
+fn backend_at(what: &str, spec: &str, must_exist: bool) -> anyhow::Result<Arc<dyn Backend>> {
+    let spec = spec.trim();
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        // The error never repeats the URL (it may hold a password).
+        let b = telemetry_store_pg::PgBackend::from_url(spec)
+            .with_context(|| format!("the {what} store URL"))?;
+        return Ok(Arc::new(b));
+    }
+    let path = Path::new(spec);
+    if must_exist && !path.is_file() {
+        bail!("the {what} store {} is not a file", path.display());
+    }
+    Ok(Arc::new(telemetry_store::SqliteBackend::new(
+        StoreConfig::new(path),
+    )))
+}
+
+/// `migrate-store`: a verified, resumable copy between two backends (telemetry_store::copy).
+fn migrate_store(a: MigrateStoreArgs) -> anyhow::Result<std::process::ExitCode> {
+    let source = backend_at("source", &a.from, true)?;
+    let target = backend_at("target", &a.to, false)?;
+    if source.describe() == target.describe() {
+        bail!("--from and --to name the same store");
+    }
+    // The source must exist already: open its reader only (no writer, no migration of it).
+    let source_reader = source
+        .reader()
+        .with_context(|| format!("opening the source {}", source.describe()))?;
+    let mut writer = target
+        .open_writer()
+        .with_context(|| format!("opening the target {}", target.describe()))?;
+    let target_reader = target.reader()?;
+    let report = telemetry_store::copy::copy_store(
+        source_reader.as_ref(),
+        writer.as_mut(),
+        target_reader.as_ref(),
+    )
+    .with_context(|| format!("copying {} to {}", source.describe(), target.describe()))?;
+    writer.checkpoint()?;
+    for (i, name) in telemetry_store::copy::STREAMS.iter().enumerate() {
+        let d = &report.digest[i];
+        println!(
+            "{name}: copied={} total={} last_seq={} sha256={}",
+            report.copied[i],
+            d.count,
+            d.last_seq,
+            d.hex()
+        );
+    }
+    println!(
+        "migrate-store: verified {} -> {}",
+        source.describe(),
+        target.describe()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// The store named by `--store` / `--store-url-file`, or `None` for SQLite in the var dir.

@@ -15,6 +15,7 @@ use telemetry_core::{
     Watermark,
 };
 use telemetry_hub::Hub;
+use telemetry_store::ChangeWake;
 use telemetry_store::{AppendOutcome, AppendReport, BackendWriter, StoreError};
 use tokio::sync::oneshot;
 
@@ -51,6 +52,8 @@ impl Group {
 pub(super) struct Committer {
     writer: Box<dyn BackendWriter>,
     hub: Hub,
+    /// On a shared store, the follower publishes (follow.rs): a commit only wakes it.
+    follower: Option<ChangeWake>,
     metrics: Metrics,
     retry: RetryPolicy,
     epochs: Arc<AtomicU64>,
@@ -92,6 +95,7 @@ impl Committer {
     pub(super) fn new(
         writer: Box<dyn BackendWriter>,
         hub: Hub,
+        follower: Option<ChangeWake>,
         metrics: Metrics,
         retry: RetryPolicy,
         epochs: Arc<AtomicU64>,
@@ -99,6 +103,7 @@ impl Committer {
         Committer {
             writer,
             hub,
+            follower,
             metrics,
             retry,
             epochs,
@@ -239,7 +244,11 @@ impl Committer {
             };
             let _ = m.reply.send(Ok(sub));
         }
-        self.hub.publish_batch(to_publish);
+        match &self.follower {
+            Some(wake) if !to_publish.is_empty() => wake(),
+            Some(_) => {}
+            None => self.hub.publish_batch(to_publish),
+        }
     }
 
     /// The one retry policy: retryable errors (a lock held elsewhere) are retried with a

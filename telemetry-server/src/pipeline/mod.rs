@@ -233,15 +233,21 @@ impl Pipeline {
 
 /// Starts the writer thread. It ends on [`Pipeline::shutdown`] or when every handle is dropped,
 /// after a final checkpoint; join the returned handle to wait for that.
+///
+/// With `follower` (a store shared with other daemons), a commit that stored records calls it
+/// instead of publishing them: the follower publishes every daemon's records in seq order (see
+/// follow.rs).
 pub fn spawn(
     writer: Box<dyn BackendWriter>,
     hub: Hub,
+    follower: Option<telemetry_store::ChangeWake>,
     metrics: Metrics,
     retry: RetryPolicy,
 ) -> std::io::Result<(Pipeline, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let epochs = Arc::new(AtomicU64::new(0));
-    let mut thread_state = commit::Committer::new(writer, hub, metrics, retry, epochs.clone());
+    let mut thread_state =
+        commit::Committer::new(writer, hub, follower, metrics, retry, epochs.clone());
     let join = thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || run(&mut thread_state, rx))?;

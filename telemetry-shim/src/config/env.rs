@@ -325,6 +325,35 @@ mod tests {
                 ..
             }
         ));
+        // A list of daemons of one store: each must be a URL, all of one scheme, at most 16.
+        let c = from(&[(
+            "GYM_TELEMETRY_ENDPOINT",
+            "http://127.0.0.1:50151, http://127.0.0.1:50161",
+        )])
+        .expect("a list");
+        assert_eq!(
+            crate::config::endpoint_list(&c.endpoint),
+            ["http://127.0.0.1:50151", "http://127.0.0.1:50161"]
+        );
+        let many = vec!["http://127.0.0.1:1"; 17].join(",");
+        for bad in [
+            "http://127.0.0.1:50151,127.0.0.1:50161",
+            "http://127.0.0.1:50151,https://127.0.0.1:50161",
+            ",",
+            many.as_str(),
+        ] {
+            let err = from(&[("GYM_TELEMETRY_ENDPOINT", bad)]).expect_err(bad);
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        field: "endpoint",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
         let err = from(&[("GYM_TELEMETRY_QUEUE_MAX_BYTES", "1M")]).expect_err("too small");
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     }
