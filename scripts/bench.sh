@@ -18,6 +18,7 @@ BENCHES=(
   hub_bench
   shim_bench
   e2e_bench
+  frames_bench
 )
 
 for b in "${BENCHES[@]}"; do
@@ -34,3 +35,7 @@ GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/py
 # Training scalars: SummaryWriter.add_scalar against tensorboardX's (benches/python/).
 echo "== py bench_scalar" >&2
 GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_scalar.py $QUICK
+
+# Frame capture: a CartPole step with capture every 10th step against without (benches/python/).
+echo "== py bench_frames" >&2
+GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_frames.py $QUICK

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
 
-import gymnasium as gym
-import pytest
+# CartPole's rgb_array renderer draws with pygame, which needs no display this way.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-import gym_telemetry
-from gym_telemetry import FrameCapture, TelemetryWrapper
+import gymnasium as gym  # noqa: E402
+import pytest  # noqa: E402
 
-from conftest import daemon_bin
+import gym_telemetry  # noqa: E402
+from gym_telemetry import FrameCapture, TelemetryWrapper  # noqa: E402
+
+from conftest import daemon_bin  # noqa: E402
 
 
 def _frame_counts(var_dir: Path, run_id: str) -> dict[int, int]:
