@@ -104,6 +104,10 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         metrics.clone(),
         cfg.ingest,
     );
+    let frame_store = Arc::new(telemetry_frames::FrameStore::open(
+        &telemetry_frames::frames_dir(&cfg.var_dir),
+        cfg.frames.clone(),
+    )?);
     let router = services(
         &cfg,
         addr,
@@ -115,6 +119,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &dispatch_cfg,
         &metrics,
         &cancel,
+        &frame_store,
     )
     .await?;
     tracing::info!(%addr, var_dir = %cfg.var_dir.display(), "gym-telemetry server serving");
@@ -177,6 +182,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         credentials,
         cancel,
         join,
+        frames: frame_store,
     })
 }
 
@@ -355,6 +361,7 @@ async fn services(
     dispatch_cfg: &Arc<DispatchConfig>,
     metrics: &Metrics,
     cancel: &CancellationToken,
+    frame_store: &Arc<telemetry_frames::FrameStore>,
 ) -> Result<Router, ServerError> {
     let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
@@ -387,11 +394,7 @@ async fn services(
     health_reporter
         .set_serving::<TrainerServiceServer<LegacyService>>()
         .await;
-    let frame_store = telemetry_frames::FrameStore::open(
-        &telemetry_frames::frames_dir(&cfg.var_dir),
-        cfg.frames.clone(),
-    )?;
-    let frames = FramesService::new(Arc::new(frame_store));
+    let frames = FramesService::new(Arc::clone(frame_store));
     health_reporter
         .set_serving::<FramesServer<FramesService>>()
         .await;
