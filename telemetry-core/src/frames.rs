@@ -176,7 +176,12 @@ mod tests {
             let r = frame_ref("run-1", agent, 3, 44);
             let k = parse_frame_ref(&r).expect("parses");
             assert_eq!(
-                (k.run_id.as_str(), k.agent_id.as_str(), k.episode_index, k.step_index),
+                (
+                    k.run_id.as_str(),
+                    k.agent_id.as_str(),
+                    k.episode_index,
+                    k.step_index
+                ),
                 ("run-1", agent, 3, 44)
             );
         }
@@ -184,7 +189,9 @@ mod tests {
 
     #[test]
     fn malformed_frame_refs_are_refused() {
-        for bad in ["", "r", "r/1/2", "r/x/2/a", "r/1/-2/a", "r/1/+2/a", "../1/2/a", "r/1//a"] {
+        for bad in [
+            "", "r", "r/1/2", "r/x/2/a", "r/1/-2/a", "r/1/+2/a", "../1/2/a", "r/1//a",
+        ] {
             assert!(parse_frame_ref(bad).is_err(), "{bad:?} accepted");
         }
     }
