@@ -12,8 +12,9 @@ use crate::{ids, pb};
 
 /// Largest frame side, in pixels.
 pub const MAX_FRAME_DIM: u32 = 8192;
-/// Largest encoded frame, in bytes (a 4K RGB frame compressed badly still fits).
-pub const MAX_FRAME_BYTES: usize = 32 << 20;
+/// Largest encoded frame, in bytes: half the daemon's default 16 MiB gRPC message limit, so a
+/// batch holding one such frame is always accepted (a 1920x1080 PNG of noise is ~6 MiB).
+pub const MAX_FRAME_BYTES: usize = 8 << 20;
 
 /// The natural key of a frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
