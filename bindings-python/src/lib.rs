@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 mod args;
 mod config;
 mod encode;
+mod frames;
 mod hooks;
 mod load;
 mod logbridge;
@@ -58,6 +59,8 @@ mod native {
     use crate::load::_read_parquet;
     #[pymodule_export]
     use crate::load::_read_parquet_remote;
+
+    use crate::frames::FrameCapture;
     #[pymodule_export]
     use crate::recorder::EpisodeRecorder;
     #[pymodule_export]

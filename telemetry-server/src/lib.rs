@@ -76,6 +76,8 @@ mod dispatch;
 mod drain;
 mod error;
 mod follow;
+
+mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -119,6 +121,7 @@ pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITE
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
 pub use query::QueryLimits;
 pub use start::start;
+pub use telemetry_frames::{FrameStore, FrameStoreOptions};
 pub use telemetry_hub::{
     CloseReason, Delivery, HubConfig, StreamKind, SubscribeError, SubscribeOptions, Subscription,
 };

@@ -9,9 +9,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use telemetry_core::pb::{
-    ingest_server::IngestServer, legacy::trainer_service_server::TrainerServiceServer,
-    query_server::QueryServer, run_control_server::RunControlServer, CompletionStatus,
-    FILE_DESCRIPTOR_SET,
+    frames_server::FramesServer, ingest_server::IngestServer,
+    legacy::trainer_service_server::TrainerServiceServer, query_server::QueryServer,
+    run_control_server::RunControlServer, CompletionStatus, FILE_DESCRIPTOR_SET,
 };
 use telemetry_hub::Hub;
 use telemetry_store::{Backend, BackendReader, BackendWriter, SqliteBackend, StoreConfig};
@@ -32,6 +32,7 @@ use crate::{
     dispatch::{DispatchConfig, WorkerTls},
     error::{io, ServerError},
     follow::Follower,
+    frames::FramesService,
     handle::{endpoint_for, ServerHandle},
     housekeeping::{housekeeping, stop_workers},
     ingest::IngestService,
@@ -123,6 +124,10 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         metrics.clone(),
         cfg.ingest,
     );
+    let frame_store = Arc::new(telemetry_frames::FrameStore::open(
+        &telemetry_frames::frames_dir(&cfg.var_dir),
+        cfg.frames.clone(),
+    )?);
     let (router, query, control) = services(
         &cfg,
         addr,
@@ -134,6 +139,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &dispatch_cfg,
         &metrics,
         &cancel,
+        &frame_store,
     )
     .await?;
     tracing::info!(%addr, var_dir = %cfg.var_dir.display(), "gym-telemetry server serving");
@@ -212,6 +218,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         credentials,
         cancel,
         join,
+        frames: frame_store,
     })
 }
 
@@ -390,6 +397,7 @@ async fn services(
     dispatch_cfg: &Arc<DispatchConfig>,
     metrics: &Metrics,
     cancel: &CancellationToken,
+    frame_store: &Arc<telemetry_frames::FrameStore>,
 ) -> Result<(Router, QueryService, ControlService), ServerError> {
     let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
@@ -421,6 +429,10 @@ async fn services(
         .await;
     health_reporter
         .set_serving::<TrainerServiceServer<LegacyService>>()
+        .await;
+    let frames = FramesService::new(Arc::clone(frame_store));
+    health_reporter
+        .set_serving::<FramesServer<FramesService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -462,6 +474,12 @@ async fn services(
         ))
         .add_service(InterceptedService::new(
             RunControlServer::new(control.clone()),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            FramesServer::new(frames)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
