@@ -11,7 +11,9 @@ use tonic::{
 /// Where to read from and the `authorization` value to send.
 #[derive(Debug, Clone)]
 pub struct QueryLink {
-    /// The daemon endpoint, with the configuration's connect timeout and TLS settings.
+    /// The daemon endpoint, with the configuration's connect timeout and TLS settings: the
+    /// first of the configured list (`GYM_TELEMETRY_ENDPOINT=a,b`; every daemon of one store
+    /// serves the same reads).
     pub endpoint: Endpoint,
     /// `Bearer <token>`: the configured token, else the owner's token found through
     /// `telemetry_core::credentials` (as the sender does at each connection); `None` when
@@ -30,8 +32,14 @@ pub fn query_link(c: &ShimConfig) -> Result<QueryLink, ShimError> {
             .flatten()
             .and_then(|d| MetadataValue::try_from(format!("Bearer {}", d.token)).ok()),
     };
+    let endpoint = s.endpoints.into_iter().next().ok_or_else(|| {
+        ShimError::Config(crate::config::ConfigError::Invalid {
+            field: "endpoint",
+            reason: "no endpoint".into(),
+        })
+    })?;
     Ok(QueryLink {
-        endpoint: s.endpoint,
+        endpoint,
         authorization,
     })
 }
