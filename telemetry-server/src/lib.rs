@@ -89,6 +89,7 @@ mod lock;
 mod metrics;
 mod owners;
 mod pipeline;
+mod policies;
 mod process;
 mod publish;
 mod query;
@@ -113,6 +114,7 @@ pub use legacy_config::{
 pub use legacy_runs::{LegacyOptions, DEMO_EXE_NAME, WORKER_CONFIG_FILE};
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
+pub use policies::{EvaluationResult, EVALUATE_EPISODES_ENV, MAX_EVALUATION_EPISODES};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
 pub use query::QueryLimits;
 pub use start::start;

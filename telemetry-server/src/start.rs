@@ -10,8 +10,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use telemetry_core::pb::{
     ingest_server::IngestServer, legacy::trainer_service_server::TrainerServiceServer,
-    query_server::QueryServer, run_control_server::RunControlServer, CompletionStatus,
-    FILE_DESCRIPTOR_SET,
+    policies_server::PoliciesServer, query_server::QueryServer,
+    run_control_server::RunControlServer, CompletionStatus, FILE_DESCRIPTOR_SET,
 };
 use telemetry_hub::Hub;
 use telemetry_store::{Backend, BackendReader, BackendWriter, SqliteBackend, StoreConfig};
@@ -73,12 +73,18 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
     let cancel = CancellationToken::new();
+    let policies = Arc::new(crate::policies::PolicyContext::new(
+        &cfg.var_dir,
+        reader.clone(),
+        metrics.clone(),
+    ));
     let dispatch_cfg = Arc::new(dispatch_config(
         &cfg,
         addr,
         &credentials,
         &metrics,
         &cancel,
+        policies.clone(),
     )?);
 
     let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
@@ -102,7 +108,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         registry.clone(),
         metrics.clone(),
         cfg.ingest,
-    );
+    )
+    .with_policies(policies.clone());
     let router = services(
         &cfg,
         addr,
@@ -291,6 +298,7 @@ fn dispatch_config(
     credentials: &Credentials,
     metrics: &Metrics,
     stopping: &CancellationToken,
+    policies: Arc<crate::policies::PolicyContext>,
 ) -> Result<DispatchConfig, ServerError> {
     let tls = worker_tls(cfg)?;
     Ok(DispatchConfig {
@@ -301,6 +309,7 @@ fn dispatch_config(
         grace: cfg.cancel_grace,
         max_log_bytes: 8 * 1024 * 1024,
         limits: cfg.submit,
+        policies,
         queue: WorkQueue::new(
             cfg.max_running_workers,
             cfg.max_pending_runs,
@@ -360,6 +369,8 @@ async fn services(
     let query = QueryService::new(hub.clone(), reader, registry.clone())
         .with_limits(cfg.query, metrics.clone());
     let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
+    let policies =
+        crate::policies::PoliciesService::new(dispatch_cfg.policies.clone(), registry.clone());
     let legacy = LegacyService::new(
         publisher.clone(),
         query.clone(),
@@ -385,6 +396,9 @@ async fn services(
         .await;
     health_reporter
         .set_serving::<TrainerServiceServer<LegacyService>>()
+        .await;
+    health_reporter
+        .set_serving::<PoliciesServer<crate::policies::PoliciesService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -426,6 +440,10 @@ async fn services(
         ))
         .add_service(InterceptedService::new(
             RunControlServer::new(control),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PoliciesServer::new(policies),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
