@@ -23,6 +23,7 @@ mod error;
 pub mod inventory;
 pub mod legacy;
 pub mod manifest;
+pub mod report;
 
 pub use equip::{Refusal, Requirements, KNOWN_FORMATS};
 pub use equipped::{EquippedPolicy, Evaluation, RunPolicies, POLICIES_FILE_ENV};
