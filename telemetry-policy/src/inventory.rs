@@ -475,6 +475,7 @@ impl Inventory {
                 actual: sha,
             }));
         }
+        let agent_given = !reg.agent_id.is_empty();
         let mut m = Manifest {
             manifest_version: MANIFEST_VERSION,
             policy_id: id,
@@ -505,6 +506,10 @@ impl Inventory {
             let table =
                 legacy::load_q_table(&bytes).map_err(|e| PolicyError::Invalid(e.to_string()))?;
             let d = legacy::derive(&m.policy_id, &table);
+            if !agent_given {
+                // The predecessor's rule: payload.agent_id, else the file stem.
+                m.agent_id = d.agent_id;
+            }
             if m.observation_space.is_empty() {
                 m.observation_space = d.observation_space;
             }
