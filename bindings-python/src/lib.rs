@@ -56,11 +56,11 @@ mod native {
     #[pymodule_export]
     use crate::encode::Json;
     #[pymodule_export]
+    use crate::frames::FrameCapture;
+    #[pymodule_export]
     use crate::load::_read_parquet;
     #[pymodule_export]
     use crate::load::_read_parquet_remote;
-
-    use crate::frames::FrameCapture;
     #[pymodule_export]
     use crate::recorder::EpisodeRecorder;
     #[pymodule_export]

@@ -76,7 +76,6 @@ mod dispatch;
 mod drain;
 mod error;
 mod follow;
-
 mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -93,6 +92,7 @@ mod lock;
 mod metrics;
 mod owners;
 mod pipeline;
+mod policies;
 mod process;
 mod publish;
 mod query;
@@ -118,6 +118,7 @@ pub use legacy_runs::{LegacyOptions, DEMO_EXE_NAME, WORKER_CONFIG_FILE};
 pub use local::LocalAccess;
 pub use lock::LockError;
 pub use pipeline::{RetryPolicy, WriteError, MAX_FENCES, MAX_GROUP_RECORDS, WRITER_QUEUE};
+pub use policies::{EvaluationResult, EVALUATE_EPISODES_ENV, MAX_EVALUATION_EPISODES};
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
 pub use query::QueryLimits;
 pub use start::start;

@@ -81,6 +81,8 @@ pub struct Metrics {
     /// merged into a read already due), `reconnects` of the feed, `reads` (catch-up rounds),
     /// `records` published to the hub, `errors` (failed rounds, retried).
     pub store_follow: Family<Labels, Gauge>,
+    /// `artifact` events of kind `policy`, by `outcome` (`registered`, `refused`).
+    pub policy_artifacts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,7 @@ impl Metrics {
             dispatch_running: Gauge::default(),
             legacy_publish_flushes: Family::default(),
             store_follow: Family::default(),
+            policy_artifacts: Family::default(),
         };
         reg.register("ingested_records", "Records stored", m.ingested.clone());
         reg.register(
@@ -258,6 +261,11 @@ impl Metrics {
             "Following a store shared with other daemons, by event (hints, coalesced, reconnects, reads, records, errors)",
             m.store_follow.clone(),
         );
+        reg.register(
+            "policy_artifacts",
+            "Policy artifact events registered in the inventory or refused, by outcome",
+            m.policy_artifacts.clone(),
+        );
         m.registry = Arc::new(reg);
         m
     }
@@ -296,6 +304,13 @@ impl Metrics {
     pub fn refuse_subscription(&self, reason: &str) {
         self.subscriptions_refused
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts one policy artifact event by outcome.
+    pub fn policy_artifact(&self, outcome: &str) {
+        self.policy_artifacts
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
             .inc();
     }
 

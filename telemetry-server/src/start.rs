@@ -10,8 +10,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use telemetry_core::pb::{
     frames_server::FramesServer, ingest_server::IngestServer,
-    legacy::trainer_service_server::TrainerServiceServer, query_server::QueryServer,
-    run_control_server::RunControlServer, CompletionStatus, FILE_DESCRIPTOR_SET,
+    legacy::trainer_service_server::TrainerServiceServer, policies_server::PoliciesServer,
+    query_server::QueryServer, run_control_server::RunControlServer, CompletionStatus,
+    FILE_DESCRIPTOR_SET,
 };
 use telemetry_hub::Hub;
 use telemetry_store::{Backend, BackendReader, BackendWriter, SqliteBackend, StoreConfig};
@@ -89,12 +90,18 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
     let cancel = CancellationToken::new();
+    let policies = Arc::new(crate::policies::PolicyContext::new(
+        &cfg.var_dir,
+        reader.clone(),
+        metrics.clone(),
+    ));
     let dispatch_cfg = Arc::new(dispatch_config(
         &cfg,
         addr,
         &credentials,
         &metrics,
         &cancel,
+        policies.clone(),
     )?);
 
     let mut registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
@@ -123,7 +130,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         registry.clone(),
         metrics.clone(),
         cfg.ingest,
-    );
+    )
+    .with_policies(policies.clone());
     let frame_store = Arc::new(telemetry_frames::FrameStore::open(
         &telemetry_frames::frames_dir(&cfg.var_dir),
         cfg.frames.clone(),
@@ -334,6 +342,7 @@ fn dispatch_config(
     credentials: &Credentials,
     metrics: &Metrics,
     stopping: &CancellationToken,
+    policies: Arc<crate::policies::PolicyContext>,
 ) -> Result<DispatchConfig, ServerError> {
     let tls = worker_tls(cfg)?;
     Ok(DispatchConfig {
@@ -344,6 +353,7 @@ fn dispatch_config(
         grace: cfg.cancel_grace,
         max_log_bytes: 8 * 1024 * 1024,
         limits: cfg.submit,
+        policies,
         queue: WorkQueue::new(
             cfg.max_running_workers,
             cfg.max_pending_runs,
@@ -404,6 +414,8 @@ async fn services(
     let query = QueryService::new(hub.clone(), reader, registry.clone())
         .with_limits(cfg.query, metrics.clone());
     let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
+    let policies =
+        crate::policies::PoliciesService::new(dispatch_cfg.policies.clone(), registry.clone());
     let legacy = LegacyService::new(
         publisher.clone(),
         query.clone(),
@@ -433,6 +445,9 @@ async fn services(
     let frames = FramesService::new(Arc::clone(frame_store));
     health_reporter
         .set_serving::<FramesServer<FramesService>>()
+        .await;
+    health_reporter
+        .set_serving::<PoliciesServer<crate::policies::PoliciesService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -480,6 +495,10 @@ async fn services(
             FramesServer::new(frames)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PoliciesServer::new(policies),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

@@ -268,7 +268,8 @@ impl FrameSender {
             .map_err(|e| FrameCaptureError::Setup(e.to_string()))?;
         let worker = Worker {
             shared: Arc::clone(&shared),
-            endpoint: settings.endpoint,
+            endpoints: settings.endpoints,
+            next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             auth: settings.auth,
             reconnect_initial: settings.reconnect_initial,
             reconnect_max: settings.reconnect_max,
@@ -625,7 +626,10 @@ enum Origin {
 
 struct Worker {
     shared: Arc<Shared>,
-    endpoint: tonic::transport::Endpoint,
+    /// The daemons of the record shim's endpoint list (never empty); a failed connection
+    /// moves to the next, as the record sender fails over.
+    endpoints: Vec<tonic::transport::Endpoint>,
+    next_endpoint: std::sync::atomic::AtomicUsize,
     auth: Option<MetadataValue<Ascii>>,
     reconnect_initial: Duration,
     reconnect_max: Duration,
@@ -790,7 +794,15 @@ impl Worker {
     }
 
     async fn connect(&self) -> Result<Link, String> {
-        let channel = self.endpoint.connect().await.map_err(|e| e.to_string())?;
+        let i = self.next_endpoint.load(Relaxed) % self.endpoints.len().max(1);
+        let endpoint = self.endpoints.get(i).ok_or("no endpoint")?;
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.next_endpoint.store(i + 1, Relaxed);
+                return Err(e.to_string());
+            }
+        };
         let mut client = FramesClient::new(channel);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
