@@ -18,6 +18,7 @@ BENCHES=(
   hub_bench
   shim_bench
   e2e_bench
+  frames_bench
 )
 
 for b in "${BENCHES[@]}"; do
@@ -53,3 +54,6 @@ if [ -x /usr/bin/chromium ]; then
 else
   echo "note: /usr/bin/chromium is missing (apt-get install chromium): web benches skipped" >&2
 fi
+# Frame capture: a CartPole step with capture every 10th step against without (benches/python/).
+echo "== py bench_frames" >&2
+GYM_TELEMETRY_DAEMON_BIN="$TARGET_DIR/release/gym-telemetry-daemon" .venv/bin/python benches/python/bench_frames.py $QUICK

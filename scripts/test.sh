@@ -8,6 +8,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# Frames (issue 18): the clip tests check exports with ffprobe (Debian's `ffmpeg` package).
+command -v ffprobe >/dev/null || { echo "ffprobe is missing: apt-get install ffmpeg" >&2; exit 1; }
 echo "== cargo test"
 if [[ -z "${GYM_TELEMETRY_TEST_PG:-}" && "${CI:-}" != true ]]; then
     echo "note: GYM_TELEMETRY_TEST_PG is unset, so the PostgreSQL tests skip" \

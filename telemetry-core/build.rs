@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files = [
         root.join("gym_telemetry/v1/telemetry.proto"),
+        root.join("gym_telemetry/v1/frames.proto"),
         root.join("gymgui/trainer/trainer.proto"),
     ];
     for f in &files {

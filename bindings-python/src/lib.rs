@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 mod args;
 mod config;
 mod encode;
+mod frames;
 mod hooks;
 mod logbridge;
 mod recorder;
@@ -51,6 +52,8 @@ mod native {
     use super::normalize_control_mode;
     #[pymodule_export]
     use crate::encode::Json;
+    #[pymodule_export]
+    use crate::frames::FrameCapture;
     #[pymodule_export]
     use crate::recorder::EpisodeRecorder;
     #[pymodule_export]

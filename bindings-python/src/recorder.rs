@@ -83,6 +83,10 @@ pub struct EpisodeRecorder {
     env_step: Mutex<Option<Py<PyAny>>>,
     errors: AtomicU64,
     limit: logbridge::RateLimit,
+    /// Frame capture (`set_frame_capture`); the flag keeps the step path without capture to
+    /// one atomic load.
+    capture_on: std::sync::atomic::AtomicBool,
+    capture: Mutex<Option<std::sync::Arc<crate::frames::Capture>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -250,6 +254,16 @@ impl EpisodeRecorder {
         step.truncated = truncated;
         step.agent_id.clone_from(&self.agent_id);
         self.control_mode.clone_into(&mut step.control_mode);
+        if self.capture_on.load(Relaxed) {
+            let capture = lock(&self.capture).clone();
+            if let Some(c) = capture {
+                match c.maybe_capture(py, episode_index, step_index) {
+                    Ok(Some(r)) => step.frame_ref = r,
+                    Ok(None) => {}
+                    Err(e) => self.failed(py, "frame capture", &e),
+                }
+            }
+        }
         tel.send(py, step.into())?;
         tel.count_env_step();
         if let Some(e) = episode {
@@ -309,7 +323,45 @@ impl EpisodeRecorder {
             env_step: Mutex::new(None),
             errors: AtomicU64::new(0),
             limit: logbridge::RateLimit::default(),
+            capture_on: std::sync::atomic::AtomicBool::new(false),
+            capture: Mutex::new(None),
         })
+    }
+
+    /// Captures frames of `env` (`env.render()`, `rgb_array`) as `capture` chooses, at
+    /// `render_fps` (the env's `metadata["render_fps"]`; 0: unknown). None turns capture off.
+    /// Returns whether frames will be sent (False when the Telemetry is not live).
+    #[pyo3(signature = (capture, env=None, render_fps=0.0))]
+    fn set_frame_capture(
+        &self,
+        py: Python<'_>,
+        capture: Option<Py<crate::frames::FrameCapture>>,
+        env: Option<Py<PyAny>>,
+        render_fps: f64,
+    ) -> PyResult<bool> {
+        let (Some(capture), Some(env)) = (capture, env) else {
+            self.capture_on.store(false, Relaxed);
+            *lock(&self.capture) = None;
+            return Ok(false);
+        };
+        let Some(sender) = self.telemetry.get().frame_sender(py) else {
+            self.capture_on.store(false, Relaxed);
+            return Ok(false);
+        };
+        let fps = if render_fps.is_finite() && render_fps > 0.0 {
+            render_fps
+        } else {
+            0.0
+        };
+        *lock(&self.capture) = Some(std::sync::Arc::new(crate::frames::Capture::new(
+            capture,
+            env,
+            fps,
+            sender,
+            (!self.agent_id.is_empty()).then(|| self.agent_id.clone()),
+        )));
+        self.capture_on.store(true, Relaxed);
+        Ok(true)
     }
 
     /// Telemetry failures of `step` so far (counted and logged, never raised).
@@ -456,6 +508,11 @@ impl EpisodeRecorder {
         if let Ok(s) = self.env_step.try_lock() {
             visit.call(&*s)?;
         }
+        if let Ok(c) = self.capture.try_lock() {
+            if let Some(c) = &*c {
+                c.visit(&visit)?;
+            }
+        }
         if let Ok(r) = self.render.try_lock() {
             match &**r {
                 Render::ToyText { env, .. } => visit.call(env)?,
@@ -469,5 +526,7 @@ impl EpisodeRecorder {
     fn __clear__(&self) {
         *lock(&self.env_step) = None;
         *lock(&self.render) = std::sync::Arc::new(Render::None);
+        self.capture_on.store(false, Relaxed);
+        *lock(&self.capture) = None;
     }
 }

@@ -107,6 +107,11 @@ pub struct Telemetry {
     /// Whether a wrapper records the episode scalars (`charts/episodic_return`,
     /// `charts/episodic_length`) into this Telemetry.
     episode_scalars: AtomicBool,
+    /// The configuration the frame sender is started from, on first capture.
+    frame_config: ShimConfig,
+    /// The frame sender (`telemetry_shim::frames`), started by the first wrapper that
+    /// captures frames; `None` inside when disabled or not live.
+    frames: std::sync::OnceLock<Option<Arc<telemetry_shim::FrameSender>>>,
 }
 
 fn closed_error() -> PyErr {
@@ -128,6 +133,7 @@ impl Telemetry {
         let may_block = matches!(config.full_policy, FullPolicy::Block { .. });
         let max_record_bytes = config.max_record_bytes;
         let drop_flush_timeout = config.drop_flush_timeout;
+        let frame_config = config.clone();
         // Opening a queue directory reads and checks what a previous process left.
         let shim = py
             .detach(move || telemetry_shim::Telemetry::new(config))
@@ -164,7 +170,33 @@ impl Telemetry {
             jsonl_context: Mutex::new(telemetry_core::jsonl::RunContext::new()),
             env_steps: AtomicU64::new(0),
             episode_scalars: AtomicBool::new(false),
+            frame_config,
+            frames: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The frame sender, started on first use (`None` when telemetry is not live or the sender
+    /// could not start, which is logged once).
+    pub(crate) fn frame_sender(&self, py: Python<'_>) -> Option<Arc<telemetry_shim::FrameSender>> {
+        self.frames
+            .get_or_init(|| {
+                if !self.enabled || self.core.shim().is_none() {
+                    return None;
+                }
+                let cfg = &self.frame_config;
+                match telemetry_shim::FrameSender::new(
+                    cfg,
+                    telemetry_shim::FrameOptions::for_config(cfg),
+                ) {
+                    Ok(s) if s.is_enabled() => Some(Arc::new(s)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        logbridge::warn(py, &format!("frame capture is off: {e}"), None);
+                        None
+                    }
+                }
+            })
+            .clone()
     }
 
     fn live(&self) -> PyResult<Arc<telemetry_shim::Telemetry>> {
@@ -771,10 +803,57 @@ impl Telemetry {
     ) -> PyResult<Bound<'py, PyDict>> {
         let t = args::opt_seconds(timeout, "timeout")?.unwrap_or(Duration::from_secs(5));
         let core = Arc::clone(&self.core);
-        let res = py.detach(move || core.close(t));
+        let frames = self.frames.get().cloned().flatten();
+        let res = py.detach(move || {
+            if let Some(f) = frames {
+                f.flush(t);
+            }
+            core.close(t)
+        });
         logbridge::drain(py);
         self.log_outcome(py, "close", res.as_ref());
         report(py, res.as_ref())
+    }
+
+    /// The frame path's counters (captured, dropped, refused, encoded, encode_errors, sent,
+    /// stored, duplicates, rejected, spilled, raw_bytes, pending_bytes, spill_bytes,
+    /// reconnects, last_error); all 0 before a wrapper captured a frame.
+    fn frame_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self
+            .frames
+            .get()
+            .cloned()
+            .flatten()
+            .map(|f| f.stats())
+            .unwrap_or_default();
+        let d = PyDict::new(py);
+        d.set_item("captured", s.captured)?;
+        d.set_item("dropped", s.dropped)?;
+        d.set_item("refused", s.refused)?;
+        d.set_item("encoded", s.encoded)?;
+        d.set_item("encode_errors", s.encode_errors)?;
+        d.set_item("sent", s.sent)?;
+        d.set_item("stored", s.stored)?;
+        d.set_item("duplicates", s.duplicates)?;
+        d.set_item("rejected", s.rejected)?;
+        d.set_item("spilled", s.spilled)?;
+        d.set_item("raw_bytes", s.raw_bytes)?;
+        d.set_item("pending_bytes", s.pending_bytes)?;
+        d.set_item("spill_bytes", s.spill_bytes)?;
+        d.set_item("reconnects", s.reconnects)?;
+        d.set_item("last_error", s.last_error)?;
+        Ok(d)
+    }
+
+    /// Waits (at most timeout seconds, without the GIL) until every captured frame is acked by
+    /// the daemon (or dropped and counted). Returns whether it got there.
+    #[pyo3(signature = (timeout=None))]
+    fn flush_frames(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let t = args::opt_seconds(timeout, "timeout")?.unwrap_or(Duration::from_secs(5));
+        Ok(match self.frames.get().cloned().flatten() {
+            Some(f) => py.detach(move || f.flush(t)),
+            None => true,
+        })
     }
 
     /// The shim's counters (accepted, sent, acked, spilled, dropped, rejected, duplicates,

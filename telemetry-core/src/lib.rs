@@ -12,6 +12,7 @@
 //! - [`completion`]: the words for how a run ended (`FromStr` for [`pb::CompletionStatus`]).
 //! - [`watermark`]: the exactly-once rule, a producer's durable [`Watermark`].
 //! - [`validate`]: the checks a record must pass before it is stored, with typed errors.
+//! - [`frames`]: the `frame_ref` format and the checks a frame passes before it is stored.
 //! - [`jsonl`]: the worker JSONL contract, the line format legacy workers print on stdout.
 //!
 //! This crate does no I/O of its own beyond reading lines from a caller's reader.
@@ -19,6 +20,7 @@
 pub mod completion;
 pub mod control_mode;
 pub mod credentials;
+pub mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

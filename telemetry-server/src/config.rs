@@ -107,6 +107,8 @@ pub struct ServerConfig {
     pub store_retry: RetryPolicy,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// The frame store's retention (`<var-dir>/frames`: bytes per run and in total).
+    pub frames: telemetry_frames::FrameStoreOptions,
     /// Query stream limits: bytes per stream message (3 MiB, under a default client's 4 MiB
     /// decoding limit), live streams per client connection (64).
     pub query: QueryLimits,
@@ -197,6 +199,7 @@ impl ServerConfig {
             store_retry: RetryPolicy::default(),
             max_message_bytes: 16 * 1024 * 1024,
             query: QueryLimits::default(),
+            frames: telemetry_frames::FrameStoreOptions::default(),
             max_concurrent_streams: 128,
             max_running_workers: 8,
             max_pending_runs: 1024,

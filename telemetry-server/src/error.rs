@@ -32,6 +32,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The frame store (`<var-dir>/frames`) could not be opened.
+    #[error("cannot open the frame store: {0}")]
+    Frames(#[from] telemetry_frames::StoreError),
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(String),

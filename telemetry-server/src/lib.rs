@@ -75,6 +75,7 @@ mod control;
 mod dispatch;
 mod drain;
 mod error;
+mod frames;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -9,9 +9,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use telemetry_core::pb::{
-    ingest_server::IngestServer, legacy::trainer_service_server::TrainerServiceServer,
-    query_server::QueryServer, run_control_server::RunControlServer, CompletionStatus,
-    FILE_DESCRIPTOR_SET,
+    frames_server::FramesServer, ingest_server::IngestServer,
+    legacy::trainer_service_server::TrainerServiceServer, query_server::QueryServer,
+    run_control_server::RunControlServer, CompletionStatus, FILE_DESCRIPTOR_SET,
 };
 use telemetry_hub::Hub;
 use telemetry_store::{Backend, BackendReader, BackendWriter, SqliteBackend, StoreConfig};
@@ -31,6 +31,7 @@ use crate::{
     control::ControlService,
     dispatch::{DispatchConfig, WorkerTls},
     error::{io, ServerError},
+    frames::FramesService,
     handle::{endpoint_for, ServerHandle},
     housekeeping::{housekeeping, stop_workers},
     ingest::IngestService,
@@ -397,6 +398,14 @@ async fn services(
     health_reporter
         .set_serving::<TrainerServiceServer<LegacyService>>()
         .await;
+    let frame_store = telemetry_frames::FrameStore::open(
+        &telemetry_frames::frames_dir(&cfg.var_dir),
+        cfg.frames.clone(),
+    )?;
+    let frames = FramesService::new(Arc::new(frame_store));
+    health_reporter
+        .set_serving::<FramesServer<FramesService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -437,6 +446,12 @@ async fn services(
         ))
         .add_service(InterceptedService::new(
             RunControlServer::new(control.clone()),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            FramesServer::new(frames)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

@@ -30,13 +30,16 @@
 //! the shim; `GYM_TELEMETRY_TLS_DOMAIN` overrides the name checked (default: the endpoint's
 //! host). An unreadable CA file is a [`ConfigError::TlsCaFile`] from [`Telemetry::new`].
 //!
+//! **Frames** have their own path beside the records: [`frames::FrameSender`] (capture never
+//! blocks, PNG on its own thread, its own byte budget and spill directory, `Frames.Publish`).
+//!
 //! Modules: [`config`] (settings and `GYM_TELEMETRY_*` variables), [`shim`] (the facade),
 //! [`disk_queue`] (the write-ahead/offline queue and its guarantees), [`tracker`] (episode and
 //! step numbering for callers that do not count). The JSONL proxy for legacy workers is its own
 //! crate, `telemetry-proxy`, so workers that link the shim (the Python package among them) carry
 //! no CLI or process-group code.
 //!
-//! Layering (a module imports only modules to its right): `shim` → `sender` →
+//! Layering (a module imports only modules to its right): `frames` → `shim` → `sender` →
 //! `dry_run` → `backlog` → `tls` → `inbox` → `metadata` → `error` → `config` → `disk_queue` →
 //! `policy`, `flush`, `stats`, `ratelimit`, `backoff`, `tracker`.
 
@@ -45,6 +48,7 @@ pub mod disk_queue;
 pub mod error;
 #[cfg(feature = "fake-ingest")]
 pub mod fake_ingest;
+pub mod frames;
 pub mod metadata;
 pub mod ratelimit;
 pub mod shim;
@@ -63,6 +67,7 @@ mod tls;
 pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimConfig};
 pub use error::ShimError;
 pub use flush::{FlushOutcome, FlushReport};
+pub use frames::{FrameCaptureError, FrameFullPolicy, FrameOptions, FrameSender, FrameStats};
 pub use metadata::Metadata;
 pub use shim::Telemetry;
 pub use stats::ShimStats;

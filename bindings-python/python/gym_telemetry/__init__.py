@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._native import (
     EpisodeRecorder,
+    FrameCapture,
     Json,
     Telemetry,
     TelemetryError,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "EpisodeRecorder",
+    "FrameCapture",
     "Json",
     "SummaryWriter",
     "Telemetry",

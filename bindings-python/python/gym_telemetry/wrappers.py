@@ -35,6 +35,17 @@ own ``add_scalar`` of exactly those two tags on the same ``Telemetry``, so each 
 once. Pass ``episode_scalars=False`` for an env whose episodes are not the training curve (an
 evaluation env).
 
+Frames. With ``capture_frames=gym_telemetry.FrameCapture(every_k_steps=..., episode_trigger=...)``
+(the env made with ``render_mode="rgb_array"``) the wrapper captures ``env.render()`` after the
+chosen steps: every step of the episodes ``episode_trigger(episode_index)`` chooses (default:
+Gymnasium ``RecordVideo``'s capped cubic schedule, episodes 0, 1, 8, 27, ..., 729, then every
+1000th), and every ``every_k_steps``-th step (0, k, 2k, ...) of any episode. One frame per
+recorded step: the step's record carries its ``frame_ref``. The pixels are copied in Rust and
+compressed and sent by the shim's frame sender on its own thread (its own byte budget, never
+blocking the loop); the fps of an exported clip is the env's ``metadata["render_fps"]``.
+Without ``capture_frames`` the step path is unchanged. In a vector env each sub-environment of
+a ``SyncVectorEnv`` (``env.envs``) is rendered; other vector envs cannot be captured.
+
 A ``reset()`` in the middle of an episode abandons it: its steps stay recorded, no episode
 record is written for it, and the next steps belong to the next episode index. The recorded
 observation of a step is the one ``env.step`` returned. Failures of telemetry calls never break
@@ -76,7 +87,7 @@ except ImportError:
             SAME_STEP = "SameStep"
             DISABLED = "Disabled"
 
-from ._native import EpisodeRecorder, Json, Telemetry, normalize_control_mode
+from ._native import EpisodeRecorder, FrameCapture, Json, Telemetry, normalize_control_mode
 
 __all__ = ["TelemetryWrapper", "TelemetryVectorWrapper"]
 
@@ -146,6 +157,19 @@ def _setup_render_hints(rec: EpisodeRecorder, env: gym.Env, render_hint: bool) -
         rec.set_render(_AnsiHints(env))
 
 
+def _setup_capture(rec: EpisodeRecorder, env: Any, capture: Optional[FrameCapture]) -> None:
+    if capture is None:
+        return
+    if not isinstance(capture, FrameCapture):
+        raise TypeError(f"capture_frames must be a gym_telemetry.FrameCapture, not {type(capture).__name__}")
+    mode = getattr(env, "render_mode", None)
+    if mode != "rgb_array":
+        raise ValueError(f'capture_frames needs an env made with render_mode="rgb_array" (it has {mode!r})')
+    metadata = getattr(env, "metadata", None) or {}
+    fps = metadata.get("render_fps") or 0
+    rec.set_frame_capture(capture, env, float(fps))
+
+
 def _episode_metadata(env: Any, seed: Optional[int]) -> Optional[Json]:
     meta: dict = {}
     spec = getattr(env, "spec", None)
@@ -168,6 +192,8 @@ class TelemetryWrapper(gym.Wrapper):
         record_info: send each step's ``info`` dict as the step's ``info_json`` (default True).
         episode_scalars: record ``charts/episodic_return`` / ``charts/episodic_length`` at
             each episode's end (default True; see the module docs).
+        capture_frames: a ``gym_telemetry.FrameCapture`` choosing the frames of
+            ``env.render()`` to capture (default None: no frames; see the module docs).
     """
 
     def __init__(
@@ -180,6 +206,7 @@ class TelemetryWrapper(gym.Wrapper):
         record_info: bool = True,
         *,
         episode_scalars: bool = True,
+        capture_frames: Optional[FrameCapture] = None,
     ) -> None:
         super().__init__(env)
         if not isinstance(telemetry, Telemetry):
@@ -192,6 +219,7 @@ class TelemetryWrapper(gym.Wrapper):
             episode_scalars=bool(episode_scalars),
         )
         _setup_render_hints(self._rec, env, render_hint)
+        _setup_capture(self._rec, env, capture_frames)
         self._errors = _ErrorLog()
         self._meta = _episode_metadata(env, None)  # resets without a seed reuse it (encoded once)
         # The per-step path without a Python frame of ours: this instance's ``step`` is the
@@ -254,6 +282,8 @@ class TelemetryVectorWrapper(VectorWrapper):
         record_info: send each sub-environment's part of the info dict (default True).
         episode_scalars: record ``charts/episodic_return`` / ``charts/episodic_length`` at
             each episode's end (default True; see the module docs).
+        capture_frames: a ``gym_telemetry.FrameCapture`` (each sub-env of a ``SyncVectorEnv``
+            rendered on its own; default None).
     """
 
     def __init__(
@@ -265,6 +295,7 @@ class TelemetryVectorWrapper(VectorWrapper):
         record_info: bool = True,
         *,
         episode_scalars: bool = True,
+        capture_frames: Optional[FrameCapture] = None,
     ) -> None:
         super().__init__(env)
         if not isinstance(telemetry, Telemetry):
@@ -291,6 +322,12 @@ class TelemetryVectorWrapper(VectorWrapper):
             EpisodeRecorder(telemetry, a, control_mode, self._record_info, episode_scalars=self._episode_scalars)
             for a in self._agent_ids
         ]
+        if capture_frames is not None:
+            subs = getattr(env, "envs", None)
+            if subs is None or len(subs) != n:
+                raise ValueError("capture_frames needs a SyncVectorEnv (its sub-envs, env.envs, are rendered)")
+            for rec, sub in zip(self._recs, subs):
+                _setup_capture(rec, sub, capture_frames)
         self._skip = [False] * n  # NEXT_STEP: this sub-env's next entry is its reset
         self._meta: list[Optional[Json]] = [_episode_metadata(env, None)] * n
         self._errors = _ErrorLog()

@@ -63,6 +63,37 @@ pub enum Command {
     /// the running daemon. Idempotent and resumable; --follow tails the files while a run
     /// writes them.
     ImportTensorboard(ImportTensorboardArgs),
+    /// Encode a stored episode's frames as a clip (MP4/H.264 or WebM/VP9 through ffmpeg; an
+    /// animated GIF without ffmpeg) and register it as an artifact of the run.
+    ExportVideo(ExportVideoArgs),
+}
+
+/// `export-video`.
+#[derive(Debug, Args)]
+pub struct ExportVideoArgs {
+    /// Where the frame store and the store live.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// The run.
+    #[arg(long)]
+    pub run: String,
+    /// The agent (empty: the run's frames without an agent id).
+    #[arg(long, default_value = "")]
+    pub agent: String,
+    /// The episode index.
+    #[arg(long)]
+    pub episode: u64,
+    /// The clip to write: `.mp4`, `.webm` or `.gif` (without ffmpeg, `.mp4`/`.webm` become
+    /// the same name with `.gif`).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// The ffmpeg executable (default: `ffmpeg` on PATH). One that does not run counts as
+    /// ffmpeg not installed.
+    #[arg(long, env = "GYM_TELEMETRY_FFMPEG")]
+    pub ffmpeg: Option<PathBuf>,
+    /// Frames per second (default: the env's `render_fps` stored with the frames, else 30).
+    #[arg(long)]
+    pub fps: Option<f64>,
 }
 
 /// `serve`.
@@ -146,6 +177,13 @@ pub struct ServeArgs {
     /// GPU slots the predecessor's `SubmitRun` may assign (`0,1,2`); none by default.
     #[arg(long, env = "GYM_TELEMETRY_GPUS", value_delimiter = ',')]
     pub gpus: Vec<u32>,
+    /// Frame bytes kept per run (`<var-dir>/frames`); beyond, the oldest unpinned episodes
+    /// are evicted.
+    #[arg(long, env = "GYM_TELEMETRY_FRAMES_MAX_RUN_BYTES", default_value_t = 1 << 30)]
+    pub frames_max_run_bytes: u64,
+    /// Frame bytes kept in total, all runs.
+    #[arg(long, env = "GYM_TELEMETRY_FRAMES_MAX_TOTAL_BYTES", default_value_t = 8 << 30)]
+    pub frames_max_total_bytes: u64,
 }
 
 /// `dump`.

@@ -5,6 +5,7 @@
 //! `gym-telemetry-demo`; the JSONL proxy is `gym-telemetry-proxy`.
 
 mod cli;
+mod video;
 
 use std::{io::Write, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -86,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Dump(a) => dump_cmd(a),
         Command::ImportLegacy(a) => import(a),
         Command::ImportTensorboard(a) => runtime()?.block_on(import_tensorboard(a)),
+        Command::ExportVideo(a) => video::export_video(a),
     }
 }
 
@@ -164,6 +166,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
                 .with_context(|| format!("--web-listen {s:?} is not an address or `off`"))?,
         ),
     };
+    cfg.frames.max_run_bytes = a.frames_max_run_bytes;
+    cfg.frames.max_total_bytes = a.frames_max_total_bytes;
     let daemon = telemetry_server::start(cfg).await?;
     println!("gym-telemetry-daemon listening on {}", daemon.endpoint());
     let web = match web_listen {
