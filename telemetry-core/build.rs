@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("gym_telemetry/v1/telemetry.proto"),
         root.join("gym_telemetry/v1/frames.proto"),
+        root.join("gym_telemetry/v1/policy.proto"),
         root.join("gymgui/trainer/trainer.proto"),
     ];
     for f in &files {

@@ -112,6 +112,23 @@ pub struct Telemetry {
     /// The frame sender (`telemetry_shim::frames`), started by the first wrapper that
     /// captures frames; `None` inside when disabled or not live.
     frames: std::sync::OnceLock<Option<Arc<telemetry_shim::FrameSender>>>,
+    /// The policy equipped to this agent, as JSON (`tel.policy`), kept past close().
+    policy_json: Option<String>,
+}
+
+/// `tel.policy` as JSON: the equipped policy of the agent, with its verified path, manifest and,
+/// for an evaluation run, the evaluation plan.
+fn policy_json(shim: &telemetry_shim::Telemetry) -> Option<String> {
+    let p = shim.policy(None)?;
+    let v = serde_json::json!({
+        "policy_id": p.policy_id,
+        "agent_id": p.agent_id,
+        "sha256": p.sha256,
+        "path": p.path.display().to_string(),
+        "manifest": serde_json::to_value(&p.manifest).unwrap_or_default(),
+        "evaluation": shim.evaluation().map(|e| serde_json::to_value(e).unwrap_or_default()),
+    });
+    Some(v.to_string())
 }
 
 fn closed_error() -> PyErr {
@@ -144,6 +161,7 @@ impl Telemetry {
         logbridge::drain(py);
         let producer_id = shim.producer_id().to_owned();
         let enabled = shim.is_enabled();
+        let policy_json = policy_json(&shim);
         let core = Arc::new(Core {
             shim: Mutex::new(Some(Arc::new(shim))),
             final_stats: Mutex::new(None),
@@ -172,6 +190,7 @@ impl Telemetry {
             episode_scalars: AtomicBool::new(false),
             frame_config,
             frames: std::sync::OnceLock::new(),
+            policy_json,
         })
     }
 
@@ -407,6 +426,20 @@ impl Telemetry {
     #[getter]
     fn producer_id(&self) -> &str {
         &self.producer_id
+    }
+
+    /// The policy the daemon equipped to this agent (from GYM_TELEMETRY_POLICIES_FILE, its
+    /// file verified against its SHA-256 when this Telemetry started), or None: a dict with
+    /// policy_id, agent_id, sha256, path (load the checkpoint from here), manifest (env_id,
+    /// observation_space, action_space, format, payload_version, source_run_id, ...) and
+    /// evaluation (None, or {"episodes": N, ...} for an evaluation run: play N episodes
+    /// greedily). Every step and episode of this agent carries policy_id and its digest.
+    #[getter]
+    fn policy<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match &self.policy_json {
+            None => Ok(None),
+            Some(s) => Ok(Some(py.import("json")?.call_method1("loads", (s.as_str(),))?)),
+        }
     }
 
     /// "live", "dry_run" or "disabled".

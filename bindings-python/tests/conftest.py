@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -148,13 +149,23 @@ class Daemon:
         return out
 
 
-_PB2: list = []
 
 
 def telemetry_pb2():
     """gym_telemetry/v1/telemetry_pb2 generated (once per session) from the repository's proto."""
-    if _PB2:
-        return _PB2[0]
+    return v1_modules()["telemetry_pb2"]
+
+
+_V1: dict = {}
+
+
+def v1_modules() -> dict:
+    """Every module generated (once per session) from proto/gym_telemetry/v1: telemetry_pb2,
+    telemetry_pb2_grpc, policy_pb2 and policy_pb2_grpc. Each is loaded by path under a flat
+    name (``gym_telemetry.v1`` would be looked up in our package), and their imports of each
+    other are pointed at those names."""
+    if _V1:
+        return _V1
     import importlib.util
     import tempfile
 
@@ -164,18 +175,23 @@ def telemetry_pb2():
     root = Path(__file__).resolve().parents[2] / "proto"
     out = Path(tempfile.mkdtemp(prefix="gym-telemetry-pb2-"))
     include = Path(grpc_tools.__file__).parent / "_proto"
+    files = [str(root / "gym_telemetry" / "v1" / f) for f in ("policy.proto", "telemetry.proto")]
     rc = protoc.main(["grpc_tools.protoc", f"-I{root}", f"-I{include}", f"--python_out={out}",
-                      str(root / "gym_telemetry" / "v1" / "telemetry.proto")])
-    assert rc == 0, "protoc failed on proto/gym_telemetry/v1/telemetry.proto"
-    # Loaded by path under another name: "gym_telemetry.v1" would be looked up in our package.
-    spec = importlib.util.spec_from_file_location(
-        "gym_telemetry_v1_telemetry_pb2", out / "gym_telemetry" / "v1" / "telemetry_pb2.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _PB2.append(module)
-    return module
+                      f"--grpc_python_out={out}", *files])
+    assert rc == 0, "protoc failed on proto/gym_telemetry/v1"
+    for name in ("policy_pb2", "telemetry_pb2", "policy_pb2_grpc", "telemetry_pb2_grpc"):
+        path = out / "gym_telemetry" / "v1" / f"{name}.py"
+        text = path.read_text()
+        for dep in ("policy_pb2", "telemetry_pb2"):
+            text = text.replace(f"from gym_telemetry.v1 import {dep} as", f"import gym_telemetry_v1_{dep} as")
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(f"gym_telemetry_v1_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"gym_telemetry_v1_{name}"] = module
+        spec.loader.exec_module(module)
+        _V1[name] = module
+    return _V1
 
 
 @pytest.fixture

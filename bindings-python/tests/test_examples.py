@@ -37,7 +37,8 @@ def test_frozenlake_q_learning(daemon, tmp_path: Path) -> None:
     assert {"state", "next_state", "q_before", "q_after", "epsilon"} <= set(info)
     assert all(s["agent_id"] == "bdi_rl_demo" and s["control_mode"] == "agent" for s in steps)
     assert "success" in json.loads(episodes[0]["metadata_json"])
-    assert len(json.loads(policy.read_text())["q"]) == 16
+    saved = json.loads(policy.read_text())
+    assert saved["format"] == "q_table/v1" and len(saved["q_table"]) == 16
 
 
 def test_cleanrl_cartpole(daemon) -> None:

@@ -3,7 +3,7 @@
 //! Generated code is not held to our lint rules (missing docs, etc.), so each package is
 //! included inside a module that relaxes them.
 
-/// gym-telemetry's own API (`proto/gym_telemetry/v1/telemetry.proto`).
+/// gym-telemetry's own API (`proto/gym_telemetry/v1/telemetry.proto`, `policy.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("gym_telemetry.v1");

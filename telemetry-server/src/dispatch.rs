@@ -48,6 +48,8 @@ pub struct DispatchConfig {
     pub max_log_bytes: u64,
     /// Sizes a submission may have.
     pub limits: SubmitLimits,
+    /// The policy inventory: equip checks, the worker's policies file, evaluation results.
+    pub policies: Arc<crate::policies::PolicyContext>,
     /// Worker slots and the pending queue.
     pub queue: Arc<WorkQueue>,
 }
@@ -163,6 +165,13 @@ pub enum SubmitError {
     /// Every worker slot is taken and the pending queue is full (`RESOURCE_EXHAUSTED`).
     #[error(transparent)]
     QueueFull(#[from] QueueFull),
+    /// A policy to equip is not in the inventory (`NOT_FOUND`).
+    #[error("{0}")]
+    PolicyNotFound(String),
+    /// A policy to equip does not fit the run (`FAILED_PRECONDITION`; the message starts with
+    /// the refusal's kind, e.g. `env_mismatch:`).
+    #[error("{0}")]
+    PolicyRefused(String),
 }
 
 impl From<String> for SubmitError {
@@ -175,6 +184,8 @@ impl From<SubmitError> for tonic::Status {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::QueueFull(_) => tonic::Status::resource_exhausted(e.to_string()),
+            SubmitError::PolicyNotFound(_) => tonic::Status::not_found(e.to_string()),
+            SubmitError::PolicyRefused(_) => tonic::Status::failed_precondition(e.to_string()),
             _ => tonic::Status::invalid_argument(e.to_string()),
         }
     }
@@ -230,7 +241,8 @@ pub async fn submit(
         serde_json::from_str::<serde_json::Value>(&req.metadata_json)
             .map_err(|e| format!("metadata_json is not valid JSON: {e}"))?;
     }
-    let info = RunInfo {
+    let mut req = req;
+    let mut info = RunInfo {
         run_id: run_id.clone(),
         agent_id: req.agent_id.clone(),
         control_mode: mode.as_str().to_owned(),
@@ -239,6 +251,9 @@ pub async fn submit(
         metadata_json: req.metadata_json.clone(),
         ..Default::default()
     };
+    if !req.equip.is_empty() || req.evaluate.is_some() {
+        cfg.policies.prepare_submission(&mut req, &mut info).await?;
+    }
     let ticket = cfg.queue.admit()?;
     if let Err(e) = registry.insert_pending(info).await {
         // Its slot or place goes back; a run queued meanwhile may take the slot.
@@ -397,6 +412,30 @@ async fn spawn_worker(
     if let Err(e) = security::private_dir(&run_dir) {
         tracing::warn!(run_id = %run_id, error = %e, "cannot create the run's log directory");
     }
+    // Equipped policies: verified again now, handed over in a file the worker re-verifies.
+    let info = registry.get(&run_id).unwrap_or_default();
+    match cfg.policies.worker_env(&run_dir, &info).await {
+        Ok(env) => {
+            cmd.envs(env);
+        }
+        Err(e) => {
+            let reason = format!("equipped policy refused at start: {e}");
+            tracing::warn!(run_id = %run_id, %reason);
+            registry
+                .finish(&run_id, RunState::Failed, reason.clone(), None, None)
+                .await;
+            record_completion(
+                registry,
+                &run_id,
+                CompletionStatus::Failed,
+                reason,
+                None,
+                None,
+            )
+            .await;
+            return Ok(run_id);
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -478,6 +517,9 @@ async fn spawn_worker(
                 drain_cfg.queue.metrics(),
             )
             .await;
+        }
+        if let Some(info) = registry.get(&id) {
+            drain_cfg.policies.record_evaluation(&registry, &info).await;
         }
         on_exit(&registry, &id, status).await;
         drop(slot); // the next waiting run may start now

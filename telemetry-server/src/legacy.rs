@@ -392,6 +392,7 @@ pub fn parse_submit(req: &SubmitRunRequest) -> Result<pb::SubmitRunRequest, Stat
         game_id,
         seed: obj.get("seed").and_then(serde_json::Value::as_u64),
         metadata_json: req.config_json.clone(),
+        ..Default::default()
     })
 }
 

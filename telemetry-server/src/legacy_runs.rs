@@ -483,6 +483,7 @@ pub fn build_submission(
             game_id,
             seed,
             metadata_json: cfg.canonical(),
+            ..Default::default()
         },
         digest: cfg.digest(),
     })

@@ -77,6 +77,8 @@ pub struct Metrics {
     /// Commits of the predecessor's Publish streams, by `cause` (`records`, `bytes`, `pause`,
     /// `end`).
     pub legacy_publish_flushes: Family<Labels, Counter>,
+    /// `artifact` events of kind `policy`, by `outcome` (`registered`, `refused`).
+    pub policy_artifacts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -120,6 +122,7 @@ impl Metrics {
             dispatch_pending: Gauge::default(),
             dispatch_running: Gauge::default(),
             legacy_publish_flushes: Family::default(),
+            policy_artifacts: Family::default(),
         };
         reg.register("ingested_records", "Records stored", m.ingested.clone());
         reg.register(
@@ -248,6 +251,11 @@ impl Metrics {
             "Commits of the predecessor's Publish streams, by what triggered them",
             m.legacy_publish_flushes.clone(),
         );
+        reg.register(
+            "policy_artifacts",
+            "Policy artifact events registered in the inventory or refused, by outcome",
+            m.policy_artifacts.clone(),
+        );
         m.registry = Arc::new(reg);
         m
     }
@@ -286,6 +294,13 @@ impl Metrics {
     pub fn refuse_subscription(&self, reason: &str) {
         self.subscriptions_refused
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts one policy artifact event by outcome.
+    pub fn policy_artifact(&self, outcome: &str) {
+        self.policy_artifacts
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
             .inc();
     }
 

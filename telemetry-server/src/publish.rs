@@ -85,6 +85,8 @@ pub struct Publisher {
     registry: Registry,
     metrics: Metrics,
     limits: IngestLimits,
+    /// Registers the files of `artifact` events of kind `policy` (none: not registered).
+    policies: Option<Arc<crate::policies::PolicyContext>>,
 }
 
 /// Why a batch was not acknowledged. Nothing of it was stored, except where said.
@@ -146,7 +148,14 @@ impl Publisher {
             registry,
             metrics,
             limits,
+            policies: None,
         }
+    }
+
+    /// Registers the file of every stored `artifact` event of kind `policy` in `ctx`.
+    pub(crate) fn with_policies(mut self, ctx: Arc<crate::policies::PolicyContext>) -> Self {
+        self.policies = Some(ctx);
+        self
     }
 
     pub(crate) fn pipeline(&self) -> &Pipeline {
@@ -296,6 +305,7 @@ impl Publisher {
         const EMPTY_MODE: String = String::new();
         let mut runs: HashMap<String, (String, String)> = HashMap::new();
         let mut completions = Vec::new();
+        let mut policy_artifacts = Vec::new();
         for r in &valid {
             let (run, agent, mode) = match &r.kind {
                 Some(Kind::Step(s)) => (&s.run_id, &s.agent_id, &s.control_mode),
@@ -306,6 +316,10 @@ impl Publisher {
                 Some(Kind::Scalar(s)) => (&s.run_id, &s.agent_id, &EMPTY_MODE),
                 Some(Kind::RunCompleted(c)) => {
                     completions.push(c.clone());
+                    continue;
+                }
+                Some(Kind::Artifact(a)) if a.kind == "policy" => {
+                    policy_artifacts.push(a.clone());
                     continue;
                 }
                 _ => continue,
@@ -320,6 +334,7 @@ impl Publisher {
             rejected_stamps,
             runs,
             completions,
+            policy_artifacts,
         })
     }
 
@@ -360,6 +375,18 @@ impl Publisher {
             for c in &prepared.completions {
                 self.registry.set_completion_recorded(&c.run_id);
                 self.registry.observe_completion(c).await;
+            }
+            // After the commit, before the ack: a worker that saw its ack finds the policy
+            // listed. (A resend registers the same bytes again, which changes nothing.)
+            if let Some(ctx) = &self.policies {
+                for a in &prepared.policy_artifacts {
+                    let game = self
+                        .registry
+                        .get(&a.run_id)
+                        .map(|i| i.game_id)
+                        .unwrap_or_default();
+                    ctx.register_artifact(a.clone(), game).await;
+                }
             }
         }
         Ok(IngestAck {
@@ -453,4 +480,5 @@ struct Prepared {
     rejected_stamps: Vec<(String, u64)>,
     runs: HashMap<String, (String, String)>,
     completions: Vec<telemetry_core::pb::RunCompleted>,
+    policy_artifacts: Vec<telemetry_core::pb::Artifact>,
 }

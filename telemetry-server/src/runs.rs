@@ -207,6 +207,53 @@ impl Registry {
         changed
     }
 
+    /// Binds a policy to an agent of a pending run (replacing that agent's earlier binding).
+    /// Fails when the run is unknown or no longer pending: a worker already started never
+    /// sees a later binding.
+    pub async fn bind_policy(
+        &self,
+        run_id: &str,
+        binding: telemetry_core::pb::PolicyBinding,
+    ) -> Result<RunInfo, String> {
+        let mut state = None;
+        let updated = self
+            .update(run_id, |e| {
+                state = Some(e.info.state);
+                if e.info.state != RunState::Pending as i32 {
+                    return false;
+                }
+                e.info
+                    .policy_bindings
+                    .retain(|b| b.agent_id != binding.agent_id);
+                e.info.policy_bindings.push(binding);
+                true
+            })
+            .await;
+        match (updated, state) {
+            (Some(info), _) => Ok(info),
+            (None, None) => Err(format!("no run {run_id:?}")),
+            (None, Some(_)) => Err(format!(
+                "run {run_id:?} is no longer pending: policies are equipped before a run starts"
+            )),
+        }
+    }
+
+    /// Runs not yet finished that have `policy_id` equipped.
+    pub fn equipped_by(&self, policy_id: &str) -> Vec<String> {
+        self.lock()
+            .runs
+            .values()
+            .filter(|e| !is_final(e.info.state))
+            .filter(|e| {
+                e.info
+                    .policy_bindings
+                    .iter()
+                    .any(|b| b.policy_id == policy_id)
+            })
+            .map(|e| e.info.run_id.clone())
+            .collect()
+    }
+
     /// The worker was spawned. Returns false (and changes nothing) when the run ended
     /// meanwhile (cancelled while it was being started): the caller stops the worker.
     pub(crate) async fn mark_running(

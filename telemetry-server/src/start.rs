@@ -10,7 +10,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use telemetry_core::pb::{
     frames_server::FramesServer, ingest_server::IngestServer,
-    legacy::trainer_service_server::TrainerServiceServer, query_server::QueryServer,
+    legacy::trainer_service_server::TrainerServiceServer, policies_server::PoliciesServer,
+    query_server::QueryServer,
     run_control_server::RunControlServer, CompletionStatus, FILE_DESCRIPTOR_SET,
 };
 use telemetry_hub::Hub;
@@ -75,12 +76,18 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
     let cancel = CancellationToken::new();
+    let policies = Arc::new(crate::policies::PolicyContext::new(
+        &cfg.var_dir,
+        reader.clone(),
+        metrics.clone(),
+    ));
     let dispatch_cfg = Arc::new(dispatch_config(
         &cfg,
         addr,
         &credentials,
         &metrics,
         &cancel,
+        policies.clone(),
     )?);
 
     let registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
@@ -104,7 +111,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         registry.clone(),
         metrics.clone(),
         cfg.ingest,
-    );
+    )
+    .with_policies(policies.clone());
     let (router, query, control) = services(
         &cfg,
         addr,
@@ -303,6 +311,7 @@ fn dispatch_config(
     credentials: &Credentials,
     metrics: &Metrics,
     stopping: &CancellationToken,
+    policies: Arc<crate::policies::PolicyContext>,
 ) -> Result<DispatchConfig, ServerError> {
     let tls = worker_tls(cfg)?;
     Ok(DispatchConfig {
@@ -313,6 +322,7 @@ fn dispatch_config(
         grace: cfg.cancel_grace,
         max_log_bytes: 8 * 1024 * 1024,
         limits: cfg.submit,
+        policies,
         queue: WorkQueue::new(
             cfg.max_running_workers,
             cfg.max_pending_runs,
@@ -372,6 +382,8 @@ async fn services(
     let query = QueryService::new(hub.clone(), reader, registry.clone())
         .with_limits(cfg.query, metrics.clone());
     let control = ControlService::new(registry.clone(), dispatch_cfg.clone(), cancel.clone());
+    let policies =
+        crate::policies::PoliciesService::new(dispatch_cfg.policies.clone(), registry.clone());
     let legacy = LegacyService::new(
         publisher.clone(),
         query.clone(),
@@ -405,6 +417,9 @@ async fn services(
     let frames = FramesService::new(Arc::new(frame_store));
     health_reporter
         .set_serving::<FramesServer<FramesService>>()
+        .await;
+    health_reporter
+        .set_serving::<PoliciesServer<crate::policies::PoliciesService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -452,6 +467,10 @@ async fn services(
             FramesServer::new(frames)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PoliciesServer::new(policies),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

@@ -66,6 +66,13 @@ pub enum ConfigError {
     /// `_AUTH_TOKEN_FILE`, `$GYM_TELEMETRY_VAR_DIR/auth-token`) cannot be used.
     #[error("auth token: {0}")]
     Credential(#[from] telemetry_core::credentials::CredentialError),
+    /// The equipped policies file cannot be read, or a payload no longer matches its digest:
+    /// the worker must not run with a policy other than the one equipped.
+    #[error("equipped policy ({}): {reason}", telemetry_policy::POLICIES_FILE_ENV)]
+    Policy {
+        /// What is wrong.
+        reason: String,
+    },
     /// The CA file of an `https://` endpoint (`tls_ca_file`) cannot be read or holds no usable
     /// certificate. Reported when the shim starts, not at the first connection.
     #[error("tls_ca_file (GYM_TELEMETRY_TLS_CA_FILE) {}: {reason}", path.display())]
@@ -153,6 +160,10 @@ pub struct ShimConfig {
     /// How long dropping a [`Telemetry`](crate::Telemetry) may wait for its final flush
     /// (`GYM_TELEMETRY_DROP_FLUSH_MS`). Default 5 s.
     pub drop_flush_timeout: Duration,
+    /// The policies the daemon equipped to this run (`GYM_TELEMETRY_POLICIES_FILE`, each
+    /// payload verified against its digest when the configuration is read). Every step and
+    /// episode of an equipped agent carries its policy's id and digest. Default: none.
+    pub policies: Option<std::sync::Arc<telemetry_policy::RunPolicies>>,
 }
 
 impl Default for ShimConfig {
@@ -183,6 +194,7 @@ impl Default for ShimConfig {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             drop_flush_timeout: Duration::from_secs(5),
+            policies: None,
         }
     }
 }

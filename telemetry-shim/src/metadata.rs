@@ -71,6 +71,24 @@ pub(crate) struct Decorator {
     config_control_mode: Option<ControlMode>,
     metadata: Mutex<Metadata>,
     current: Mutex<Arc<Snapshot>>,
+    /// `(agent, policy id, digest)` of each equipped policy.
+    policies: Vec<(String, String, String)>,
+}
+
+/// Stamps an equipped agent's policy on a record that names none.
+fn stamp_policy(
+    policies: &[(String, String, String)],
+    agent: &str,
+    id: &mut String,
+    digest: &mut String,
+) {
+    if !id.is_empty() {
+        return;
+    }
+    if let Some((_, p, d)) = policies.iter().find(|(a, _, _)| a == agent) {
+        id.clone_from(p);
+        digest.clone_from(d);
+    }
 }
 
 fn fill(field: &mut String, value: &Option<String>) {
@@ -97,6 +115,12 @@ impl Decorator {
             config_control_mode: config.control_mode,
             metadata: Mutex::new(Metadata::default()),
             current: Mutex::new(Arc::new(Snapshot::default())),
+            policies: config
+                .policies
+                .iter()
+                .flat_map(|p| p.policies.iter())
+                .map(|p| (p.agent_id.clone(), p.policy_id.clone(), p.sha256.clone()))
+                .collect(),
         };
         d.rebuild(|_| {});
         d
@@ -186,6 +210,7 @@ impl Decorator {
                 fill_mode(&mut s.control_mode, d.control_mode);
                 fill(&mut s.policy_label, &d.policy_label);
                 fill(&mut s.backend, &d.backend);
+                stamp_policy(&self.policies, &s.agent_id, &mut s.policy_id, &mut s.policy_digest);
                 s.timestamp.get_or_insert_with(timestamp::now);
                 for h in &d.step_hooks {
                     h(s);
@@ -196,6 +221,7 @@ impl Decorator {
                 fill(&mut e.agent_id, &d.agent_id);
                 fill_mode(&mut e.control_mode, d.control_mode);
                 merge_keys(&mut e.metadata_json, &d.episode_keys);
+                stamp_policy(&self.policies, &e.agent_id, &mut e.policy_id, &mut e.policy_digest);
                 e.timestamp.get_or_insert_with(timestamp::now);
                 for h in &d.episode_hooks {
                     h(e);

@@ -53,6 +53,8 @@ pub struct Telemetry {
     counters: Arc<Counters>,
     producer_id: String,
     drop_flush_timeout: Duration,
+    policies: Option<Arc<telemetry_policy::RunPolicies>>,
+    agent_id: Option<String>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -85,6 +87,8 @@ impl Telemetry {
             counters: Arc::clone(&counters),
             producer_id: String::new(),
             drop_flush_timeout: config.drop_flush_timeout,
+            policies: config.policies.clone(),
+            agent_id: config.agent_id.clone(),
         };
         match &config.mode {
             Mode::Disabled => {}
@@ -154,6 +158,18 @@ impl Telemetry {
         Ok(shim)
     }
 
+    /// The policy equipped to `agent_id` (`None`: the configured agent), its payload verified
+    /// when the configuration was read. `None` when the daemon equipped none.
+    pub fn policy(&self, agent_id: Option<&str>) -> Option<&telemetry_policy::EquippedPolicy> {
+        let agent = agent_id.or(self.agent_id.as_deref()).unwrap_or_default();
+        self.policies.as_ref()?.for_agent(agent)
+    }
+
+    /// For an evaluation run: how many episodes to play with the equipped policy, greedily.
+    pub fn evaluation(&self) -> Option<&telemetry_policy::Evaluation> {
+        self.policies.as_ref()?.evaluation.as_ref()
+    }
+
     /// A shim that does nothing (the same as `Mode::Disabled`).
     pub fn disabled() -> Telemetry {
         Telemetry {
@@ -161,6 +177,8 @@ impl Telemetry {
             counters: Arc::new(Counters::default()),
             producer_id: String::new(),
             drop_flush_timeout: Duration::ZERO,
+            policies: None,
+            agent_id: None,
         }
     }
 

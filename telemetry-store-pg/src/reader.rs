@@ -32,9 +32,10 @@ pub const MAX_PAGE: usize = 65536;
 const STEP_COLUMNS: &str = "seq, run_id, episode_index, step_index, action_json, \
      observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, agent_id, \
      render_hint_json, frame_ref, payload_version, control_mode, producer_id, producer_seq, \
-     info_json";
+     info_json, policy_id, policy_digest";
 const EPISODE_COLUMNS: &str = "seq, run_id, episode_index, total_reward, steps, terminated, \
-     truncated, metadata_json, ts_ns, agent_id, control_mode, producer_id, producer_seq";
+     truncated, metadata_json, ts_ns, agent_id, control_mode, producer_id, producer_seq, \
+     policy_id, policy_digest";
 const SCALAR_COLUMNS: &str =
     "seq, run_id, agent_id, tag, step, value, ts_ns, producer_id, producer_seq";
 
@@ -135,6 +136,8 @@ fn step_from(row: &Row) -> Result<RunStep, StoreError> {
         producer_id: get(row, 17, W)?,
         producer_seq: u64_from_sql(get(row, 18, W)?),
         info_json: get(row, 19, W)?,
+        policy_id: get(row, 20, W)?,
+        policy_digest: get(row, 21, W)?,
     })
 }
 
@@ -154,6 +157,8 @@ fn episode_from(row: &Row) -> Result<RunEpisode, StoreError> {
         control_mode: get(row, 10, W)?,
         producer_id: get(row, 11, W)?,
         producer_seq: u64_from_sql(get(row, 12, W)?),
+        policy_id: get(row, 13, W)?,
+        policy_digest: get(row, 14, W)?,
     })
 }
 

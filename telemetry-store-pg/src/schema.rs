@@ -19,7 +19,7 @@ use telemetry_store::StoreError;
 use crate::{error::classify, PgConfig};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key of migrations ("GyTsMigr").
 const MIGRATION_LOCK: i64 = 0x4779_5473_4d69_6772;
@@ -143,8 +143,17 @@ CREATE TABLE scalar_tags (
 );
 "#;
 
+/// v2: policy provenance on steps and episodes (the SQLite store's v5): the equipped policy's
+/// id and SHA-256, empty on older rows and for agents without a policy.
+const V2: &str = r#"
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS policy_id text NOT NULL DEFAULT '';
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS policy_digest text NOT NULL DEFAULT '';
+ALTER TABLE episodes ADD COLUMN IF NOT EXISTS policy_id text NOT NULL DEFAULT '';
+ALTER TABLE episodes ADD COLUMN IF NOT EXISTS policy_digest text NOT NULL DEFAULT '';
+"#;
+
 /// Migration `i` brings a schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2];
 
 fn place(cfg: &PgConfig) -> PathBuf {
     PathBuf::from(cfg.describe())

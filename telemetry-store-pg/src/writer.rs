@@ -61,15 +61,16 @@ const SELECT_WATERMARK: &str = "SELECT durable_seq FROM producers WHERE producer
 const INSERT_STEPS: &str = "INSERT INTO steps (seq, run_id, episode_index, step_index, \
      action_json, observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, \
      agent_id, render_hint_json, frame_ref, payload_version, control_mode, producer_id, \
-     producer_seq, info_json) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], \
-     $4::bigint[], $5::text[], $6::text[], $7::float8[], $8::bool[], $9::bool[], $10::bigint[], \
-     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[], \
-     $17::text[], $18::text[], $19::bigint[], $20::text[])";
+     producer_seq, info_json, policy_id, policy_digest) SELECT * FROM unnest($1::bigint[], \
+     $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::float8[], $8::bool[], \
+     $9::bool[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], \
+     $16::bigint[], $17::text[], $18::text[], $19::bigint[], $20::text[], $21::text[], \
+     $22::text[])";
 const INSERT_EPISODES: &str = "INSERT INTO episodes (seq, run_id, episode_index, total_reward, \
      steps, terminated, truncated, metadata_json, ts_ns, agent_id, control_mode, producer_id, \
-     producer_seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::float8[], \
-     $5::bigint[], $6::bool[], $7::bool[], $8::text[], $9::bigint[], $10::text[], $11::text[], \
-     $12::text[], $13::bigint[])";
+     producer_seq, policy_id, policy_digest) SELECT * FROM unnest($1::bigint[], $2::text[], \
+     $3::bigint[], $4::float8[], $5::bigint[], $6::bool[], $7::bool[], $8::text[], $9::bigint[], \
+     $10::text[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[])";
 const INSERT_EVENTS: &str = "INSERT INTO events (seq, kind, run_id, ts_ns, producer_id, \
      producer_seq, body) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], \
      $4::bigint[], $5::text[], $6::bigint[], $7::bytea[])";
@@ -278,6 +279,8 @@ struct StepCols<'a> {
     producer_id: Vec<&'a str>,
     producer_seq: Vec<i64>,
     info_json: Vec<&'a str>,
+    policy_id: Vec<&'a str>,
+    policy_digest: Vec<&'a str>,
 }
 
 impl<'a> StepCols<'a> {
@@ -302,9 +305,11 @@ impl<'a> StepCols<'a> {
         self.producer_id.push(&s.producer_id);
         self.producer_seq.push(u64_to_sql(s.producer_seq));
         self.info_json.push(&s.info_json);
+        self.policy_id.push(&s.policy_id);
+        self.policy_digest.push(&s.policy_digest);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
         [
             &self.seq,
             &self.run_id,
@@ -326,6 +331,8 @@ impl<'a> StepCols<'a> {
             &self.producer_id,
             &self.producer_seq,
             &self.info_json,
+            &self.policy_id,
+            &self.policy_digest,
         ]
     }
 }
@@ -345,6 +352,8 @@ struct EpisodeCols<'a> {
     control_mode: Vec<&'a str>,
     producer_id: Vec<&'a str>,
     producer_seq: Vec<i64>,
+    policy_id: Vec<&'a str>,
+    policy_digest: Vec<&'a str>,
 }
 
 impl<'a> EpisodeCols<'a> {
@@ -362,9 +371,11 @@ impl<'a> EpisodeCols<'a> {
         self.control_mode.push(canonical_mode(&e.control_mode));
         self.producer_id.push(&e.producer_id);
         self.producer_seq.push(u64_to_sql(e.producer_seq));
+        self.policy_id.push(&e.policy_id);
+        self.policy_digest.push(&e.policy_digest);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         [
             &self.seq,
             &self.run_id,
@@ -379,6 +390,8 @@ impl<'a> EpisodeCols<'a> {
             &self.control_mode,
             &self.producer_id,
             &self.producer_seq,
+            &self.policy_id,
+            &self.policy_digest,
         ]
     }
 }

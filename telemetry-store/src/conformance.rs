@@ -61,6 +61,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         "scalars_keep_nan_and_downsample_in_the_store",
         scalars_keep_nan_and_downsample_in_the_store,
     ),
+    (
+        "policy_provenance_round_trips",
+        policy_provenance_round_trips,
+    ),
 ];
 
 /// Runs every check, each on its own fresh backend from `fresh`.
@@ -84,7 +88,7 @@ macro_rules! conformance_tests {
             keyset_pages_never_skip, filters_select_run_agent_and_mode,
             the_run_registry_round_trips, run_stats_and_completion,
             watermarks_survive_a_new_writer, tails_are_the_latest_in_seq_order,
-            scalars_keep_nan_and_downsample_in_the_store);
+            scalars_keep_nan_and_downsample_in_the_store, policy_provenance_round_trips);
     };
     (@list [$make:expr]; $($name:ident),*) => {
         $(
@@ -514,4 +518,59 @@ pub fn scalars_keep_nan_and_downsample_in_the_store(b: &dyn Backend) {
         .expect("range");
     let steps: Vec<i64> = ranged[0].buckets.iter().map(|b| b.first_step).collect();
     assert_eq!(steps, vec![100, 101, 102, 103, 104]);
+}
+
+/// The equipped policy's id and digest on steps and episodes, and a run's policy bindings and
+/// evaluation links, read back as written (replays and charts show which policy acted).
+pub fn policy_provenance_round_trips(b: &dyn Backend) {
+    let mut w = b.open_writer().expect("open writer");
+    let digest = "0123456789abcdef".repeat(4);
+    let with_policy = |r: Record| match r.kind {
+        Some(pb::record::Kind::Step(mut s)) => {
+            s.policy_id = "FrozenLake-v1/q.json".into();
+            s.policy_digest = digest.clone();
+            Record::from(s)
+        }
+        Some(pb::record::Kind::Episode(mut e)) => {
+            e.policy_id = "FrozenLake-v1/q.json".into();
+            e.policy_digest = digest.clone();
+            Record::from(e)
+        }
+        other => Record { kind: other },
+    };
+    let mut batch = vec![
+        with_policy(step("r", "a", "replay", "p", 1, 0)),
+        step("r", "b", "agent", "p", 2, 1),
+        with_policy(episode("r", "a", "p", 3, 0)),
+    ];
+    w.append(&mut batch, &[]).expect("append");
+    let steps = all_steps(b, &Filter::run("r"));
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].policy_id, "FrozenLake-v1/q.json");
+    assert_eq!(steps[0].policy_digest, digest);
+    assert_eq!(steps[1].policy_id, "", "an agent without a policy has none");
+    let episodes = b
+        .reader()
+        .expect("reader")
+        .episodes_page(0, &Filter::run("r"), 10)
+        .expect("episodes");
+    assert_eq!(episodes[0].policy_id, "FrozenLake-v1/q.json");
+    assert_eq!(episodes[0].policy_digest, digest);
+    let info = RunInfo {
+        run_id: "eval".into(),
+        policy_bindings: vec![pb::PolicyBinding {
+            agent_id: "a".into(),
+            policy_id: "FrozenLake-v1/q.json".into(),
+            policy_digest: digest.clone(),
+        }],
+        evaluation_source_run_id: "r".into(),
+        evaluation_source_policy_id: "FrozenLake-v1/q.json".into(),
+        ..Default::default()
+    };
+    w.put_run_info(&info).expect("put");
+    let infos = b.reader().expect("reader").run_infos().expect("infos");
+    let got = infos.iter().find(|i| i.run_id == "eval").expect("eval");
+    assert_eq!(got.policy_bindings, info.policy_bindings);
+    assert_eq!(got.evaluation_source_run_id, "r");
+    assert_eq!(got.evaluation_source_policy_id, "FrozenLake-v1/q.json");
 }

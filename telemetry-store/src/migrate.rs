@@ -38,7 +38,7 @@ pub(crate) fn migrate_to(
         for (from, sql) in MIGRATIONS.iter().enumerate() {
             let from = from as i64;
             if from >= id.version && from < target {
-                tx.execute_batch(sql)?;
+                apply(&tx, sql)?;
                 tracing::info!(path = %path.display(), from, to = from + 1, "migrated telemetry store");
             }
         }
@@ -48,6 +48,22 @@ pub(crate) fn migrate_to(
     };
     run().map_err(|e| classify(path, e))?;
     tx.commit().map_err(|e| classify(path, e))
+}
+
+/// Runs one migration's SQL. `ALTER TABLE … ADD COLUMN` has no `IF NOT EXISTS` in SQLite, so
+/// a column that already exists is not an error: every migration stays idempotent.
+pub(crate) fn apply(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    if !sql.contains("ADD COLUMN") {
+        return conn.execute_batch(sql);
+    }
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        match conn.execute_batch(stmt) {
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg)))
+                if msg.starts_with("duplicate column name") => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -126,6 +142,8 @@ mod tests {
             assert_eq!(steps.len(), 1);
             let expected_mode = if version == 1 { "unknown" } else { "human" };
             assert_eq!(steps[0].control_mode, expected_mode, "from v{version}");
+            // v5: rows stored before policy provenance existed have none.
+            assert_eq!(steps[0].policy_id, "", "from v{version}");
             assert_eq!(store.watermark("prod").expect("wm"), 2);
             // The run summary (v3) is backfilled from the rows of older files (from v3 on,
             // appends keep it; the seeded rows bypassed them).
@@ -149,6 +167,8 @@ mod tests {
                     run_id: "run-a".into(),
                     producer_id: "prod".into(),
                     producer_seq: 3,
+                    policy_id: "FrozenLake-v1/q.json".into(),
+                    policy_digest: "ab".repeat(32),
                     ..Default::default()
                 },
             )];
@@ -157,6 +177,14 @@ mod tests {
                 report.outcomes,
                 vec![crate::AppendOutcome::Stored { seq: 2 }]
             );
+            let after = reader
+                .read_steps_page(1, &Filter::default(), 10)
+                .expect("steps");
+            assert_eq!(
+                after[0].policy_id, "FrozenLake-v1/q.json",
+                "from v{version}"
+            );
+            assert_eq!(after[0].policy_digest, "ab".repeat(32));
             let expected = if version < 3 { 2 } else { 1 };
             assert_eq!(reader.list_runs().expect("runs")[0].step_count, expected);
         }
@@ -173,7 +201,7 @@ mod tests {
             })
             .unwrap_or((0, 0));
         for sql in MIGRATIONS {
-            conn.execute_batch(sql).expect("re-run is harmless");
+            apply(&conn, sql).expect("re-run is harmless");
         }
         let stats_after: (i64, i64) = conn
             .query_row("SELECT step_count, episode_count FROM run_stats", [], |r| {
@@ -184,7 +212,7 @@ mod tests {
         // from the rows (and running it again gives the same answer).
         assert_eq!(stats_before, (0, 0));
         assert_eq!(stats_after, (1, 1));
-        conn.execute_batch(MIGRATIONS[2]).expect("again");
+        apply(&conn, MIGRATIONS[2]).expect("again");
         let again: (i64, i64) = conn
             .query_row("SELECT step_count, episode_count FROM run_stats", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))

@@ -60,8 +60,8 @@ impl Stream {
     /// Columns of `SELECT seq, <columns>`.
     fn ncols(self) -> usize {
         match self {
-            Stream::Steps => 20,
-            Stream::Episodes => 13,
+            Stream::Steps => 22,
+            Stream::Episodes => 15,
             Stream::Scalars => 9,
         }
     }

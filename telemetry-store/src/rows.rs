@@ -21,13 +21,14 @@ use crate::{pages::RowView, StoreError};
 pub(crate) const INSERT_STEP: &str = "INSERT INTO steps (run_id, episode_index, step_index, \
      action_json, observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, \
      agent_id, render_hint_json, frame_ref, payload_version, control_mode, producer_id, \
-     producer_seq, info_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-     ?14, ?15, ?16, ?17, ?18, ?19)";
+     producer_seq, info_json, policy_id, policy_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
 
 /// SQL that inserts one episode.
 pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (run_id, episode_index, \
      total_reward, steps, terminated, truncated, metadata_json, ts_ns, agent_id, control_mode, \
-     producer_id, producer_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+     producer_id, producer_seq, policy_id, policy_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+     ?9, ?10, ?11, ?12, ?13, ?14)";
 
 /// SQL that inserts one lifecycle event.
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO events (kind, run_id, ts_ns, producer_id, \
@@ -74,6 +75,8 @@ pub(crate) fn insert_step(stmt: &mut Statement<'_>, s: &RunStep) -> rusqlite::Re
     stmt.raw_bind_parameter(17, s.producer_id.as_str())?;
     stmt.raw_bind_parameter(18, u64_to_sql(s.producer_seq))?;
     stmt.raw_bind_parameter(19, s.info_json.as_str())?;
+    stmt.raw_bind_parameter(20, s.policy_id.as_str())?;
+    stmt.raw_bind_parameter(21, s.policy_digest.as_str())?;
     stmt.raw_execute().map(drop)
 }
 
@@ -104,6 +107,8 @@ pub(crate) fn insert_episode(stmt: &mut Statement<'_>, e: &RunEpisode) -> rusqli
     stmt.raw_bind_parameter(10, canonical_mode(&e.control_mode))?;
     stmt.raw_bind_parameter(11, e.producer_id.as_str())?;
     stmt.raw_bind_parameter(12, u64_to_sql(e.producer_seq))?;
+    stmt.raw_bind_parameter(13, e.policy_id.as_str())?;
+    stmt.raw_bind_parameter(14, e.policy_digest.as_str())?;
     stmt.raw_execute().map(drop)
 }
 
@@ -168,6 +173,8 @@ pub(crate) fn step_from(row: &RowView<'_>) -> Result<RunStep, StoreError> {
         producer_id: row.text(17),
         producer_seq: u64_from_sql(row.int(18, W)?),
         info_json: row.text(19),
+        policy_id: row.text(20),
+        policy_digest: row.text(21),
     })
 }
 
@@ -188,6 +195,8 @@ pub(crate) fn episode_from(row: &RowView<'_>) -> Result<RunEpisode, StoreError> 
         control_mode: row.text(10),
         producer_id: row.text(11),
         producer_seq: u64_from_sql(row.int(12, W)?),
+        policy_id: row.text(13),
+        policy_digest: row.text(14),
     })
 }
 

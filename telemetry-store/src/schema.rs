@@ -14,7 +14,7 @@
 //! absent). `control_mode` is stored in its canonical spelling.
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// `PRAGMA application_id` of a gym-telemetry store ("GyTs"), which tells our files apart
 /// from other SQLite databases (such as the predecessor's).
@@ -166,8 +166,18 @@ CREATE TABLE IF NOT EXISTS scalar_tags (
 ) WITHOUT ROWID;
 ";
 
+/// v5: policy provenance on steps and episodes: the equipped policy's id and SHA-256 (empty on
+/// rows stored before, and for agents without a policy). `ADD COLUMN` is not idempotent on its
+/// own, but a migration runs once, in the transaction that bumps `user_version`.
+const V5: &str = "
+ALTER TABLE steps ADD COLUMN policy_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE steps ADD COLUMN policy_digest TEXT NOT NULL DEFAULT '';
+ALTER TABLE episodes ADD COLUMN policy_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE episodes ADD COLUMN policy_digest TEXT NOT NULL DEFAULT '';
+";
+
 /// Migration `i` brings a store from version `i` to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5];
 
 /// Columns of `scalars` after `seq`.
 pub(crate) const SCALAR_COLUMNS: &str =
@@ -177,12 +187,12 @@ pub(crate) const SCALAR_COLUMNS: &str =
 pub(crate) const STEP_COLUMNS: &str = "run_id, episode_index, step_index, action_json, \
      observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, agent_id, \
      render_hint_json, frame_ref, payload_version, control_mode, producer_id, producer_seq, \
-     info_json";
+     info_json, policy_id, policy_digest";
 
 /// Columns of `episodes` after `seq`.
 pub(crate) const EPISODE_COLUMNS: &str = "run_id, episode_index, total_reward, steps, \
      terminated, truncated, metadata_json, ts_ns, agent_id, control_mode, producer_id, \
-     producer_seq";
+     producer_seq, policy_id, policy_digest";
 
 /// The `i64` stored for a `u64` (same bits).
 #[inline]

@@ -473,3 +473,47 @@ fn charts_draw_the_shown_group_with_last_values_and_count_nan() {
         "the x axis ends at the last step: {txt}"
     );
 }
+
+#[test]
+fn the_episodes_tab_names_the_policy_the_agent_ran_with() {
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary("eval", RunState::Running, &["bdi"], &["replay"])],
+        t0,
+    );
+    let cmds = open_selected(&mut app);
+    let (eid, _) = opened_episodes(&cmds).pop().expect("episodes stream");
+    app.update(key(KeyCode::Char('e')));
+    let mut with_policy = episode("eval", "bdi", 1, 0, "replay", "{}");
+    with_policy.policy_id = "FrozenLake-v1/train/q.json".into();
+    with_policy.policy_digest = "0123456789abcdef".repeat(4);
+    app.update(Event::Episodes {
+        stream: eid,
+        message: episodes_msg(vec![with_policy], None),
+    });
+    let s = screen(&render(&app, 120, 24));
+    assert!(
+        s.contains("policy FrozenLake-v1/train/q.json @0123456789ab"),
+        "{s}"
+    );
+}
+
+#[test]
+fn an_agent_without_a_policy_shows_none() {
+    let (mut app, t0) = app();
+    list(
+        &mut app,
+        vec![summary("r", RunState::Running, &["a"], &[])],
+        t0,
+    );
+    let cmds = open_selected(&mut app);
+    let (eid, _) = opened_episodes(&cmds).pop().expect("episodes stream");
+    app.update(key(KeyCode::Char('e')));
+    app.update(Event::Episodes {
+        stream: eid,
+        message: episodes_msg(vec![episode("r", "a", 1, 0, "agent", "{}")], None),
+    });
+    let s = screen(&render(&app, 120, 24));
+    assert!(!s.contains("policy "), "{s}");
+}

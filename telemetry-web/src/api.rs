@@ -465,6 +465,7 @@ async fn submit(
             game_id: f.game_id,
             seed: f.seed,
             metadata_json: String::new(),
+            ..Default::default()
         })
         .await?;
     Ok(Json(json!({ "run_id": resp.run_id })))

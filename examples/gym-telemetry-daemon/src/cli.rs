@@ -66,6 +66,10 @@ pub enum Command {
     /// Encode a stored episode's frames as a clip (MP4/H.264 or WebM/VP9 through ffmpeg; an
     /// animated GIF without ffmpeg) and register it as an artifact of the run.
     ExportVideo(ExportVideoArgs),
+    /// The policy inventory under <var-dir>/policies (read and written directly, with or
+    /// without a daemon running).
+    #[command(subcommand)]
+    Policies(PoliciesCommand),
 }
 
 /// `export-video`.
@@ -94,6 +98,93 @@ pub struct ExportVideoArgs {
     /// Frames per second (default: the env's `render_fps` stored with the frames, else 30).
     #[arg(long)]
     pub fps: Option<f64>,
+}
+
+/// `policies list|show|import|verify`.
+#[derive(Debug, Subcommand)]
+pub enum PoliciesCommand {
+    /// Every policy with its manifest summary; invalid files marked INVALID with their reason.
+    List(PoliciesListArgs),
+    /// One policy's manifest as JSON.
+    Show(PolicyIdArgs),
+    /// Register a checkpoint (copied into the inventory) with the manifest given by the flags.
+    Import(PoliciesImportArgs),
+    /// Re-hash policies (all by default); exits 1 when a digest no longer matches.
+    Verify(PoliciesVerifyArgs),
+}
+
+/// `policies list`.
+#[derive(Debug, Args)]
+pub struct PoliciesListArgs {
+    /// Where the inventory lives.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// Only this env id.
+    #[arg(long, default_value = "")]
+    pub env: String,
+    /// Only this agent.
+    #[arg(long, default_value = "")]
+    pub agent: String,
+    /// Only this format (q_table, npz, ...).
+    #[arg(long, default_value = "")]
+    pub format: String,
+}
+
+/// `policies show`.
+#[derive(Debug, Args)]
+pub struct PolicyIdArgs {
+    /// Where the inventory lives.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// The policy id (its path under the policies root).
+    pub policy_id: String,
+}
+
+/// `policies import`.
+#[derive(Debug, Args)]
+pub struct PoliciesImportArgs {
+    /// Where the inventory lives.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// The checkpoint file.
+    pub path: PathBuf,
+    /// The env id it was trained on.
+    #[arg(long)]
+    pub env: String,
+    /// Its format: q_table, npz, torch_state, flax_state, ...
+    #[arg(long)]
+    pub format: String,
+    /// Its payload version within the format.
+    #[arg(long, default_value_t = 1)]
+    pub payload_version: u32,
+    /// The agent (default: the file stem).
+    #[arg(long, default_value = "")]
+    pub agent: String,
+    /// Observation space (Gymnasium notation, e.g. "Discrete(16)").
+    #[arg(long, default_value = "")]
+    pub observation_space: String,
+    /// Action space.
+    #[arg(long, default_value = "")]
+    pub action_space: String,
+    /// Control mode it was trained under.
+    #[arg(long, default_value = "")]
+    pub control_mode: String,
+    /// The run that produced it.
+    #[arg(long, default_value = "")]
+    pub source_run: String,
+    /// Refuse unless the file hashes to this SHA-256.
+    #[arg(long, default_value = "")]
+    pub sha256: String,
+}
+
+/// `policies verify`.
+#[derive(Debug, Args)]
+pub struct PoliciesVerifyArgs {
+    /// Where the inventory lives.
+    #[command(flatten)]
+    pub var: VarDir,
+    /// Policy ids (none: every policy).
+    pub policy_ids: Vec<String>,
 }
 
 /// `serve`.

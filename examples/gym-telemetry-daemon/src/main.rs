@@ -88,6 +88,59 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::ImportLegacy(a) => import(a),
         Command::ImportTensorboard(a) => runtime()?.block_on(import_tensorboard(a)),
         Command::ExportVideo(a) => video::export_video(a),
+        Command::Policies(c) => policies_cmd(c),
+    }
+}
+
+/// `policies …`: the inventory in the var dir, through telemetry-policy.
+fn policies_cmd(c: cli::PoliciesCommand) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    use telemetry_policy::{report, Inventory, Origin, Registration};
+    match c {
+        cli::PoliciesCommand::List(a) => {
+            let mut listing = Inventory::in_var_dir(&a.var.var_dir)
+                .scan()
+                .context("scanning the policy inventory")?;
+            report::filter(&mut listing, &a.env, &a.agent, &a.format);
+            for line in report::listing_lines(&listing) {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::PoliciesCommand::Show(a) => {
+            let m = Inventory::in_var_dir(&a.var.var_dir)
+                .get(&a.policy_id)
+                .with_context(|| format!("policy {:?}", a.policy_id))?;
+            println!("{}", report::manifest_json(&m));
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::PoliciesCommand::Import(a) => {
+            let reg = Registration {
+                env_id: a.env,
+                agent_id: a.agent,
+                observation_space: a.observation_space,
+                action_space: a.action_space,
+                control_mode: a.control_mode,
+                format: a.format,
+                payload_version: a.payload_version,
+                source_run_id: a.source_run,
+                expected_sha256: a.sha256.to_ascii_lowercase(),
+                ..Default::default()
+            };
+            let m = Inventory::in_var_dir(&a.var.var_dir)
+                .register(&a.path, reg, Origin::Registered)
+                .with_context(|| format!("importing {}", a.path.display()))?;
+            println!("{}", report::manifest_json(&m));
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::PoliciesCommand::Verify(a) => {
+            let (lines, ok) = report::verify(&Inventory::in_var_dir(&a.var.var_dir), &a.policy_ids)
+                .context("verifying policies")?;
+            for line in lines {
+                println!("{line}");
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
     }
 }
 

@@ -155,6 +155,8 @@ fn step(mut f: Fields, legacy: bool) -> Result<RunStep, JsonlError> {
         producer_id: f.string(&["producer_id"])?.unwrap_or_default(),
         producer_seq: f.u64(&["producer_seq"])?.unwrap_or_default(),
         info_json: String::new(),
+        policy_id: f.string(&["policy_id"])?.unwrap_or_default(),
+        policy_digest: f.string(&["policy_digest"])?.unwrap_or_default(),
     };
     s.control_mode = control_mode(
         std::mem::take(&mut s.control_mode),
@@ -185,6 +187,8 @@ fn episode(mut f: Fields, legacy: bool) -> Result<RunEpisode, JsonlError> {
         control_mode: f.string(&["control_mode"])?.unwrap_or_default(),
         producer_id: f.string(&["producer_id"])?.unwrap_or_default(),
         producer_seq: f.u64(&["producer_seq"])?.unwrap_or_default(),
+        policy_id: f.string(&["policy_id"])?.unwrap_or_default(),
+        policy_digest: f.string(&["policy_digest"])?.unwrap_or_default(),
     };
     e.control_mode = control_mode(
         std::mem::take(&mut e.control_mode),

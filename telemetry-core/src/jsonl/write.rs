@@ -126,6 +126,8 @@ pub fn to_line(record: &Record) -> String {
             .str("producer_id", &s.producer_id)
             .u64("producer_seq", s.producer_seq)
             .str("info_json", &s.info_json)
+            .str("policy_id", &s.policy_id)
+            .str("policy_digest", &s.policy_digest)
             .finish(),
         Kind::Episode(e) => Obj::new("episode")
             .put("run_id", e.run_id.as_str())
@@ -141,6 +143,8 @@ pub fn to_line(record: &Record) -> String {
             .str("control_mode", &e.control_mode)
             .str("producer_id", &e.producer_id)
             .u64("producer_seq", e.producer_seq)
+            .str("policy_id", &e.policy_id)
+            .str("policy_digest", &e.policy_digest)
             .finish(),
         Kind::RunStarted(r) => Obj::new("run_started")
             .put("run_id", r.run_id.as_str())

@@ -165,6 +165,7 @@ pub fn submit_with_env(
         game_id: "Test-v0".into(),
         seed: Some(3),
         metadata_json: String::new(),
+        ..Default::default()
     }
 }
 

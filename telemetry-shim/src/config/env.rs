@@ -90,6 +90,16 @@ impl ShimConfig {
             })?;
         }
         c.validate()?;
+        if let Some(path) = env.string(telemetry_policy::POLICIES_FILE_ENV)? {
+            let policies = telemetry_policy::RunPolicies::read(std::path::Path::new(&path))
+                .map_err(|reason| ConfigError::Policy { reason })?;
+            for p in &policies.policies {
+                p.verify().map_err(|r| ConfigError::Policy {
+                    reason: format!("{} ({}): {r}", p.policy_id, p.path.display()),
+                })?;
+            }
+            c.policies = Some(std::sync::Arc::new(policies));
+        }
         Ok(c)
     }
 }

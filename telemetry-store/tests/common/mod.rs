@@ -58,6 +58,8 @@ pub fn step(run: &str, agent: &str, episode: u64, index: u64) -> RunStep {
         producer_id: String::new(),
         producer_seq: 0,
         info_json: r#"{"epsilon":0.1}"#.into(),
+        policy_id: "CartPole-v1/ppo.npz".into(),
+        policy_digest: "5e".repeat(32),
     }
 }
 
@@ -77,6 +79,8 @@ pub fn episode(run: &str, agent: &str, index: u64, mode: &str) -> RunEpisode {
         control_mode: mode.into(),
         producer_id: String::new(),
         producer_seq: 0,
+        policy_id: "CartPole-v1/ppo.npz".into(),
+        policy_digest: "5e".repeat(32),
     }
 }
 

@@ -39,6 +39,20 @@ pub fn meta_cells(ep: &RunEpisode) -> [String; 3] {
     [seed, game, mode]
 }
 
+/// The equipped policy a record names, as `id @digest-prefix` (controls escaped), or `None`
+/// when the agent ran without one.
+pub fn policy_label(policy_id: &str, policy_digest: &str) -> Option<String> {
+    if policy_id.is_empty() {
+        return None;
+    }
+    let digest = policy_digest.get(..12).unwrap_or(policy_digest);
+    Some(format!(
+        "{} @{}",
+        escape_controls(policy_id),
+        escape_controls(digest)
+    ))
+}
+
 /// Draws the Episodes tab of `pane`.
 pub fn draw(frame: &mut Frame, area: Rect, pane: &Pane) {
     let banner = super::banner(pane);
@@ -71,6 +85,16 @@ pub fn draw(frame: &mut Frame, area: Rect, pane: &Pane) {
     let mut title = format!(" {} · {} episodes ", pane.key.label(), pane.episodes_seen);
     if pane.episodes_overflow() > 0 {
         title.push_str(&format!("({} older not shown) ", pane.episodes_overflow()));
+    }
+    // The policy this agent ran with (its latest episode's), so a chart or replay is never
+    // mistaken for another policy's.
+    if let Some(p) = pane
+        .episodes
+        .iter()
+        .rev()
+        .find_map(|ep| policy_label(&ep.policy_id, &ep.policy_digest))
+    {
+        title.push_str(&format!("· policy {p} "));
     }
     if pane.episodes.is_empty() {
         frame.render_widget(

@@ -177,7 +177,9 @@ fn draw_replay(
                             ""
                         },
                         if step.truncated { " · truncated" } else { "" },
-                    ),
+                    ) + &super::episodes::policy_label(&step.policy_id, &step.policy_digest)
+                        .map(|p| format!(" · policy {p}"))
+                        .unwrap_or_default(),
                     Style::default().fg(Color::DarkGray),
                 )];
                 lines.extend(step_frame(step).lines);
