@@ -11,8 +11,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use telemetry_core::pb::{
     frames_server::FramesServer, ingest_server::IngestServer,
     legacy::trainer_service_server::TrainerServiceServer, policies_server::PoliciesServer,
-    query_server::QueryServer,
-    run_control_server::RunControlServer, CompletionStatus, FILE_DESCRIPTOR_SET,
+    query_server::QueryServer, run_control_server::RunControlServer, CompletionStatus,
+    FILE_DESCRIPTOR_SET,
 };
 use telemetry_hub::Hub;
 use telemetry_store::{Backend, BackendReader, BackendWriter, SqliteBackend, StoreConfig};
@@ -113,7 +113,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         cfg.ingest,
     )
     .with_policies(policies.clone());
-    let (router, query, control) = services(
+    let (router, query, control, frame_store) = services(
         &cfg,
         addr,
         &credentials,
@@ -159,6 +159,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
             }
         });
     }
+    let local_registry = registry.clone();
     let stopped = Stopped {
         lock,
         registry,
@@ -183,6 +184,9 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         query,
         control,
         cancel: cancel.clone(),
+        frames: frame_store,
+        policies: crate::policies::PoliciesService::new(policies, local_registry.clone()),
+        registry: local_registry,
     };
     Ok(ServerHandle {
         local,
@@ -376,7 +380,15 @@ async fn services(
     dispatch_cfg: &Arc<DispatchConfig>,
     metrics: &Metrics,
     cancel: &CancellationToken,
-) -> Result<(Router, QueryService, ControlService), ServerError> {
+) -> Result<
+    (
+        Router,
+        QueryService,
+        ControlService,
+        Arc<telemetry_frames::FrameStore>,
+    ),
+    ServerError,
+> {
     let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
     let query = QueryService::new(hub.clone(), reader, registry.clone())
@@ -414,7 +426,8 @@ async fn services(
         &telemetry_frames::frames_dir(&cfg.var_dir),
         cfg.frames.clone(),
     )?;
-    let frames = FramesService::new(Arc::new(frame_store));
+    let frame_store = Arc::new(frame_store);
+    let frames = FramesService::new(frame_store.clone());
     health_reporter
         .set_serving::<FramesServer<FramesService>>()
         .await;
@@ -479,7 +492,7 @@ async fn services(
                 .max_encoding_message_size(max),
             auth,
         ));
-    Ok((router, query, control))
+    Ok((router, query, control, frame_store))
 }
 
 /// What shutdown stops, in order, after serving ends.

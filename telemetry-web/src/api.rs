@@ -53,6 +53,8 @@ pub(crate) fn routes(_state: AppState) -> Router<AppState> {
         .route("/runs/{run}/events/{kind}", get(events))
         .route("/replays", get(replays))
         .route("/stats", get(stats))
+        .merge(crate::video::routes())
+        .merge(crate::policies::routes())
 }
 
 fn ts_ms(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
@@ -494,5 +496,7 @@ async fn stats(State(st): State<AppState>) -> Json<Value> {
         "sse_refused": g(&s.sse_refused),
         "sse_lagged": g(&s.sse_lagged),
         "sse_records": g(&s.sse_records),
+        "evaluations_submitted": g(&s.evaluations_submitted),
+        "video": crate::video::stats_json(&st),
     }))
 }
