@@ -5,7 +5,9 @@
 //!
 //! Configured like any worker, from the environment (`GYM_TELEMETRY_ENDPOINT`,
 //! `GYM_TELEMETRY_VAR_DIR`, ...). Usage: `frame_worker RUN_ID AGENT EPISODES STEPS_PER_EPISODE
-//! STEP_DELAY_MS EVERY`.
+//! STEP_DELAY_MS EVERY [REFS_WITHOUT_FRAMES]`. With `REFS_WITHOUT_FRAMES` = 1 the steps that are
+//! not captured still carry a `frame_ref` (a frame that is missing from the store, as an
+//! evicted one is), for the replay's "frame missing" view.
 
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     let steps: u64 = arg(3, "50").parse()?;
     let delay = Duration::from_millis(arg(4, "20").parse()?);
     let every: u64 = arg(5, "1").parse::<u64>()?.max(1);
+    let refs_without_frames = arg(6, "0") == "1";
 
     let mut cfg = ShimConfig::from_env().unwrap_or_default();
     cfg.run_id = Some(run_id.clone());
@@ -51,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         for step in 0..steps {
             let frame_ref = if step % every == 0 {
                 frames.capture(Some(&agent), ep, step, W, H, render(ep, step), 30.0)?
+            } else if refs_without_frames {
+                frames.frame_ref(Some(&agent), ep, step)
             } else {
                 String::new()
             };
