@@ -168,25 +168,42 @@ impl Capture {
                 "env.render() returned None: make the env with render_mode=\"rgb_array\"",
             ));
         }
-        let (width, height, rgb) = rgb_of(&frame)?;
-        let r = self
-            .sender
-            .capture(
-                self.agent_id.as_deref(),
-                episode,
-                step,
-                width,
-                height,
-                rgb,
-                self.render_fps,
-            )
-            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        let (width, height, rgb, columns) = rgb_of(py, &frame)?;
+        let agent = self.agent_id.as_deref();
+        let r = if columns {
+            self.sender
+                .capture_columns(agent, episode, step, width, height, rgb, self.render_fps)
+        } else {
+            self.sender
+                .capture(agent, episode, step, width, height, rgb, self.render_fps)
+        }
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
         Ok(Some(r))
     }
 }
 
-/// The pixels of an `rgb_array` render (H x W x 3 or x 4 uint8) as RGB bytes.
-fn rgb_of(frame: &Bound<'_, PyAny>) -> PyResult<(u32, u32, Vec<u8>)> {
+/// The pixels of an `rgb_array` render (H x W x 3 or x 4 uint8) as RGB bytes, and whether
+/// they are column major. Gymnasium's pygame renderers return a transposed view of a W x H x 3
+/// buffer: that buffer is copied as it is (one memcpy) and transposed on the sender thread,
+/// not element by element here.
+fn rgb_of(py: Python<'_>, frame: &Bound<'_, PyAny>) -> PyResult<(u32, u32, Vec<u8>, bool)> {
+    if let Ok(arr) = frame.extract::<PyReadonlyArrayDyn<'_, u8>>() {
+        if arr.ndim() == 3 && arr.shape()[2] == 3 && arr.as_slice().is_err() {
+            let t = frame.call_method1(intern!(py, "transpose"), (1, 0, 2))?;
+            let ta: PyReadonlyArrayDyn<'_, u8> = t.extract()?;
+            if let Ok(s) = ta.as_slice() {
+                let (h, w) = (arr.shape()[0], arr.shape()[1]);
+                if let (Ok(width), Ok(height)) = (u32::try_from(w), u32::try_from(h)) {
+                    return Ok((width, height, s.to_vec(), true));
+                }
+            }
+        }
+    }
+    rgb_rows(frame).map(|(w, h, v)| (w, h, v, false))
+}
+
+/// Row-major RGB bytes of any H x W x 3/4 uint8 array.
+fn rgb_rows(frame: &Bound<'_, PyAny>) -> PyResult<(u32, u32, Vec<u8>)> {
     let arr: PyReadonlyArrayDyn<'_, u8> = frame.extract().map_err(|_| {
         pyo3::exceptions::PyTypeError::new_err("env.render() did not return a uint8 numpy array")
     })?;

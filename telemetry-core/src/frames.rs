@@ -12,8 +12,9 @@ use crate::{ids, pb};
 
 /// Largest frame side, in pixels.
 pub const MAX_FRAME_DIM: u32 = 8192;
-/// Largest encoded frame, in bytes (a 4K RGB frame compressed badly still fits).
-pub const MAX_FRAME_BYTES: usize = 32 << 20;
+/// Largest encoded frame, in bytes: half the daemon's default 16 MiB gRPC message limit, so a
+/// batch holding one such frame is always accepted (a 1920x1080 PNG of noise is ~6 MiB).
+pub const MAX_FRAME_BYTES: usize = 8 << 20;
 
 /// The natural key of a frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -176,7 +177,12 @@ mod tests {
             let r = frame_ref("run-1", agent, 3, 44);
             let k = parse_frame_ref(&r).expect("parses");
             assert_eq!(
-                (k.run_id.as_str(), k.agent_id.as_str(), k.episode_index, k.step_index),
+                (
+                    k.run_id.as_str(),
+                    k.agent_id.as_str(),
+                    k.episode_index,
+                    k.step_index
+                ),
                 ("run-1", agent, 3, 44)
             );
         }
@@ -184,7 +190,9 @@ mod tests {
 
     #[test]
     fn malformed_frame_refs_are_refused() {
-        for bad in ["", "r", "r/1/2", "r/x/2/a", "r/1/-2/a", "r/1/+2/a", "../1/2/a", "r/1//a"] {
+        for bad in [
+            "", "r", "r/1/2", "r/x/2/a", "r/1/-2/a", "r/1/+2/a", "../1/2/a", "r/1//a",
+        ] {
             assert!(parse_frame_ref(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -25,9 +25,16 @@ pub struct ServerHandle {
     pub(crate) credentials: crate::auth::Credentials,
     pub(crate) cancel: CancellationToken,
     pub(crate) join: JoinHandle<Result<(), ServerError>>,
+    pub(crate) frames: std::sync::Arc<telemetry_frames::FrameStore>,
 }
 
 impl ServerHandle {
+    /// The frame store (`<var-dir>/frames`) the `Frames` service serves: an in-process viewer
+    /// (a dashboard) reads frames through it (`latest`, `get_ref`, `list_episode`, `stats`).
+    pub fn frames(&self) -> &std::sync::Arc<telemetry_frames::FrameStore> {
+        &self.frames
+    }
+
     /// `http://127.0.0.1:PORT` (or the bound address; `https://` when serving TLS), what shims
     /// and viewers connect to.
     pub fn endpoint(&self) -> String {

@@ -121,6 +121,7 @@ pub use policies::{EvaluationResult, EVALUATE_EPISODES_ENV, MAX_EVALUATION_EPISO
 pub use publish::{PublishError, PublishStream, Publisher, PUBLISH_WINDOW};
 pub use query::QueryLimits;
 pub use start::start;
+pub use telemetry_frames::{FrameStore, FrameStoreOptions};
 pub use telemetry_hub::{
     CloseReason, Delivery, HubConfig, StreamKind, SubscribeError, SubscribeOptions, Subscription,
 };

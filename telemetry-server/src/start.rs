@@ -113,7 +113,11 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         cfg.ingest,
     )
     .with_policies(policies.clone());
-    let (router, query, control, frame_store) = services(
+    let frame_store = Arc::new(telemetry_frames::FrameStore::open(
+        &telemetry_frames::frames_dir(&cfg.var_dir),
+        cfg.frames.clone(),
+    )?);
+    let (router, query, control) = services(
         &cfg,
         addr,
         &credentials,
@@ -124,6 +128,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         &dispatch_cfg,
         &metrics,
         &cancel,
+        &frame_store,
     )
     .await?;
     tracing::info!(%addr, var_dir = %cfg.var_dir.display(), "gym-telemetry server serving");
@@ -184,7 +189,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         query,
         control,
         cancel: cancel.clone(),
-        frames: frame_store,
+        frames: frame_store.clone(),
         policies: crate::policies::PoliciesService::new(policies, local_registry.clone()),
         registry: local_registry,
     };
@@ -200,6 +205,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         credentials,
         cancel,
         join,
+        frames: frame_store,
     })
 }
 
@@ -380,15 +386,8 @@ async fn services(
     dispatch_cfg: &Arc<DispatchConfig>,
     metrics: &Metrics,
     cancel: &CancellationToken,
-) -> Result<
-    (
-        Router,
-        QueryService,
-        ControlService,
-        Arc<telemetry_frames::FrameStore>,
-    ),
-    ServerError,
-> {
+    frame_store: &Arc<telemetry_frames::FrameStore>,
+) -> Result<(Router, QueryService, ControlService), ServerError> {
     let auth = AuthInterceptor::new(credentials.clone(), metrics.unauthenticated.clone());
     let ingest = IngestService::new(publisher.clone());
     let query = QueryService::new(hub.clone(), reader, registry.clone())
@@ -422,12 +421,7 @@ async fn services(
     health_reporter
         .set_serving::<TrainerServiceServer<LegacyService>>()
         .await;
-    let frame_store = telemetry_frames::FrameStore::open(
-        &telemetry_frames::frames_dir(&cfg.var_dir),
-        cfg.frames.clone(),
-    )?;
-    let frame_store = Arc::new(frame_store);
-    let frames = FramesService::new(frame_store.clone());
+    let frames = FramesService::new(Arc::clone(frame_store));
     health_reporter
         .set_serving::<FramesServer<FramesService>>()
         .await;
@@ -492,7 +486,7 @@ async fn services(
                 .max_encoding_message_size(max),
             auth,
         ));
-    Ok((router, query, control, frame_store))
+    Ok((router, query, control))
 }
 
 /// What shutdown stops, in order, after serving ends.

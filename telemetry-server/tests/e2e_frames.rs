@@ -170,6 +170,10 @@ async fn frames_are_acked_deduplicated_scoped_to_the_run_and_read_back_by_refere
         (4, 1, 4, 1)
     );
     assert_eq!(stats.missing_lookups_total, 1);
+    // The same store in process, for a dashboard served by the embedding application.
+    let (r, latest) = d.frames().latest("r1", Some("a")).unwrap().unwrap();
+    assert_eq!(r, "r1/0/3/a");
+    assert!(matches!(latest, telemetry_frames::Lookup::Found(_)));
     drop((client, op, acks));
     d.shutdown().await.unwrap();
     // The frames are on disk in the var dir, private.

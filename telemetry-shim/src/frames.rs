@@ -127,7 +127,8 @@ pub struct FrameStats {
     pub captured: u64,
     /// Frames dropped by the full policy of the raw buffer, or of the pending/spill budget.
     pub dropped: u64,
-    /// Frames refused at `capture` (bad size).
+    /// Frames refused: at `capture` (bad size), or encoded larger than
+    /// `telemetry_core::frames::MAX_FRAME_BYTES`.
     pub refused: u64,
     /// Frames encoded to PNG.
     pub encoded: u64,
@@ -174,6 +175,8 @@ struct Counters {
 }
 
 struct Raw {
+    /// `rgb` is column major (x the outer axis), transposed on the sender thread.
+    columns: bool,
     agent_id: String,
     episode: u64,
     step: u64,
@@ -323,6 +326,42 @@ impl FrameSender {
         rgb: Vec<u8>,
         render_fps: f64,
     ) -> Result<String, FrameCaptureError> {
+        self.capture_layout(
+            agent_id, episode, step, width, height, rgb, render_fps, false,
+        )
+    }
+
+    /// [`Self::capture`] for pixels stored column by column (`rgb[(x * height + y) * 3]`, what
+    /// a transposed numpy view such as pygame's `surfarray` holds): the caller copies the
+    /// buffer as it is, and the sender thread transposes it before encoding.
+    #[allow(clippy::too_many_arguments)]
+    pub fn capture_columns(
+        &self,
+        agent_id: Option<&str>,
+        episode: u64,
+        step: u64,
+        width: u32,
+        height: u32,
+        rgb: Vec<u8>,
+        render_fps: f64,
+    ) -> Result<String, FrameCaptureError> {
+        self.capture_layout(
+            agent_id, episode, step, width, height, rgb, render_fps, true,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn capture_layout(
+        &self,
+        agent_id: Option<&str>,
+        episode: u64,
+        step: u64,
+        width: u32,
+        height: u32,
+        rgb: Vec<u8>,
+        render_fps: f64,
+        columns: bool,
+    ) -> Result<String, FrameCaptureError> {
         let agent = agent_id.unwrap_or(&self.agent_id);
         let fref = frame_ref(&self.run_id, agent, episode, step);
         let Some(shared) = &self.shared else {
@@ -367,6 +406,7 @@ impl FrameSender {
             }
             q.bytes += n;
             q.frames.push_back(Raw {
+                columns,
                 agent_id: agent.to_owned(),
                 episode,
                 step,
@@ -622,7 +662,14 @@ impl Worker {
             };
             let Some(raw) = raw else { return };
             let c = &self.shared.counters;
-            let data = match encode_png(raw.width, raw.height, &raw.rgb) {
+            let rows;
+            let pixels = if raw.columns {
+                rows = transpose(raw.width as usize, raw.height as usize, &raw.rgb);
+                &rows
+            } else {
+                &raw.rgb
+            };
+            let data = match encode_png(raw.width, raw.height, pixels) {
                 Ok(d) => d,
                 Err(e) => {
                     c.encode_errors.fetch_add(1, Relaxed);
@@ -631,6 +678,15 @@ impl Worker {
                 }
             };
             c.encoded.fetch_add(1, Relaxed);
+            if data.len() > telemetry_core::frames::MAX_FRAME_BYTES {
+                // The daemon would refuse it, and a message over its limit ends the stream.
+                c.refused.fetch_add(1, Relaxed);
+                self.error(format!(
+                    "a frame of {} bytes encoded is over the limit",
+                    data.len()
+                ));
+                continue;
+            }
             let frame = pb::Frame {
                 run_id: self.run_id.clone(),
                 agent_id: raw.agent_id,
@@ -851,6 +907,18 @@ impl Worker {
     }
 }
 
+/// Column-major RGB (`width` columns of `height` pixels) to row-major.
+fn transpose(width: usize, height: usize, cols: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; cols.len()];
+    for (x, col) in cols.chunks_exact(height * 3).enumerate() {
+        for (y, px) in col.chunks_exact(3).enumerate() {
+            let k = (y * width + x) * 3;
+            out[k..k + 3].copy_from_slice(px);
+        }
+    }
+    out
+}
+
 /// 8-bit RGB PNG with fast compression.
 fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::with_capacity(rgb.len() / 4);
@@ -863,4 +931,22 @@ fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, png::Encod
         w.write_image_data(rgb)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn column_major_pixels_are_transposed_to_rows() {
+        // 3 wide, 2 high; pixel (x, y) has value 10 * x + y in every channel.
+        let cols: Vec<u8> = (0..3u8)
+            .flat_map(|x| (0..2u8).flat_map(move |y| [10 * x + y; 3]))
+            .collect();
+        let rows = transpose(3, 2, &cols);
+        let want: Vec<u8> = (0..2u8)
+            .flat_map(|y| (0..3u8).flat_map(move |x| [10 * x + y; 3]))
+            .collect();
+        assert_eq!(rows, want);
+    }
 }
