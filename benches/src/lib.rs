@@ -21,8 +21,8 @@ pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 pub const INSERT: &str = "INSERT INTO steps (run_id, episode_index, step_index, action_json, \
      observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, agent_id, \
      render_hint_json, frame_ref, payload_version, control_mode, producer_id, producer_seq, \
-     info_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-     ?17, ?18, ?19)";
+     info_json, policy_id, policy_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
 
 /// The step every benchmark writes (realistic field sizes; `i` varies the contents).
 pub fn template(i: u64) -> RunStep {
@@ -56,6 +56,9 @@ pub fn template(i: u64) -> RunStep {
         producer_id: "bench-producer".into(),
         producer_seq: 0,
         info_json: r#"{"epsilon":0.05}"#.into(),
+        // No equipped policy: the benchmarks' records keep their size.
+        policy_id: String::new(),
+        policy_digest: String::new(),
     }
 }
 
@@ -106,6 +109,8 @@ pub fn ingest_plain(path: &Path, batch: usize, total: u64) -> AnyResult<Duration
                     s.producer_id,
                     seq as i64,
                     s.info_json,
+                    s.policy_id,
+                    s.policy_digest,
                 ])?;
             }
         }

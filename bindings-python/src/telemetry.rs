@@ -438,7 +438,9 @@ impl Telemetry {
     fn policy<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match &self.policy_json {
             None => Ok(None),
-            Some(s) => Ok(Some(py.import("json")?.call_method1("loads", (s.as_str(),))?)),
+            Some(s) => Ok(Some(
+                py.import("json")?.call_method1("loads", (s.as_str(),))?,
+            )),
         }
     }
 

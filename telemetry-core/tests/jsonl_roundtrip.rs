@@ -73,7 +73,7 @@ fn step() -> impl Strategy<Value = RunStep> {
         (text(), any::<u64>(), any::<u64>(), json_text(), json_text()),
         (finite(), any::<bool>(), any::<bool>(), ts(), text(), text()),
         (any::<u64>(), text(), json_text(), text(), any::<u32>()),
-        (mode(), text(), any::<u64>(), json_text()),
+        (mode(), text(), any::<u64>(), json_text(), text(), text()),
     )
         .prop_map(|(a, b, c, d)| RunStep {
             run_id: a.0,
@@ -96,6 +96,8 @@ fn step() -> impl Strategy<Value = RunStep> {
             producer_id: d.1,
             producer_seq: d.2,
             info_json: d.3,
+            policy_id: d.4,
+            policy_digest: d.5,
         })
 }
 
@@ -118,8 +120,9 @@ fn episode() -> impl Strategy<Value = RunEpisode> {
             text(),
             any::<u64>(),
         ),
+        (text(), text()),
     )
-        .prop_map(|(a, b)| RunEpisode {
+        .prop_map(|(a, b, c)| RunEpisode {
             run_id: a.0,
             episode_index: a.1,
             total_reward: a.2,
@@ -133,6 +136,8 @@ fn episode() -> impl Strategy<Value = RunEpisode> {
             control_mode: b.4,
             producer_id: b.5,
             producer_seq: b.6,
+            policy_id: c.0,
+            policy_digest: c.1,
         })
 }
 

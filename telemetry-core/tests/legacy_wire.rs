@@ -75,6 +75,8 @@ fn legacy_step_bytes_decode_into_v1_step() {
         producer_id: String::new(),
         producer_seq: 0,
         info_json: String::new(),
+        policy_id: String::new(),
+        policy_digest: String::new(),
     };
     assert_eq!(new, expected);
 }
@@ -103,6 +105,8 @@ fn v1_step_bytes_decode_into_legacy_step_keeping_fields_1_to_16() {
         producer_id: "p-1".into(),
         producer_seq: 5,
         info_json: r#"{"epsilon":0.9}"#.into(),
+        policy_id: "FrozenLake-v1/q.json".into(),
+        policy_digest: "ab".repeat(32),
     };
     let back = legacy::RunStep::decode(new.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(back, old);
@@ -126,6 +130,8 @@ fn legacy_episode_bytes_decode_into_v1_episode() {
         control_mode: String::new(),
         producer_id: String::new(),
         producer_seq: 0,
+        policy_id: String::new(),
+        policy_digest: String::new(),
     };
     assert_eq!(new, expected);
 }
@@ -147,6 +153,8 @@ fn v1_episode_bytes_decode_into_legacy_episode_keeping_fields_1_to_10() {
         control_mode: "human".into(),
         producer_id: "p-1".into(),
         producer_seq: 6,
+        policy_id: "FrozenLake-v1/q.json".into(),
+        policy_digest: "ab".repeat(32),
     };
     let back = legacy::RunEpisode::decode(new.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(back, old);

@@ -26,7 +26,11 @@ pub fn listing_lines(listing: &Listing) -> Vec<String> {
                 m.format_version(),
                 m.size_bytes,
                 &m.sha256[..12.min(m.sha256.len())],
-                if m.source_run_id.is_empty() { "-" } else { &m.source_run_id }
+                if m.source_run_id.is_empty() {
+                    "-"
+                } else {
+                    &m.source_run_id
+                }
             )
         })
         .collect();
@@ -56,7 +60,12 @@ pub fn verify(inv: &Inventory, ids: &[String]) -> Result<(Vec<String>, bool), Po
         let listing = inv.scan()?;
         for i in &listing.invalid {
             ok = false;
-            lines.push(format!("INVALID\t{}\t{}: {}", i.path, i.kind.as_str(), i.reason));
+            lines.push(format!(
+                "INVALID\t{}\t{}: {}",
+                i.path,
+                i.kind.as_str(),
+                i.reason
+            ));
         }
         listing.policies.into_iter().map(|m| m.policy_id).collect()
     } else {

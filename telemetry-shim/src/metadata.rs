@@ -210,7 +210,12 @@ impl Decorator {
                 fill_mode(&mut s.control_mode, d.control_mode);
                 fill(&mut s.policy_label, &d.policy_label);
                 fill(&mut s.backend, &d.backend);
-                stamp_policy(&self.policies, &s.agent_id, &mut s.policy_id, &mut s.policy_digest);
+                stamp_policy(
+                    &self.policies,
+                    &s.agent_id,
+                    &mut s.policy_id,
+                    &mut s.policy_digest,
+                );
                 s.timestamp.get_or_insert_with(timestamp::now);
                 for h in &d.step_hooks {
                     h(s);
@@ -221,7 +226,12 @@ impl Decorator {
                 fill(&mut e.agent_id, &d.agent_id);
                 fill_mode(&mut e.control_mode, d.control_mode);
                 merge_keys(&mut e.metadata_json, &d.episode_keys);
-                stamp_policy(&self.policies, &e.agent_id, &mut e.policy_id, &mut e.policy_digest);
+                stamp_policy(
+                    &self.policies,
+                    &e.agent_id,
+                    &mut e.policy_id,
+                    &mut e.policy_digest,
+                );
                 e.timestamp.get_or_insert_with(timestamp::now);
                 for h in &d.episode_hooks {
                     h(e);

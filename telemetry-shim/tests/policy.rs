@@ -9,8 +9,11 @@ use telemetry_shim::{ConfigError, ShimConfig, Telemetry};
 
 fn equipped(dir: &std::path::Path) -> (EquippedPolicy, std::path::PathBuf) {
     let src = dir.join("q.json");
-    fs::write(&src, r#"{"format": "q_table/v1", "metadata": {}, "q_table": [[0.0, 1.0]]}"#)
-        .expect("write");
+    fs::write(
+        &src,
+        r#"{"format": "q_table/v1", "metadata": {}, "q_table": [[0.0, 1.0]]}"#,
+    )
+    .expect("write");
     let inv = Inventory::at(dir.join("policies"));
     let m = inv
         .register(
@@ -63,7 +66,10 @@ fn records_of_the_equipped_agent_carry_its_policy() {
     ])
     .expect("config");
     let tel = Telemetry::new(cfg).expect("shim");
-    assert_eq!(tel.policy(None).map(|e| e.policy_id.as_str()), Some(p.policy_id.as_str()));
+    assert_eq!(
+        tel.policy(None).map(|e| e.policy_id.as_str()),
+        Some(p.policy_id.as_str())
+    );
     assert!(tel.policy(Some("other")).is_none());
     tel.step(RunStep::default()).expect("step");
     tel.step(RunStep {
@@ -81,7 +87,10 @@ fn records_of_the_equipped_agent_carry_its_policy() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["policy_id"], p.policy_id.as_str());
     assert_eq!(lines[0]["policy_digest"], p.sha256.as_str());
-    assert!(lines[1].get("policy_id").is_none(), "another agent has no policy");
+    assert!(
+        lines[1].get("policy_id").is_none(),
+        "another agent has no policy"
+    );
     assert_eq!(lines[2]["policy_id"], p.policy_id.as_str());
     assert_eq!(lines[2]["policy_digest"], p.sha256.as_str());
 }
@@ -97,9 +106,18 @@ fn a_payload_changed_after_equip_stops_the_worker() {
     }
     .write(&file)
     .expect("write");
-    fs::write(&path, r#"{"format": "q_table/v1", "metadata": {}, "q_table": [[9.0, 1.0]]}"#)
-        .expect("tamper");
-    let err = config(vec![("GYM_TELEMETRY_POLICIES_FILE", file.display().to_string())])
-        .expect_err("refused");
-    assert!(matches!(err, ConfigError::Policy { ref reason } if reason.contains("digest_mismatch")), "{err}");
+    fs::write(
+        &path,
+        r#"{"format": "q_table/v1", "metadata": {}, "q_table": [[9.0, 1.0]]}"#,
+    )
+    .expect("tamper");
+    let err = config(vec![(
+        "GYM_TELEMETRY_POLICIES_FILE",
+        file.display().to_string(),
+    )])
+    .expect_err("refused");
+    assert!(
+        matches!(err, ConfigError::Policy { ref reason } if reason.contains("digest_mismatch")),
+        "{err}"
+    );
 }

@@ -124,6 +124,8 @@ fn decode_plain(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunStep> {
         producer_id: row.get(17)?,
         producer_seq: row.get::<_, i64>(18)? as u64,
         info_json: row.get(19)?,
+        policy_id: row.get(20)?,
+        policy_digest: row.get(21)?,
     })
 }
 
@@ -133,8 +135,8 @@ fn read_plain(path: &Path) -> AnyResult<(u64, Duration)> {
     let mut stmt = conn.prepare(
         "SELECT seq, run_id, episode_index, step_index, action_json, observation_json, reward, \
          terminated, truncated, ts_ns, policy_label, backend, agent_id, render_hint_json, \
-         frame_ref, payload_version, control_mode, producer_id, producer_seq, info_json \
-         FROM steps ORDER BY seq",
+         frame_ref, payload_version, control_mode, producer_id, producer_seq, info_json, \
+         policy_id, policy_digest FROM steps ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
     let mut n = 0u64;

@@ -139,7 +139,11 @@ fn policies_cmd(c: cli::PoliciesCommand) -> anyhow::Result<std::process::ExitCod
             for line in lines {
                 println!("{line}");
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }

@@ -31,9 +31,17 @@ fn list_show_import_and_verify_a_var_dir() {
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[0].starts_with("FrozenLake-v1/bdi_rl_demo.json\tFrozenLake-v1\tbdi_rl_demo\tq_table/v1\t"), "{out}");
+    assert!(
+        lines[0].starts_with(
+            "FrozenLake-v1/bdi_rl_demo.json\tFrozenLake-v1\tbdi_rl_demo\tq_table/v1\t"
+        ),
+        "{out}"
+    );
     assert!(lines[0].ends_with("\ttrain-1"), "{out}");
-    assert!(lines[1].starts_with("INVALID\tFrozenLake-v1/broken.json\tnot_json: "), "{out}");
+    assert!(
+        lines[1].starts_with("INVALID\tFrozenLake-v1/broken.json\tnot_json: "),
+        "{out}"
+    );
 
     let (code, out, _) = daemon(var.path(), &["show", "FrozenLake-v1/bdi_rl_demo.json"]);
     assert_eq!(code, 0);
@@ -45,16 +53,35 @@ fn list_show_import_and_verify_a_var_dir() {
     fs::write(&npz, b"\x93NUMPY weights").expect("write");
     let (code, out, err) = daemon(
         var.path(),
-        &["import", npz.to_str().expect("utf-8"), "--env", "CartPole-v1", "--format", "npz", "--action-space", "Discrete(2)"],
+        &[
+            "import",
+            npz.to_str().expect("utf-8"),
+            "--env",
+            "CartPole-v1",
+            "--format",
+            "npz",
+            "--action-space",
+            "Discrete(2)",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let m: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(m["policy_id"], "CartPole-v1/ppo.npz");
     let (_, out, _) = daemon(var.path(), &["list", "--format", "npz"]);
-    assert!(out.starts_with("CartPole-v1/ppo.npz\tCartPole-v1\tppo\tnpz/v1\t14 B"), "{out}");
+    assert!(
+        out.starts_with("CartPole-v1/ppo.npz\tCartPole-v1\tppo\tnpz/v1\t14 B"),
+        "{out}"
+    );
 
     // verify: the broken file alone makes it fail; a named good policy passes.
-    let (code, out, _) = daemon(var.path(), &["verify", "FrozenLake-v1/bdi_rl_demo.json", "CartPole-v1/ppo.npz"]);
+    let (code, out, _) = daemon(
+        var.path(),
+        &[
+            "verify",
+            "FrozenLake-v1/bdi_rl_demo.json",
+            "CartPole-v1/ppo.npz",
+        ],
+    );
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with("ok\t")).count(), 2);
     let (code, _, _) = daemon(var.path(), &["verify"]);
@@ -64,5 +91,8 @@ fn list_show_import_and_verify_a_var_dir() {
     fs::write(root.join("bdi_rl_demo.json"), q.replace("0.25", "0.75")).expect("rewrite");
     let (code, out, _) = daemon(var.path(), &["verify", "FrozenLake-v1/bdi_rl_demo.json"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.starts_with("MISMATCH\tFrozenLake-v1/bdi_rl_demo.json\tmanifest "), "{out}");
+    assert!(
+        out.starts_with("MISMATCH\tFrozenLake-v1/bdi_rl_demo.json\tmanifest "),
+        "{out}"
+    );
 }
