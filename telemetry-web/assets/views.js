@@ -143,7 +143,11 @@
           }))));
       }
       const ended = ['succeeded', 'failed', 'cancelled', 'completed'].includes(info.state) || !info.known;
-      const pid = info.evaluation ? info.evaluation.policy_id : (info.policy_bindings[0] || {}).policy_id;
+      let pid = info.evaluation ? info.evaluation.policy_id : (info.policy_bindings[0] || {}).policy_id;
+      if (ended && !pid) {
+        // A training run: the policy it produced (its manifest names this run as its source).
+        try { const inv = await api('/policies'); pid = ((inv.policies || []).find((m) => m.source_run_id === run) || {}).policy_id; } catch (_) {}
+      }
       if (ended) {
         kids.push(el('p', {}, el('a', { id: 'evaluate-run', href: `#/evaluate?source_run=${q(run)}` + (pid ? '&policy=' + q(pid) : '') }, 'evaluate this run\'s policy')));
       }

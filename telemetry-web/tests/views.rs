@@ -453,3 +453,54 @@ async fn evaluate_submits_an_evaluation_run_linked_to_its_policy() {
     let stats = json(f.get("/api/stats").await).await;
     assert_eq!(stats["evaluations_submitted"], 1);
 }
+
+#[tokio::test]
+async fn a_run_info_shows_the_evaluation_results_stored_as_scalars() {
+    let f = fixture(|_| {}).await;
+    let before = json(f.get("/api/runs/eval-2/info").await).await;
+    assert_eq!(before["results"], Value::Null);
+    let records: Vec<pb::Record> = [
+        ("eval/episodes", 4.0),
+        ("eval/success_rate", 0.75),
+        ("eval/mean_return", 0.5),
+        ("eval/std_return", 0.25),
+        ("charts/other", 9.0),
+    ]
+    .into_iter()
+    .zip(1u64..)
+    .map(|((tag, value), seq)| {
+        pb::Scalar {
+            run_id: "eval-2".into(),
+            agent_id: "bdi".into(),
+            tag: tag.into(),
+            value,
+            step: 4,
+            timestamp: Some(telemetry_core::timestamp::now()),
+            producer_id: "eval.eval-2".into(),
+            producer_seq: seq,
+            seq_id: 0,
+        }
+        .into()
+    })
+    .collect();
+    let ack = f
+        .server
+        .publisher()
+        .publish(pb::IngestBatch {
+            batch_id: 1,
+            records,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ack.stored, 5);
+    let info = json(f.get("/api/runs/eval-2/info").await).await;
+    assert_eq!(info["results"]["episodes"], 4.0);
+    assert_eq!(info["results"]["success_rate"], 0.75);
+    assert_eq!(info["results"]["mean_return"], 0.5);
+    assert_eq!(info["results"]["std_return"], 0.25);
+    assert_eq!(
+        info["results"].as_object().unwrap().len(),
+        4,
+        "only eval/* tags"
+    );
+}

@@ -215,6 +215,10 @@ test('Policies page: the inventory, an invalid file with its reason, filters, an
   await page.fill('#policy-filter-env', 'CartPole-v1');
   await page.press('#policy-filter-env', 'Enter');
   await waitGt(page, () => window.__gt.policies.listed === 0 && location.hash.includes('env=CartPole-v1'));
+  // A finished training run offers to evaluate the policy it produced.
+  await page.goto(daemon.base + '#/run/human-run');
+  await page.waitForSelector('#evaluate-run[href*="policy="]', { timeout: 30000 });
+  assert.match(await page.getAttribute('#evaluate-run', 'href'), /source_run=human-run&policy=FrozenLake-v1%2Fbdi\.json$/);
   // Evaluate this policy: its own run and page, with its results once it ends.
   await page.goto(daemon.base + '#/policies');
   await waitGt(page, () => window.__gt.policies.listed === 1);
