@@ -165,7 +165,9 @@
     const inputs = ['env', 'agent', 'format'].map((k) => el('input', { id: 'policy-filter-' + k, placeholder: k, value: f[k], onchange: (e) => { f[k] = e.target.value.trim(); go(); } }));
     const go = () => { location.hash = '#/policies?' + Object.entries(f).filter(([, v]) => v).map(([k, v]) => k + '=' + q(v)).join('&'); };
     main.append(el('div', { class: 'filters' }, el('span', { text: 'filter:' }), inputs));
-    const r = await api('/policies?' + Object.entries(f).map(([k, v]) => k + '=' + q(v)).join('&'));
+    const [r, runs] = await Promise.all([api('/policies?' + Object.entries(f).map(([k, v]) => k + '=' + q(v)).join('&')), api('/runs').catch(() => ({ runs: [] }))]);
+    const evals = new Map(); // policy → its evaluation runs
+    for (const run of runs.runs || []) if (run.evaluation_policy_id) { if (!evals.has(run.evaluation_policy_id)) evals.set(run.evaluation_policy_id, []); evals.get(run.evaluation_policy_id).push(run.run_id); }
     const focus = params.get('id');
     const tbody = el('tbody');
     for (const m of r.policies) {
@@ -175,9 +177,10 @@
         el('td', {}, m.source_run_id ? el('a', { href: '#/run/' + q(m.source_run_id) }, m.source_run_id) : ''),
         el('td', { class: 'num', text: m.size_bytes }), el('td', { title: m.sha256, text: short(m.sha256) }), el('td', { text: m.created_ms ? new Date(m.created_ms).toISOString().replace('T', ' ').slice(0, 19) : '' }),
         el('td', { text: m.origin }),
+        el('td', { class: 'evaluations' }, (evals.get(m.policy_id) || []).slice(-5).map((id) => el('a', { href: '#/run/' + q(id), style: 'margin-right:6px' }, id))),
         el('td', {}, el('a', { class: 'evaluate', href: '#/evaluate?policy=' + q(m.policy_id) + (m.source_run_id ? '&source_run=' + q(m.source_run_id) : '') }, 'evaluate'))));
     }
-    main.append(el('table', { id: 'policies' }, el('thead', {}, el('tr', {}, ['policy', 'env', 'agent', 'format', 'spaces', 'control mode', 'source run', 'bytes', 'sha256', 'created', 'origin', ''].map((h) => el('th', { text: h })))), tbody));
+    main.append(el('table', { id: 'policies' }, el('thead', {}, el('tr', {}, ['policy', 'env', 'agent', 'format', 'spaces', 'control mode', 'source run', 'bytes', 'sha256', 'created', 'origin', 'evaluation runs', ''].map((h) => el('th', { text: h })))), tbody));
     if (!r.policies.length) main.append(el('p', { class: 'dim', text: 'no policies' + (f.env || f.agent || f.format ? ' match the filter' : ' under <var-dir>/policies/') }));
     if (r.truncated) main.append(el('div', { class: 'banner warn', text: 'the inventory scan stopped at its file limit; not every file is listed' }));
     const bad = el('tbody');

@@ -107,7 +107,14 @@ async fn runs(
         .runs
         .into_iter()
         .map(|r| {
+            // An evaluation run names the policy it evaluates (the registry's link).
+            let evaluation_policy_id = st
+                .access
+                .run_info(&r.run_id)
+                .map(|i| i.evaluation_source_policy_id)
+                .unwrap_or_default();
             json!({
+                "evaluation_policy_id": evaluation_policy_id,
                 "run_id": r.run_id,
                 "state": state_name(r.state),
                 "agent_ids": r.agent_ids,

@@ -450,6 +450,36 @@ async fn evaluate_submits_an_evaluation_run_linked_to_its_policy() {
             .len(),
         64
     );
+    // ListRuns lists runs the store has records of: give the run one.
+    let ack = f
+        .server
+        .publisher()
+        .publish(pb::IngestBatch {
+            batch_id: 1,
+            records: vec![pb::Scalar {
+                run_id: "eval-1".into(),
+                agent_id: "bdi".into(),
+                tag: "charts/x".into(),
+                value: 1.0,
+                step: 1,
+                timestamp: Some(telemetry_core::timestamp::now()),
+                producer_id: "t".into(),
+                producer_seq: 1,
+                seq_id: 0,
+            }
+            .into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(ack.stored, 1);
+    let runs = json(f.get("/api/runs").await).await;
+    let eval_row = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "eval-1")
+        .expect("the evaluation run is listed");
+    assert_eq!(eval_row["evaluation_policy_id"], "FrozenLake-v1/bdi.json");
     let stats = json(f.get("/api/stats").await).await;
     assert_eq!(stats["evaluations_submitted"], 1);
 }

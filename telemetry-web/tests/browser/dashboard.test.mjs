@@ -237,6 +237,9 @@ test('Policies page: the inventory, an invalid file with its reason, filters, an
   assert.equal(info.policy_bindings[0].agent_id, 'bdi');
   await page.waitForSelector('#evaluation-results td[data-k="success_rate"]');
   await page.screenshot({ path: join(shots, 'evaluation-run.png'), fullPage: true });
+  // The policy's row links its evaluation runs.
+  await page.goto(daemon.base + '#/policies');
+  await page.waitForSelector('#policies td.evaluations a[href="#/run/eval-run"]', { timeout: 30000 });
   const errors = await gt(page, () => window.__gt.errors);
   assert.deepEqual(errors, []);
 });
