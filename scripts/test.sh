@@ -48,6 +48,9 @@ echo "== web dashboard in headless chromium (telemetry-web/tests/browser: playwr
 if [[ -x /usr/bin/chromium || "${CI:-}" == true ]]; then
     WEB_TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
     (cd telemetry-web/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+    # The Video tab's worker (frames through the shim's FrameSender): telemetry-web's example.
+    cargo build -p telemetry-web --examples
+    FRAME_WORKER_BIN="$WEB_TARGET_DIR/debug/examples/frame_worker" \
     WEB_ARTIFACTS="$WEB_TARGET_DIR/web-artifacts" \
         GYM_TELEMETRY_DAEMON_BIN="$WEB_TARGET_DIR/debug/gym-telemetry-daemon" \
         GYM_TELEMETRY_DEMO_BIN="$WEB_TARGET_DIR/debug/gym-telemetry-demo" \

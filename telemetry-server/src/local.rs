@@ -2,15 +2,19 @@
 //! web dashboard, `telemetry-web`): the same credentials, hub, store reader and services the
 //! gRPC API uses, so an HTTP front end has no second copy of any rule (auth, ReadScalars
 //! downsampling and its caps, ListRuns' merge of store and registry, SubmitRun's checks).
+//! The frame store, the policy inventory and the run registry are shared the same way (the
+//! dashboard's video and policy views).
 
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use telemetry_core::pb::{
-    query_server::Query, run_control_server::RunControl, CancelRunRequest, CancelRunResponse,
-    ListRunsRequest, ListRunsResponse, ListTagsRequest, ListTagsResponse, ReadScalarsRequest,
-    ReadScalarsResponse, SubmitRunRequest, SubmitRunResponse,
+    policies_server::Policies, query_server::Query, run_control_server::RunControl,
+    CancelRunRequest, CancelRunResponse, GetPolicyRequest, GetPolicyResponse, ListPoliciesRequest,
+    ListPoliciesResponse, ListRunsRequest, ListRunsResponse, ListTagsRequest, ListTagsResponse,
+    ReadScalarsRequest, ReadScalarsResponse, Record, RunInfo, SubmitRunRequest, SubmitRunResponse,
 };
+use telemetry_frames::FrameStore;
 use telemetry_hub::{Hub, SubscribeError, SubscribeOptions, Subscription};
 use telemetry_store::BackendReader;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +23,9 @@ use tonic::{Request, Status};
 use crate::{
     auth::{AuthError, Credentials, Principal},
     control::ControlService,
+    policies::PoliciesService,
     query::QueryService,
+    runs::Registry,
 };
 
 /// A cloneable view of a started server for in-process front ends. Every call runs as the
@@ -34,6 +40,9 @@ pub struct LocalAccess {
     pub(crate) query: QueryService,
     pub(crate) control: ControlService,
     pub(crate) cancel: CancellationToken,
+    pub(crate) frames: Arc<FrameStore>,
+    pub(crate) policies: PoliciesService,
+    pub(crate) registry: Registry,
 }
 
 impl std::fmt::Debug for LocalAccess {
@@ -123,6 +132,53 @@ impl LocalAccess {
             .cancel_run(Request::new(req))
             .await?
             .into_inner())
+    }
+
+    /// The server's frame store (the same one `Frames` serves and writes).
+    pub fn frame_store(&self) -> Arc<FrameStore> {
+        self.frames.clone()
+    }
+
+    /// The server's var dir (where a front end writes what it makes, e.g. exported clips).
+    pub fn var_dir(&self) -> &std::path::Path {
+        &self.registry.var_dir
+    }
+
+    /// `Policies.ListPolicies`, in-process.
+    pub async fn list_policies(
+        &self,
+        req: ListPoliciesRequest,
+    ) -> Result<ListPoliciesResponse, Status> {
+        Ok(self
+            .policies
+            .list_policies(Request::new(req))
+            .await?
+            .into_inner())
+    }
+
+    /// `Policies.GetPolicy`, in-process.
+    pub async fn get_policy(&self, req: GetPolicyRequest) -> Result<GetPolicyResponse, Status> {
+        Ok(self
+            .policies
+            .get_policy(Request::new(req))
+            .await?
+            .into_inner())
+    }
+
+    /// The registry's view of a run (its policy bindings and evaluation links), if it knows it.
+    pub fn run_info(&self, run_id: &str) -> Option<RunInfo> {
+        self.registry.get(run_id)
+    }
+
+    /// Stores records through the server's writer (and fans them out), e.g. the `Artifact` of a
+    /// clip the front end exported. Returns once they are durable.
+    pub async fn append_records(&self, records: Vec<Record>) -> Result<(), Status> {
+        self.registry
+            .writer()
+            .append(records, Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(e.to_string()))
     }
 
     /// Cancelled when the server shuts down (a front end stops serving then).

@@ -188,6 +188,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
             }
         });
     }
+    let local_registry = registry.clone();
     let stopped = Stopped {
         lock,
         registry,
@@ -213,6 +214,9 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         query,
         control,
         cancel: cancel.clone(),
+        frames: frame_store.clone(),
+        policies: crate::policies::PoliciesService::new(policies, local_registry.clone()),
+        registry: local_registry,
     };
     Ok(ServerHandle {
         local,

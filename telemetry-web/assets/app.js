@@ -459,6 +459,7 @@
     const tabs = el('div', { class: 'tabs', id: 'agent-tabs' });
     const body = el('div', { class: 'panel-body', id: 'agent-body' }, el('p', { class: 'dim', text: 'waiting for the first record…' }));
     main.append(head, banners, lag, tabs, body);
+    GT.onRunOpen && GT.onRunOpen(banners, run);
     let active = null;
     let dropped = 0, gaps = 0;
     const showLag = () => { lag.hidden = false; lag.textContent = `live view fell behind: ${dropped} records dropped (still in the store)` + (gaps ? `, ${gaps} gaps` : ''); };
@@ -546,7 +547,10 @@
     registerAgentTab(name, tab) { this.agentTabs[name] = tab; },
     // A link in the top bar for a registered page (a Policies page: addNav('Policies', '#/policies', 'policies')).
     addNav(label, href, page) { document.getElementById('nav').append(el('a', { href, 'data-page': page }, label)); },
-    el, api, stream, chartsView, frameOf,
+    el, api, stream, chartsView, frameOf, onLeave, parseJSON, fmt, q,
+    // Hooks a later view fills: onRunOpen(banners, run), onReplayOpen(main, {run, agent,
+    // episode, steps}), onReplayStep(view, step).
+    onRunOpen: null, onReplayOpen: null, onReplayStep: null,
   };
   window.GT = GT;
   GT.registerAgentTab('grid', {
@@ -648,11 +652,13 @@
     speed.value = '10';
     const view = el('div', { id: 'replay-frame' });
     main.append(el('div', { class: 'player' }, el('button', { id: 'prev', onclick: () => show(i - 1) }, '◀ step'), play, el('button', { id: 'next', onclick: () => show(i + 1) }, 'step ▶'), scrub, pos, speed), view);
+    GT.onReplayOpen && GT.onReplayOpen(main, { run, agent, episode, steps });
     function show(n) {
       i = Math.max(0, Math.min(steps.length - 1, n));
       scrub.value = i; pos.textContent = `${i + 1} / ${steps.length}`;
       view.replaceChildren(frameOf(steps[i]), stepSummary(steps[i]));
       __gt.replay.frame = i;
+      GT.onReplayStep && GT.onReplayStep(view, steps[i]);
       if (i === steps.length - 1) pause();
     }
     function start() { if (i >= steps.length - 1) show(0); play.textContent = 'pause'; __gt.replay.playing = true; timer = setInterval(() => show(i + 1), 1000 / +speed.value); }
@@ -717,6 +723,7 @@
     main.append(el('p', { text: 'no such page' }));
   }
   window.addEventListener('hashchange', route);
-  route();
+  // After every script of the page ran (views.js registers more pages).
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', route); else route();
 })();
 var GT_smooth;

@@ -15,6 +15,7 @@ use crate::AppState;
 /// The dashboard page (served to a logged-in browser by `auth::index`).
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
+const VIEWS_JS: &str = include_str!("../assets/views.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
 const UPLOT_JS: &[u8] = include_bytes!("../assets/vendor/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &[u8] = include_bytes!("../assets/vendor/uplot/uPlot.min.css");
@@ -36,6 +37,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/app.js",
             get(file(APP_JS.as_bytes(), "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/views.js",
+            get(file(VIEWS_JS.as_bytes(), "text/javascript; charset=utf-8")),
         )
         .route(
             "/app.css",

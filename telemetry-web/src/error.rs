@@ -41,6 +41,12 @@ pub enum WebError {
     /// The hub refused the subscription.
     #[error("{0}")]
     Subscribe(#[from] telemetry_hub::SubscribeError),
+    /// What the request names does not exist (an episode without frames, a policy).
+    #[error("{0}")]
+    NotFound(String),
+    /// The resource is busy (one export at a time).
+    #[error("{0}")]
+    Busy(String),
     /// A blocking read task failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -51,6 +57,8 @@ impl WebError {
         use tonic::Code;
         match self {
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::TooManyStreams(_) | WebError::Subscribe(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Service(s) => match s.code() {
                 Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,

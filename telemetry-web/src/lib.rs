@@ -19,13 +19,16 @@
 //!
 //! Modules: `auth` (login URL, cookie, the check on every API request), `sse` (hub deliveries
 //! to server-sent events, rate-limited), `api` (JSON endpoints and run control), `assets` (the
-//! embedded files).
+//! embedded files), `video` (live frames, frames by `frame_ref`, clip export: issue 18),
+//! `policies` (the inventory, a run's policies, evaluation runs: issue 19).
 
 mod api;
 mod assets;
 mod auth;
 mod error;
+mod policies;
 mod sse;
+mod video;
 
 use std::{
     net::SocketAddr,
@@ -61,8 +64,16 @@ pub struct WebConfig {
     /// Records each SSE stream's hub queue holds (default 16384); beyond, the oldest are
     /// dropped and a `lagged` event tells the page.
     pub sse_queue: usize,
-    /// SSE streams open at once at most (default 64); beyond, 503 (counted).
+    /// SSE streams open at once at most (default 64, live video streams included); beyond, 503
+    /// (counted).
     pub max_sse_streams: usize,
+    /// Live frames a Video tab gets per second at most (default 10 Hz); the frames stored in
+    /// between are skipped and counted as dropped.
+    pub video_max_hz: f64,
+    /// Largest encoded frame the live view sends (default 8 MiB); bigger ones are skipped.
+    pub max_live_frame_bytes: usize,
+    /// The ffmpeg used by "export clip" (`None`: `ffmpeg` on `PATH`; absent: a GIF is written).
+    pub ffmpeg: Option<std::path::PathBuf>,
 }
 
 impl WebConfig {
@@ -74,6 +85,9 @@ impl WebConfig {
             sse_max_batch: 2048,
             sse_queue: 16_384,
             max_sse_streams: 64,
+            video_max_hz: 10.0,
+            max_live_frame_bytes: 8 << 20,
+            ffmpeg: None,
         }
     }
 }
@@ -93,6 +107,22 @@ pub struct WebStats {
     pub sse_records: AtomicU64,
     /// Logins through the token URL.
     pub logins: AtomicU64,
+    /// Live video streams opened.
+    pub video_streams: AtomicU64,
+    /// Live frames sent.
+    pub video_frames_sent: AtomicU64,
+    /// Stored frames a live stream skipped (newer ones came before the next send).
+    pub video_frames_dropped: AtomicU64,
+    /// Frames served by `frame_ref`.
+    pub frames_served: AtomicU64,
+    /// Frames asked for by `frame_ref` that are missing (never stored, evicted, corrupt).
+    pub frames_missing: AtomicU64,
+    /// Clips exported.
+    pub exports: AtomicU64,
+    /// Exports refused (one already running, no frames).
+    pub exports_refused: AtomicU64,
+    /// Evaluation runs submitted from the dashboard.
+    pub evaluations_submitted: AtomicU64,
 }
 
 impl WebStats {
@@ -108,6 +138,7 @@ pub struct AppState {
     pub(crate) cfg: Arc<WebConfig>,
     pub(crate) stats: Arc<WebStats>,
     pub(crate) sse_slots: Arc<Semaphore>,
+    pub(crate) export_slot: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -115,6 +146,7 @@ impl AppState {
     pub fn new(access: LocalAccess, cfg: WebConfig) -> Self {
         AppState {
             sse_slots: Arc::new(Semaphore::new(cfg.max_sse_streams)),
+            export_slot: Arc::new(Semaphore::new(1)),
             access,
             cfg: Arc::new(cfg),
             stats: Arc::default(),

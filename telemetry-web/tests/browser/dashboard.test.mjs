@@ -5,7 +5,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { startDaemon, startWorker, launch, artifacts, gt, waitGt, need, cleanup } from './lib.mjs';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { startDaemon, startWorker, startFrameWorker, launch, artifacts, gt, waitGt, need, cleanup } from './lib.mjs';
 
 let daemon, ctx, shots;
 before(async () => {
@@ -14,6 +15,16 @@ before(async () => {
   // Finished human episodes for Human Replay, then a live two-agent run.
   await startWorker(daemon, ['--run-id', 'human-run', '--agents', '1', '--episodes', '4', '--control-mode', 'human', '--seed', '3'], { wait: true });
   startWorker(daemon, ['--run-id', 'multi-run', '--agents', '2', '--episodes', '100000', '--step-delay-ms', '5']);
+  // Frames (issue 18): a live run capturing every step at ~50 steps/s (the Video tab shows at
+  // most 10 Hz of it), and a finished episode whose odd steps name frames never stored.
+  startFrameWorker(daemon, ['video-run', 'agent-0', '100000', '40', '20', '1']);
+  await startFrameWorker(daemon, ['gap-run', 'agent-0', '1', '6', '1', '2', '1'], { wait: true });
+  // Policies (issue 19): a predecessor q_table/v1 file and a corrupt one in the inventory.
+  const pol = join(daemon.varDir, 'policies', 'FrozenLake-v1');
+  mkdirSync(pol, { recursive: true });
+  const rows = Array.from({ length: 16 }, (_, i) => [i, 0.5, 0.25, 0]);
+  writeFileSync(join(pol, 'bdi.json'), JSON.stringify({ format: 'q_table/v1', metadata: { run_id: 'human-run', env_id: 'FrozenLake-v1', agent_id: 'bdi', episodes: 300 }, q_table: rows }, null, 2));
+  writeFileSync(join(pol, 'broken.json'), '{"format": "q_table/v1", "q_ta');
   ctx = await launch();
 });
 after(async () => {
@@ -145,6 +156,90 @@ test('run control: submit a run from the form; its run_completed closes the live
   await page.click('#cancel-run');
   await waitGt(page, () => window.__gt.completed !== null, undefined, 60000);
   assert.equal(await gt(page, () => window.__gt.completed), 'cancelled');
+  const errors = await gt(page, () => window.__gt.errors);
+  assert.deepEqual(errors, []);
+});
+
+test('Video tab: live frames at no more than the chosen rate, the rate and the frames dropped shown; export clip', async () => {
+  await page.goto(daemon.base + '#/run/video-run');
+  await waitGt(page, () => window.__gt.agents.includes('agent-0') && window.__gt.steps > 0);
+  await page.click('button[data-subtab="video"]');
+  await waitGt(page, () => window.__gt.video.frames >= 5);
+  const v = await gt(page, () => window.__gt.video);
+  assert.equal(v.hz, 10, 'the default rate is 10 Hz');
+  assert.equal(v.width, 160);
+  assert.equal(v.height, 120);
+  assert.match(v.lastRef, /^video-run\/\d+\/\d+\/agent-0$/);
+  const natural = await page.evaluate(() => document.getElementById('video-frame').naturalWidth);
+  assert.equal(natural, 160, 'the frame is decoded pixels');
+  // The worker stores ~50 frames/s; at most 10 Hz are shown, the rest are counted as dropped.
+  await waitGt(page, () => window.__gt.video.dropped > 0);
+  const ref0 = await gt(page, () => window.__gt.video.lastRef);
+  await waitGt(page, (r) => window.__gt.video.lastRef !== r, ref0);
+  assert.match(await page.textContent('#video-stats'), /frames\/s shown .* dropped/);
+  await page.screenshot({ path: join(shots, 'video-tab.png') });
+  // A slower rate is honoured by the daemon.
+  await page.selectOption('#video-hz', '2');
+  await waitGt(page, () => window.__gt.video.hz === 2 && window.__gt.video.frames >= 2);
+  // Export clip: episode 0 (40 frames) is long finished.
+  await page.fill('#export-episode', '0');
+  await page.click('#export-clip');
+  await waitGt(page, () => window.__gt.exported !== null, undefined, 90000);
+  const ex = await gt(page, () => window.__gt.exported);
+  assert.equal(ex.frames, 40);
+  assert.ok(['mp4', 'gif'].includes(ex.format));
+  await page.screenshot({ path: join(shots, 'video-exported.png') });
+});
+
+test('replay: each step shows its stored frame; a frame that is not stored is shown as missing', async () => {
+  await page.goto(daemon.base + '#/replay/gap-run/agent-0/0');
+  await waitGt(page, () => window.__gt.route === 'player' && window.__gt.replay.frames === 6 && window.__gt.frames.shown >= 1);
+  assert.equal(await page.locator('#replay-image').count(), 1);
+  await page.screenshot({ path: join(shots, 'replay-frame.png') });
+  await page.click('#next');
+  await waitGt(page, () => window.__gt.frames.missing >= 1);
+  assert.equal(await gt(page, () => window.__gt.frames.lastMissingReason), 'not_found');
+  assert.match(await page.textContent('#replay-frame-missing'), /frame missing/);
+  assert.equal(await page.locator('.banner.bad').count(), 0, 'no error page');
+  await page.screenshot({ path: join(shots, 'replay-frame-missing.png') });
+});
+
+test('Policies page: the inventory, an invalid file with its reason, filters, and evaluate', async () => {
+  await page.goto(daemon.base + '#/policies');
+  await waitGt(page, () => window.__gt.route === 'policies' && window.__gt.policies.listed === 1 && window.__gt.policies.invalid === 1);
+  assert.deepEqual(await gt(page, () => window.__gt.policies.invalidReasons), ['not_json']);
+  assert.equal((await page.textContent('#invalid-policies tbody tr td:first-child')).trim(), 'FrozenLake-v1/broken.json');
+  assert.ok((await page.textContent('#invalid-policies td.reason')).trim().length > 0, 'the reason is shown');
+  assert.equal((await page.textContent('#policies tbody tr td:nth-child(3)')).trim(), 'bdi');
+  await page.screenshot({ path: join(shots, 'policies.png'), fullPage: true });
+  await page.fill('#policy-filter-env', 'CartPole-v1');
+  await page.press('#policy-filter-env', 'Enter');
+  await waitGt(page, () => window.__gt.policies.listed === 0 && location.hash.includes('env=CartPole-v1'));
+  // A finished training run offers to evaluate the policy it produced.
+  await page.goto(daemon.base + '#/run/human-run');
+  await page.waitForSelector('#evaluate-run[href*="policy="]', { timeout: 30000 });
+  assert.match(await page.getAttribute('#evaluate-run', 'href'), /source_run=human-run&policy=FrozenLake-v1%2Fbdi\.json$/);
+  // Evaluate this policy: its own run and page, with its results once it ends.
+  await page.goto(daemon.base + '#/policies');
+  await waitGt(page, () => window.__gt.policies.listed === 1);
+  await page.click('#policies a.evaluate');
+  await waitGt(page, () => window.__gt.route === 'evaluate');
+  assert.equal(await page.inputValue('input[name=policy_id]'), 'FrozenLake-v1/bdi.json');
+  await page.fill('input[name=episodes]', '2');
+  await page.fill('textarea[name=argv]', '/bin/true');
+  await page.fill('input[name=run_id]', 'eval-run');
+  await page.click('#evaluate-form button[type=submit]');
+  await waitGt(page, () => window.__gt.evaluateSubmitted === 'eval-run' && window.__gt.route === 'run');
+  await waitGt(page, () => window.__gt.runInfo && window.__gt.runInfo.evaluation && window.__gt.runInfo.results, undefined, 60000);
+  const info = await gt(page, () => window.__gt.runInfo);
+  assert.equal(info.evaluation.policy_id, 'FrozenLake-v1/bdi.json');
+  assert.equal(info.control_mode, 'replay');
+  assert.equal(info.policy_bindings[0].agent_id, 'bdi');
+  await page.waitForSelector('#evaluation-results td[data-k="success_rate"]');
+  await page.screenshot({ path: join(shots, 'evaluation-run.png'), fullPage: true });
+  // The policy's row links its evaluation runs.
+  await page.goto(daemon.base + '#/policies');
+  await page.waitForSelector('#policies td.evaluations a[href="#/run/eval-run"]', { timeout: 30000 });
   const errors = await gt(page, () => window.__gt.errors);
   assert.deepEqual(errors, []);
 });

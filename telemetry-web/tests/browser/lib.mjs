@@ -80,6 +80,23 @@ export function startWorker(daemon, args, { wait = false } = {}) {
   return { child, done };
 }
 
+// Runs telemetry-web's frame_worker example (frames through the shim's FrameSender) against
+// the daemon: `frame_worker RUN AGENT EPISODES STEPS DELAY_MS EVERY [REFS_WITHOUT_FRAMES]`.
+export function startFrameWorker(daemon, args, { wait = false } = {}) {
+  const bin = need('FRAME_WORKER_BIN');
+  const child = spawn(bin, args, {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, GYM_TELEMETRY_ENDPOINT: daemon.endpoint, GYM_TELEMETRY_VAR_DIR: daemon.varDir, GYM_TELEMETRY_QUEUE_DIR: privateDir('gt-web-fq-'), GYM_TELEMETRY_LOG: 'warn' },
+  });
+  children.add(child);
+  let err = '';
+  child.stderr.on('data', (d) => { err += d; if (err.length > 100000) err = err.slice(-50000); });
+  const done = new Promise((resolve, reject) => child.once('exit', (code) => { children.delete(child); code === 0 ? resolve() : reject(new Error(`frame_worker ${args.join(' ')} exited ${code}: ${err}`)); }));
+  if (wait) return done;
+  done.catch(() => {});
+  return { child, done };
+}
+
 export async function launch() {
   const profile = privateDir('gt-web-chromium-');
   // A fresh profile each time (playwright passes it as --user-data-dir).
