@@ -53,6 +53,8 @@ pub(crate) fn routes(_state: AppState) -> Router<AppState> {
         .route("/runs/{run}/events/{kind}", get(events))
         .route("/replays", get(replays))
         .route("/stats", get(stats))
+        .merge(crate::video::routes())
+        .merge(crate::policies::routes())
 }
 
 fn ts_ms(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
@@ -105,7 +107,14 @@ async fn runs(
         .runs
         .into_iter()
         .map(|r| {
+            // An evaluation run names the policy it evaluates (the registry's link).
+            let evaluation_policy_id = st
+                .access
+                .run_info(&r.run_id)
+                .map(|i| i.evaluation_source_policy_id)
+                .unwrap_or_default();
             json!({
+                "evaluation_policy_id": evaluation_policy_id,
                 "run_id": r.run_id,
                 "state": state_name(r.state),
                 "agent_ids": r.agent_ids,
@@ -465,7 +474,7 @@ async fn submit(
             game_id: f.game_id,
             seed: f.seed,
             metadata_json: String::new(),
-            ..SubmitRunRequest::default()
+            ..Default::default()
         })
         .await?;
     Ok(Json(json!({ "run_id": resp.run_id })))
@@ -494,5 +503,7 @@ async fn stats(State(st): State<AppState>) -> Json<Value> {
         "sse_refused": g(&s.sse_refused),
         "sse_lagged": g(&s.sse_lagged),
         "sse_records": g(&s.sse_records),
+        "evaluations_submitted": g(&s.evaluations_submitted),
+        "video": crate::video::stats_json(&st),
     }))
 }
