@@ -42,6 +42,8 @@ pub struct Metrics {
     pub fenced_producers: Gauge,
     /// Commands waiting in the store writer's queue.
     pub writer_queue_depth: Gauge,
+    /// Committed groups waiting for the hub publisher thread.
+    pub publish_queue_depth: Gauge,
     /// Records the server delivered from spawned workers' queue dirs.
     pub queue_records_drained: Counter,
     /// RPCs refused for a missing or wrong token.
@@ -107,6 +109,7 @@ impl Metrics {
             fenced_batches: Counter::default(),
             fenced_producers: Gauge::default(),
             writer_queue_depth: Gauge::default(),
+            publish_queue_depth: Gauge::default(),
             queue_records_drained: Counter::default(),
             unauthenticated: Counter::default(),
             commit_seconds: Histogram::new([
@@ -175,6 +178,12 @@ impl Metrics {
             "writer_queue_depth",
             "Commands waiting in the store writer's queue (publishers wait when it is full)",
             m.writer_queue_depth.clone(),
+        );
+        reg.register(
+            "publish_queue_depth",
+            "Committed groups waiting to be published to live subscribers (the writer waits when \
+             8 are)",
+            m.publish_queue_depth.clone(),
         );
         reg.register(
             "unauthenticated_requests",

@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
+        mpsc::SyncSender,
         Arc,
     },
     time::Instant,
@@ -14,7 +15,6 @@ use telemetry_core::{
     pb::{Record, RunInfo},
     Watermark,
 };
-use telemetry_hub::Hub;
 use telemetry_store::ChangeWake;
 use telemetry_store::{AppendOutcome, AppendReport, BackendWriter, StoreError};
 use tokio::sync::oneshot;
@@ -51,7 +51,8 @@ impl Group {
 /// The writer thread's state.
 pub(super) struct Committer {
     writer: Box<dyn BackendWriter>,
-    hub: Hub,
+    /// The publisher thread's queue: stored records, one group at a time, in commit order.
+    publish: SyncSender<Vec<Record>>,
     /// On a shared store, the follower publishes (follow.rs): a commit only wakes it.
     follower: Option<ChangeWake>,
     metrics: Metrics,
@@ -94,7 +95,7 @@ fn spans(records: &[Record], rejected: &[Rejected]) -> Vec<Span> {
 impl Committer {
     pub(super) fn new(
         writer: Box<dyn BackendWriter>,
-        hub: Hub,
+        publish: SyncSender<Vec<Record>>,
         follower: Option<ChangeWake>,
         metrics: Metrics,
         retry: RetryPolicy,
@@ -102,7 +103,7 @@ impl Committer {
     ) -> Self {
         Committer {
             writer,
-            hub,
+            publish,
             follower,
             metrics,
             retry,
@@ -247,7 +248,16 @@ impl Committer {
         match &self.follower {
             Some(wake) if !to_publish.is_empty() => wake(),
             Some(_) => {}
-            None => self.hub.publish_batch(to_publish),
+            None if to_publish.is_empty() => {}
+            None => {
+                self.metrics.publish_queue_depth.inc();
+                if self.publish.send(to_publish).is_err() {
+                    // Only if the publisher thread panicked: the records are stored and acked,
+                    // live viewers catch up from the store.
+                    self.metrics.publish_queue_depth.dec();
+                    tracing::error!("the hub publisher is gone: a group was not published live");
+                }
+            }
         }
     }
 

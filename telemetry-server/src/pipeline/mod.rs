@@ -21,6 +21,12 @@
 //!    taken for duplicates: silent loss.
 //! 4. **One retry policy** ([`RetryPolicy`]): a retryable store error is retried here, a bounded
 //!    number of times; backends make one attempt per call.
+//!
+//! The publish itself runs on a second thread (`hub-publisher`), fed in commit order through a
+//! bounded channel ([`PUBLISH_QUEUE`] groups; full policy: the writer waits, which backs up into
+//! the writer queue and from there into ingest). The writer thread is the pipeline's bottleneck
+//! (one SQLite connection): wrapping each record for the hub, pushing it into its run's ring and
+//! freeing the record the ring lets go of are work it no longer does between commits.
 
 mod commit;
 mod fence;
@@ -48,6 +54,10 @@ pub const WRITER_QUEUE: usize = 64;
 /// once, so the server's subscriber queues are at least this long: a viewer that keeps up never
 /// loses records to a large group.
 pub const MAX_GROUP_RECORDS: usize = 4096;
+/// Committed groups waiting for the publisher thread at most (each at most
+/// [`MAX_GROUP_RECORDS`] records). Full policy: the writer waits for room before its next
+/// commit. Exported as `gym_telemetry_publish_queue_depth`.
+pub const PUBLISH_QUEUE: usize = 8;
 /// Producers fenced at most; past it the oldest fence is dropped (and counted in
 /// `gym_telemetry_fences_evicted`).
 pub const MAX_FENCES: usize = 65_536;
@@ -246,11 +256,31 @@ pub fn spawn(
 ) -> std::io::Result<(Pipeline, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let epochs = Arc::new(AtomicU64::new(0));
+    let (publish_tx, publish_rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(PUBLISH_QUEUE);
+    let publisher = {
+        let depth = metrics.publish_queue_depth.clone();
+        thread::Builder::new()
+            .name("hub-publisher".into())
+            .spawn(move || {
+                // Ends when the writer thread drops its sender, after publishing what was sent.
+                for records in publish_rx {
+                    depth.dec();
+                    hub.publish_batch(records);
+                }
+            })?
+    };
     let mut thread_state =
-        commit::Committer::new(writer, hub, follower, metrics, retry, epochs.clone());
+        commit::Committer::new(writer, publish_tx, follower, metrics, retry, epochs.clone());
     let join = thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(&mut thread_state, rx))?;
+        .spawn(move || {
+            run(&mut thread_state, rx);
+            // Structural shutdown: the publisher drains every committed group, then ends.
+            drop(thread_state);
+            if publisher.join().is_err() {
+                tracing::error!("the hub publisher thread panicked");
+            }
+        })?;
     Ok((Pipeline { tx, epochs }, join))
 }
 
