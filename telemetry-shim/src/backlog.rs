@@ -4,18 +4,26 @@
 //! The sender does not care which: it appends, reads after the last seq it sent, and acks.
 //! Memory mode exists for workers with no writable disk and for short runs; its records die
 //! with the process (the flush report says so).
+//!
+//! Records leave the backlog encoded ([`Outgoing`]), stamped with the sender's producer id:
+//! memory mode encodes each record once, when it is queued, so a send (and every resend) costs
+//! no clone and no second encoding; disk mode decodes what it reads back, stamps and encodes it.
 
 use crate::{
     disk_queue::{AppendOutcome, DiskQueue, QueueError},
     inbox::Pending,
     FullPolicy,
 };
+use prost::bytes::Bytes;
 use std::{collections::VecDeque, time::Instant};
 use telemetry_core::pb::Record;
 
-/// Bounded in-memory queue of unacked records, oldest first.
+/// A record on its way out: its producer seq and its encoding (a `Record` message).
+pub(crate) type Outgoing = (u64, Bytes);
+
+/// Bounded in-memory queue of unacked records (encoded), oldest first.
 pub(crate) struct MemQueue {
-    items: VecDeque<(u64, Record, usize)>,
+    items: VecDeque<(u64, Bytes, usize)>,
     bytes: u64,
     max_bytes: u64,
     policy: FullPolicy,
@@ -33,8 +41,14 @@ impl MemQueue {
         }
     }
 
-    /// Queues the record, taking it out of `record` only when it is stored.
-    fn append(&mut self, record: &mut Record, size: usize) -> Result<AppendOutcome, QueueError> {
+    /// Queues the record, stamped with `producer_id` and encoded; `record` is left as it was
+    /// (the caller drops it) whatever the outcome.
+    fn append(
+        &mut self,
+        record: &mut Record,
+        size: usize,
+        producer_id: &str,
+    ) -> Result<AppendOutcome, QueueError> {
         let seq = record.producer().1;
         if seq <= self.last_seq {
             let last = self.last_seq;
@@ -60,22 +74,24 @@ impl MemQueue {
                 },
             }
         }
-        self.items.push_back((seq, std::mem::take(record), size));
+        record.set_producer(producer_id, seq);
+        self.items
+            .push_back((seq, crate::wire::encode(record), size));
         self.bytes += size64;
         self.last_seq = seq;
         Ok(AppendOutcome::Stored { evicted })
     }
 
-    fn read_after(&self, after: u64, max_records: usize, max_bytes: usize) -> Vec<Record> {
+    fn read_after(&self, after: u64, max_records: usize, max_bytes: usize) -> Vec<Outgoing> {
         let start = self.items.partition_point(|(s, _, _)| *s <= after);
         let mut bytes = 0;
         let mut out = Vec::new();
-        for (_, r, size) in self.items.range(start..) {
+        for (s, r, size) in self.items.range(start..) {
             if out.len() >= max_records || bytes >= max_bytes {
                 break;
             }
             bytes += size;
-            out.push(r.clone());
+            out.push((*s, r.clone()));
         }
         out
     }
@@ -103,24 +119,38 @@ impl Backlog {
         matches!(self, Backlog::Disk(_))
     }
 
-    /// Queues a record (moving it out of `p` in memory mode); on error `p` is untouched and the
-    /// caller may retry it.
-    pub fn append(&mut self, p: &mut Pending) -> Result<AppendOutcome, QueueError> {
+    /// Queues a record of `producer_id`; on error `p` still holds it and the caller may retry.
+    pub fn append(
+        &mut self,
+        p: &mut Pending,
+        producer_id: &str,
+    ) -> Result<AppendOutcome, QueueError> {
         match self {
-            Backlog::Memory(m) => m.append(&mut p.record, p.size),
+            Backlog::Memory(m) => m.append(&mut p.record, p.size, producer_id),
             Backlog::Disk(d) => d.append(&p.record),
         }
     }
 
+    /// Up to `max_records` records (about `max_bytes`) after seq `after`, oldest first,
+    /// stamped with `producer_id` and encoded.
     pub fn read_after(
         &mut self,
         after: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Record>, QueueError> {
+        producer_id: &str,
+    ) -> Result<Vec<Outgoing>, QueueError> {
         match self {
             Backlog::Memory(m) => Ok(m.read_after(after, max_records, max_bytes)),
-            Backlog::Disk(d) => d.read_after(after, max_records, max_bytes),
+            Backlog::Disk(d) => Ok(d
+                .read_after(after, max_records, max_bytes)?
+                .into_iter()
+                .map(|mut r| {
+                    let seq = r.producer().1;
+                    r.set_producer(producer_id, seq);
+                    (seq, crate::wire::encode(&r))
+                })
+                .collect()),
         }
     }
 
@@ -212,29 +242,34 @@ mod tests {
         let mut m = MemQueue::new(30, FullPolicy::DropOldest);
         for s in 1..=3 {
             assert_eq!(
-                m.append(&mut rec(s), 10).expect("ok"),
+                m.append(&mut rec(s), 10, "p").expect("ok"),
                 AppendOutcome::Stored { evicted: 0 }
             );
         }
         assert_eq!(
-            m.append(&mut rec(4), 10).expect("ok"),
+            m.append(&mut rec(4), 10, "p").expect("ok"),
             AppendOutcome::Stored { evicted: 1 }
         );
-        let seqs: Vec<u64> = m
-            .read_after(0, 10, 1000)
-            .iter()
-            .map(|r| r.producer().1)
-            .collect();
+        let out = m.read_after(0, 10, 1000);
+        let seqs: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![2, 3, 4]);
+        for (seq, bytes) in &out {
+            let r = <Record as prost::Message>::decode(bytes.as_ref()).expect("decodes");
+            assert_eq!(
+                r.producer(),
+                ("p", *seq),
+                "stamped with the producer, encoded once"
+            );
+        }
         assert_eq!(m.read_after(2, 1, 1000).len(), 1);
         assert_eq!(m.ack(3), 2);
         assert_eq!(m.bytes, 10);
 
         let mut n = MemQueue::new(20, FullPolicy::DropNewest);
-        n.append(&mut rec(1), 10).expect("ok");
-        n.append(&mut rec(2), 10).expect("ok");
+        n.append(&mut rec(1), 10, "p").expect("ok");
+        n.append(&mut rec(2), 10, "p").expect("ok");
         assert_eq!(
-            n.append(&mut rec(3), 10).expect("ok"),
+            n.append(&mut rec(3), 10, "p").expect("ok"),
             AppendOutcome::Refused
         );
         let mut b = MemQueue::new(
@@ -243,10 +278,10 @@ mod tests {
                 timeout: std::time::Duration::ZERO,
             },
         );
-        b.append(&mut rec(1), 10).expect("ok");
+        b.append(&mut rec(1), 10, "p").expect("ok");
         let mut kept = rec(2);
         assert!(matches!(
-            b.append(&mut kept, 10),
+            b.append(&mut kept, 10, "p"),
             Err(QueueError::Full { .. })
         ));
         assert_eq!(
@@ -255,7 +290,7 @@ mod tests {
             "a refused record stays with the caller"
         );
         assert!(matches!(
-            b.append(&mut rec(1), 1),
+            b.append(&mut rec(1), 1, "p"),
             Err(QueueError::OutOfOrder { .. })
         ));
     }

@@ -40,7 +40,7 @@
 //! no CLI or process-group code.
 //!
 //! Layering (a module imports only modules to its right): `frames` → `shim` → `sender` →
-//! `dry_run` → `backlog` → `tls` → `inbox` → `metadata` → `error` → `config` → `disk_queue` →
+//! `dry_run` → `backlog` → `wire` → `tls` → `inbox` → `metadata` → `error` → `config` → `disk_queue` →
 //! `policy`, `flush`, `stats`, `ratelimit`, `backoff`, `tracker`.
 
 pub mod config;
@@ -64,6 +64,7 @@ mod inbox;
 mod policy;
 mod sender;
 mod tls;
+mod wire;
 
 pub use config::{ConfigError, DryRunTarget, FsyncPolicy, FullPolicy, Mode, ShimConfig};
 pub use error::ShimError;

@@ -18,14 +18,14 @@ use crate::{
     inbox::{Floor, Inbox, Pending},
     ratelimit::RateLimited,
     stats::Counters,
-    ShimConfig, ShimError,
+    wire, ShimConfig, ShimError,
 };
 use std::{
     collections::VecDeque,
     sync::{atomic::Ordering::Relaxed, mpsc::SyncSender, Arc},
     time::{Duration, Instant},
 };
-use telemetry_core::pb::{ingest_client::IngestClient, IngestAck, IngestBatch};
+use telemetry_core::pb::IngestAck;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
@@ -357,7 +357,7 @@ impl Sender {
         let mut failure = None;
         while let Some(mut p) = self.staged.pop_front() {
             let size = p.size;
-            match backlog.append(&mut p) {
+            match backlog.append(&mut p, &self.s.producer_id) {
                 Ok(AppendOutcome::Stored { evicted }) => {
                     stored += 1;
                     dropped += evicted;
@@ -429,7 +429,6 @@ impl Sender {
     }
 
     fn start_stream(&mut self, channel: Channel) {
-        let mut client = IngestClient::new(channel);
         let (batch_tx, batch_rx) = mpsc::channel(self.s.max_in_flight);
         let (ack_tx, ack_rx) = mpsc::channel(self.s.max_in_flight + 1);
         let mut request = tonic::Request::new(ReceiverStream::new(batch_rx));
@@ -449,21 +448,18 @@ impl Sender {
             request.metadata_mut().insert("authorization", auth.clone());
         }
         let task = tokio::spawn(async move {
-            let end = match client.publish(request).await {
-                Ok(response) => {
-                    let mut acks = response.into_inner();
-                    loop {
-                        match acks.message().await {
-                            Ok(Some(ack)) => {
-                                if ack_tx.send(Ok(ack)).await.is_err() {
-                                    return;
-                                }
+            let end = match wire::publish(channel, request).await {
+                Ok(mut acks) => loop {
+                    match acks.message().await {
+                        Ok(Some(ack)) => {
+                            if ack_tx.send(Ok(ack)).await.is_err() {
+                                return;
                             }
-                            Ok(None) => break Status::unavailable("the daemon ended the stream"),
-                            Err(status) => break status,
                         }
+                        Ok(None) => break Status::unavailable("the daemon ended the stream"),
+                        Err(status) => break status,
                     }
-                }
+                },
                 Err(status) => status,
             };
             let _ = ack_tx.send(Err(end)).await;
@@ -532,10 +528,11 @@ impl Sender {
         };
         let mut lost = None;
         while self.in_flight.len() < self.s.max_in_flight {
-            let mut records = match backlog.read_after(
+            let outgoing = match backlog.read_after(
                 self.sent_upto,
                 self.s.batch_records,
                 self.s.batch_bytes,
+                &self.s.producer_id,
             ) {
                 Ok(r) => r,
                 Err(e) => {
@@ -543,17 +540,13 @@ impl Sender {
                     break;
                 }
             };
-            let Some(last) = records.last().map(|r| r.producer().1) else {
+            let Some(last) = outgoing.last().map(|(seq, _)| *seq) else {
                 break;
             };
-            let n = records.len() as u64;
-            for r in &mut records {
-                let seq = r.producer().1;
-                r.set_producer(&self.s.producer_id, seq);
-            }
-            let batch = IngestBatch {
+            let n = outgoing.len() as u64;
+            let batch = wire::EncodedBatch {
                 batch_id: self.next_batch_id,
-                records,
+                records: outgoing.into_iter().map(|(_, bytes)| bytes).collect(),
             };
             match up.batch_tx.try_send(batch) {
                 Ok(()) => {

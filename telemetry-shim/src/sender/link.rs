@@ -5,12 +5,13 @@
 //! that knows how tonic reports a connection and a stream ending.
 
 use super::Command;
-use telemetry_core::pb::{IngestAck, IngestBatch};
+use crate::wire::EncodedBatch;
+use telemetry_core::pb::IngestAck;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{transport::Channel, Status};
 
 pub(super) struct Up {
-    pub(super) batch_tx: mpsc::Sender<IngestBatch>,
+    pub(super) batch_tx: mpsc::Sender<EncodedBatch>,
     pub(super) ack_rx: mpsc::Receiver<Result<IngestAck, Status>>,
     pub(super) task: JoinHandle<()>,
 }
