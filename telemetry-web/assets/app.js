@@ -443,15 +443,12 @@
     const tbody = el('tbody');
     main.append(el('h2', { text: 'Runs' }), el('div', { class: 'filters' }, status, mode, el('span', { class: 'dim', id: 'runs-count' })),
       el('table', { id: 'runs' }, el('thead', {}, el('tr', {}, ['run', 'state', 'control mode', 'agents', 'steps', 'steps/s', 'episodes', 'dropped', 'lag', 'game', ''].map((h) => el('th', { text: h })))), tbody));
-    const prev = new Map();
-    async function refresh() {
-      const qs = [status.value && 'status=' + q(status.value), mode.value && 'mode=' + q(mode.value)].filter(Boolean).join('&');
-      const r = await api('/runs' + (qs ? '?' + qs : ''));
-      const t = performance.now();
+    // Live: the daemon pushes the table (`runs` events of /api/runs/live) each second while it
+    // changes and at once when a run starts or ends, steps/s included (measured by the daemon,
+    // so the first table already has it). No polling.
+    function render(r) {
       tbody.replaceChildren(...r.runs.sort((a, b) => (b.last_ts_ms || 0) - (a.last_ts_ms || 0)).map((run) => {
-        const p = prev.get(run.run_id);
-        const rate = p && t > p.t ? ((run.step_count - p.steps) * 1000) / (t - p.t) : 0;
-        prev.set(run.run_id, { t, steps: run.step_count });
+        const rate = run.steps_per_sec || 0;
         const lag = run.state === 'running' && run.last_ts_ms ? Math.max(0, (r.now_ms - run.last_ts_ms) / 1000) : null;
         return el('tr', { class: 'clickable', 'data-run': run.run_id, onclick: () => { location.hash = '#/run/' + q(run.run_id); } },
           el('td', { text: run.run_id }), el('td', { class: 'state-' + run.state, text: run.state }), el('td', { text: run.control_modes.join(', ') }),
@@ -462,13 +459,27 @@
       }));
       __gt.runs = r.runs.length; __gt.runRows = tbody.children.length;
       document.getElementById('runs-count').textContent = r.runs.length + ' runs';
-      setConn('live');
     }
-    const kick = () => refresh().catch((e) => gtError(String(e)));
-    status.onchange = mode.onchange = () => { prev.clear(); kick(); };
-    kick();
-    const timer = setInterval(kick, 1000);
-    onLeave(() => clearInterval(timer));
+    let es = null;
+    function open() {
+      if (es) { es.close(); __gt.streams--; }
+      const qs = [status.value && 'status=' + q(status.value), mode.value && 'mode=' + q(mode.value)].filter(Boolean).join('&');
+      es = new EventSource('/api/runs/live' + (qs ? '?' + qs : ''));
+      __gt.streams++;
+      __gt.runsEvents = 0; __gt.runsFirst = null;
+      es.addEventListener('runs', (e) => {
+        const r = JSON.parse(e.data);
+        if (r.error) { gtError(r.error); return; }
+        __gt.runsEvents++;
+        if (!__gt.runsFirst) __gt.runsFirst = Object.fromEntries(r.runs.map((x) => [x.run_id, { state: x.state, steps_per_sec: x.steps_per_sec }]));
+        render(r);
+        setConn('live');
+      });
+      es.addEventListener('error', () => { __gt.sse.errors++; setConn('reconnecting…', true); });
+    }
+    status.onchange = mode.onchange = open;
+    open();
+    onLeave(() => { if (es) { es.close(); __gt.streams--; es = null; } });
   }
   async function cancelRun(run) {
     await api('/runs/' + q(run) + '/cancel', { method: 'POST', body: '{}' }).catch((e) => alert(e.message));

@@ -50,8 +50,12 @@ test('a missing or wrong token gets 401 and no data', async () => {
 });
 
 let page;
-test('login with the token URL, then the runs table updates live', async () => {
+test('login with the token URL, then the runs table updates live, steps/s shown from the first table', async () => {
   page = await ctx.newPage();
+  // The Runs page is pushed by the daemon (/api/runs/live), never polled.
+  let polls = 0;
+  const onRequest = (r) => { if (new URL(r.url()).pathname === '/api/runs') polls++; };
+  page.on('request', onRequest);
   await page.goto(daemon.login);
   assert.ok(!page.url().includes('token'), `the token left the address bar: ${page.url()}`);
   const [cookie] = await ctx.cookies();
@@ -61,6 +65,15 @@ test('login with the token URL, then the runs table updates live', async () => {
   await waitGt(page, () => window.__gt.runRows >= 2);
   const steps0 = await page.evaluate(() => Number(document.querySelector('tr[data-run="multi-run"] td:nth-child(5)').textContent));
   await page.waitForFunction((s0) => Number(document.querySelector('tr[data-run="multi-run"] td:nth-child(5)').textContent) > s0, steps0, { timeout: 30000 });
+  // The first table the page got already had the running run's rate (from the store), not 0.
+  const first = await gt(page, () => window.__gt.runsFirst);
+  assert.equal(first['multi-run'].state, 'running');
+  assert.ok(first['multi-run'].steps_per_sec > 0, `first steps/s: ${JSON.stringify(first['multi-run'])}`);
+  assert.equal(first['human-run'].steps_per_sec, 0, 'a finished run steps at 0/s');
+  assert.ok((await gt(page, () => window.__gt.runsEvents)) >= 2, 'later tables came pushed');
+  assert.ok(Number(await page.textContent('tr[data-run="multi-run"] td:nth-child(6)')) > 0, 'steps/s shown');
+  assert.equal(polls, 0, 'the Runs page did not poll /api/runs');
+  page.off('request', onRequest);
   await page.selectOption('#filter-mode', 'human');
   await waitGt(page, () => window.__gt.runRows === 1 && document.querySelector('tr[data-run="human-run"]') !== null);
   await page.selectOption('#filter-mode', '');
