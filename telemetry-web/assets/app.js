@@ -600,6 +600,8 @@
     // A link in the top bar for a registered page (a Policies page: addNav('Policies', '#/policies', 'policies')).
     addNav(label, href, page) { document.getElementById('nav').append(el('a', { href, 'data-page': page }, label)); },
     el, api, stream, chartsView, frameOf, onLeave, parseJSON, fmt, q,
+    // The curve bound's thinning, for tests: thin({step, rel, wall, ys}) → points dropped.
+    thin, MAX_CURVE,
     // Hooks a later view fills: onRunOpen(banners, run), onReplayOpen(main, {run, agent,
     // episode, steps}), onReplayStep(view, step).
     onRunOpen: null, onReplayOpen: null, onReplayStep: null,

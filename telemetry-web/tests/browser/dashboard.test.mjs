@@ -113,6 +113,25 @@ test('a run: agent tabs appear with their records, live steps, raw, episodes and
   assert.equal(lagShown, lagged > 0, 'drops are shown exactly when there were some');
 });
 
+test('a live curve is bounded: past MAX_CURVE its older half is thinned 2:1, a spike survives, the drops are counted', async () => {
+  const r = await page.evaluate(() => {
+    const n = window.GT.MAX_CURVE + 1;
+    const c = { step: [], rel: [], wall: [], ys: [] };
+    for (let i = 0; i < n; i++) { c.step.push(i); c.rel.push(i / 10); c.wall.push(1e9 + i / 10); c.ys.push(i === 301 ? 1000 : Math.sin(i / 50)); }
+    const before = window.__gt.charts.thinned;
+    const dropped = window.GT.thin(c);
+    const sorted = c.step.every((s, i) => i === 0 || s > c.step[i - 1]);
+    return { n, len: c.ys.length, dropped, counted: window.__gt.charts.thinned - before, spike: c.ys.includes(1000), last: c.step[c.step.length - 1], sorted, aligned: c.rel.length === c.ys.length && c.wall.length === c.ys.length };
+  });
+  const half = r.n >> 1;
+  assert.equal(r.dropped, half - Math.ceil(half / 2));
+  assert.equal(r.len, r.n - r.dropped);
+  assert.ok(r.len < r.n, `${r.len} points kept of ${r.n}`);
+  assert.equal(r.counted, r.dropped, 'every thinned point is counted');
+  assert.ok(r.spike, 'the spike (odd index, older half) was kept');
+  assert.equal(r.last, r.n - 1, 'the newest points are untouched');
+  assert.ok(r.sorted && r.aligned);
+});
 test('multi-agent page: every agent side by side', async () => {
   await page.goto(daemon.base + '#/run/multi-run/agents');
   await waitGt(page, () => window.__gt.agentTables === 2 && window.__gt.charts.drawn > 0);
