@@ -80,12 +80,12 @@ try {
   // What grows, if anything: two heap snapshots (taken after each reading), compared by
   // constructor and retaining property (WEB_HEAP_SNAPSHOTS=0 skips them).
   const snaps = process.env.WEB_HEAP_SNAPSHOTS !== '0';
-  const s1 = snaps ? summarise(await takeSnapshot(cdp)) : null;
+  const snapA = snaps ? summarise(await takeSnapshot(cdp)) : null;
   await page.waitForTimeout(Math.max(0, T * 1000 - (Date.now() - t0)));
   const h2 = await heap(page, cdp);
   const [steps, charts] = await page.evaluate(() => [window.__gt.steps, window.__gt.charts]);
   log(`heap ${(h1 / 1048576).toFixed(2)} MiB after ${T / 10} s, ${(h2 / 1048576).toFixed(2)} MiB after ${T} s (${steps} live steps; longest curve ${charts.maxCurve} points, ${charts.thinned} thinned)`);
-  if (snaps) printDiff(s1, summarise(await takeSnapshot(cdp)), log, 12);
+  if (snaps) printDiff(snapA, summarise(await takeSnapshot(cdp)), log, 12);
   console.log(`BENCH web_tab_memory ${(h2 / h1).toFixed(3)} heap_ratio_${T}s_over_${T / 10}s ratio=${(h2 / h1 / 1.2).toFixed(2)}`);
   await feeding.catch(() => {});
 } finally {
