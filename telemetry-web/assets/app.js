@@ -11,7 +11,7 @@
     sse: { events: 0, records: 0, lagged: 0, dropped: 0, gaps: 0, reconnects: 0, errors: 0 },
     steps: 0, episodes: 0, points: 0, livePoints: 0,
     agents: [], activeAgent: null, activeSubtab: null,
-    charts: { panels: 0, drawn: 0, series: 0 }, firstChartMs: null,
+    charts: { panels: 0, drawn: 0, series: 0, thinned: 0, maxCurve: 0 }, firstChartMs: null,
     replay: { listed: 0, frames: 0, frame: -1, playing: false, episode: null },
     completed: null, submitted: null, errors: [],
     // Record creation → handled by the page, in ms: a bounded histogram (1 ms buckets, the last
@@ -20,7 +20,17 @@
     latencyP: (p) => { const h = __gt.latencyHist; let n = 0; for (const c of h) n += c; let k = 0; for (let i = 0; i < h.length; i++) { k += h[i]; if (k >= n * p) return i; } return null; },
   };
   window.__gt = __gt;
-  const MAX_CURVE = 20000; // points per curve kept on a live page; older ones are thinned
+  // Client-side bounds (a tab left open for days stays the same size; every drop is counted in
+  // __gt and shown on the page):
+  // - MAX_CURVE points per curve: past it, the older half of the curve is thinned 2:1 (of each
+  //   pair the point that moves more is kept, so spikes survive), counted in
+  //   __gt.charts.thinned and shown under the chart controls. The store keeps every point; a
+  //   zoom re-reads the visible range from it.
+  // - MAX_EPISODE_ROWS episodes per agent (the Episodes table's rows and what seeds it).
+  // - STEP_TAIL steps per agent (the Grid and Raw views).
+  const MAX_CURVE = 2000;
+  const MAX_EPISODE_ROWS = 1000;
+  const STEP_TAIL = 100;
   function gtError(e) { if (__gt.errors.length < 100) __gt.errors.push(e); }
   function latency(ms) { __gt.latencyHist[Math.max(0, Math.min(10000, Math.round(ms)))]++; }
 
@@ -205,12 +215,21 @@
     // Rebuilds the aligned data uPlot wants (one shared x column; null where a curve has no point).
     data() {
       const axis = this.opts.axis();
+      const w = this.opts.smoothing();
+      if (this.curves.size === 1) {
+        // One curve (the usual panel): its own columns, no alignment and no nulls, so uPlot gets
+        // flat arrays of doubles (8 bytes a point, no boxed numbers).
+        const c = this.curves.values().next().value;
+        const x = c[axis];
+        let sorted = true;
+        for (let i = 1; i < x.length && sorted; i++) sorted = x[i] >= x[i - 1];
+        if (sorted) return [Float64Array.from(x), smooth(c.ys, w)];
+      }
       const xsSet = new Set();
       for (const c of this.curves.values()) for (const x of c[axis]) xsSet.add(x);
       const xs = Float64Array.from(xsSet).sort();
       const idx = new Map(); xs.forEach((x, i) => idx.set(x, i));
       const cols = [xs];
-      const w = this.opts.smoothing();
       for (const c of this.curves.values()) {
         const col = new Array(xs.length).fill(null);
         const ys = smooth(c.ys, w);
@@ -223,6 +242,7 @@
       if (!this.dirty) return;
       this.dirty = false;
       const data = this.data();
+      for (const c of this.curves.values()) __gt.charts.maxCurve = Math.max(__gt.charts.maxCurve, c.ys.length);
       if (!this.plot) {
         const self = this;
         const axis = this.opts.axis();
@@ -244,10 +264,22 @@
     reset() { this.plot && (this.plot.destroy(), this.plot = null); this.dirty = true; }
   }
 
-  // Halves the older half of a curve (every other point), so a page left open stays bounded.
+  // Thins the older half of a curve 2:1 (MAX_CURVE): of each pair, the point that moves more
+  // from the last kept one stays, so a spike is not thinned away. Returns the points dropped.
   function thin(c) {
     const half = c.ys.length >> 1;
-    for (const k of ['step', 'rel', 'wall', 'ys']) c[k] = c[k].filter((_, i) => i >= half || i % 2 === 0);
+    const keep = [];
+    let prev = null;
+    for (let i = 0; i < half; i += 2) {
+      let k = i;
+      if (i + 1 < half && prev != null && Math.abs(c.ys[i + 1] - prev) > Math.abs(c.ys[i] - prev)) k = i + 1;
+      keep.push(k); prev = c.ys[k];
+    }
+    for (let i = half; i < c.ys.length; i++) keep.push(i);
+    const dropped = c.ys.length - keep.length;
+    for (const key of ['step', 'rel', 'wall', 'ys']) { const a = c[key]; c[key] = keep.map((i) => a[i]); }
+    __gt.charts.thinned += dropped;
+    return dropped;
   }
 
   // A charts view over sources [{run, agent (null: every agent), label}]: a section per tag
@@ -265,6 +297,15 @@
         el('option', { value: 'step' }, 'step'), el('option', { value: 'rel' }, 'relative time'), el('option', { value: 'wall' }, 'wall time'))));
     const sv = el('span', { class: 'dim', text: String(state.smoothing) });
     ctl.children[0].append(' ', sv);
+    // Live points thinned on this page (MAX_CURVE), shown, never hidden.
+    let thinned = 0;
+    const thinNote = el('span', { class: 'dim', id: 'chart-thinned', hidden: true });
+    ctl.append(thinNote);
+    const thinCurve = (c) => {
+      thinned += thin(c);
+      thinNote.hidden = false;
+      thinNote.textContent = `${thinned} older live points thinned (at most ${MAX_CURVE} per curve here; the store keeps every point, zoom re-reads them)`;
+    };
     const body = el('div');
     container.append(ctl, body);
     const popts = { axis: () => state.axis, smoothing: () => state.smoothing, onZoom: refine, width: opts.width };
@@ -370,7 +411,7 @@
         c.step.push(step); c.wall.push(t / 1000); c.rel.push((t - t0) / 1000); c.ys.push(num(r.value));
         __gt.points++; __gt.livePoints++;
         if (r.ts_unix_ns) latency(now - t);
-        if (c.ys.length > MAX_CURVE) thin(c);
+        if (c.ys.length > MAX_CURVE) thinCurve(c);
         p.dirty = true;
       }
       schedule();
@@ -386,7 +427,7 @@
         if (c.step.length && x <= c.step[c.step.length - 1]) continue;
         const t = tsMs(e) || 0, t0 = startMs.get(src.run) || t;
         c.step.push(x); c.wall.push(t / 1000); c.rel.push((t - t0) / 1000); c.ys.push(num(e.total_reward || 0));
-        if (c.ys.length > MAX_CURVE) thin(c);
+        if (c.ys.length > MAX_CURVE) thinCurve(c);
         __gt.points++;
       }
       p.dirty = true; schedule();
@@ -402,15 +443,12 @@
     const tbody = el('tbody');
     main.append(el('h2', { text: 'Runs' }), el('div', { class: 'filters' }, status, mode, el('span', { class: 'dim', id: 'runs-count' })),
       el('table', { id: 'runs' }, el('thead', {}, el('tr', {}, ['run', 'state', 'control mode', 'agents', 'steps', 'steps/s', 'episodes', 'dropped', 'lag', 'game', ''].map((h) => el('th', { text: h })))), tbody));
-    const prev = new Map();
-    async function refresh() {
-      const qs = [status.value && 'status=' + q(status.value), mode.value && 'mode=' + q(mode.value)].filter(Boolean).join('&');
-      const r = await api('/runs' + (qs ? '?' + qs : ''));
-      const t = performance.now();
+    // Live: the daemon pushes the table (`runs` events of /api/runs/live) each second while it
+    // changes and at once when a run starts or ends, steps/s included (measured by the daemon,
+    // so the first table already has it). No polling.
+    function render(r) {
       tbody.replaceChildren(...r.runs.sort((a, b) => (b.last_ts_ms || 0) - (a.last_ts_ms || 0)).map((run) => {
-        const p = prev.get(run.run_id);
-        const rate = p && t > p.t ? ((run.step_count - p.steps) * 1000) / (t - p.t) : 0;
-        prev.set(run.run_id, { t, steps: run.step_count });
+        const rate = run.steps_per_sec || 0;
         const lag = run.state === 'running' && run.last_ts_ms ? Math.max(0, (r.now_ms - run.last_ts_ms) / 1000) : null;
         return el('tr', { class: 'clickable', 'data-run': run.run_id, onclick: () => { location.hash = '#/run/' + q(run.run_id); } },
           el('td', { text: run.run_id }), el('td', { class: 'state-' + run.state, text: run.state }), el('td', { text: run.control_modes.join(', ') }),
@@ -421,13 +459,27 @@
       }));
       __gt.runs = r.runs.length; __gt.runRows = tbody.children.length;
       document.getElementById('runs-count').textContent = r.runs.length + ' runs';
-      setConn('live');
     }
-    const kick = () => refresh().catch((e) => gtError(String(e)));
-    status.onchange = mode.onchange = () => { prev.clear(); kick(); };
-    kick();
-    const timer = setInterval(kick, 1000);
-    onLeave(() => clearInterval(timer));
+    let es = null;
+    function open() {
+      if (es) { es.close(); __gt.streams--; }
+      const qs = [status.value && 'status=' + q(status.value), mode.value && 'mode=' + q(mode.value)].filter(Boolean).join('&');
+      es = new EventSource('/api/runs/live' + (qs ? '?' + qs : ''));
+      __gt.streams++;
+      __gt.runsEvents = 0; __gt.runsFirst = null;
+      es.addEventListener('runs', (e) => {
+        const r = JSON.parse(e.data);
+        if (r.error) { gtError(r.error); return; }
+        __gt.runsEvents++;
+        if (!__gt.runsFirst) __gt.runsFirst = Object.fromEntries(r.runs.map((x) => [x.run_id, { state: x.state, steps_per_sec: x.steps_per_sec }]));
+        render(r);
+        setConn('live');
+      });
+      es.addEventListener('error', () => { __gt.sse.errors++; setConn('reconnecting…', true); });
+    }
+    status.onchange = mode.onchange = open;
+    open();
+    onLeave(() => { if (es) { es.close(); __gt.streams--; es = null; } });
   }
   async function cancelRun(run) {
     await api('/runs/' + q(run) + '/cancel', { method: 'POST', body: '{}' }).catch((e) => alert(e.message));
@@ -442,7 +494,7 @@
       tbody.prepend(el('tr', { 'data-episode': e.episode_index || 0 }, el('td', { class: 'num', text: e.episode_index || 0 }), el('td', { text: md.seed ?? '' }), el('td', { text: md.game_id ?? '' }),
         el('td', { class: 'num', text: fmt(num(e.total_reward || 0)) }), el('td', { class: 'num', text: e.steps || 0 }), el('td', { text: e.control_mode || md.control_mode || '' }),
         el('td', {}, el('a', { href: `#/replay/${q(run || e.run_id)}/${q(e.agent_id || '')}/${e.episode_index || 0}` }, 'replay'))));
-      while (tbody.children.length > 1000) tbody.lastChild.remove();
+      while (tbody.children.length > MAX_EPISODE_ROWS) tbody.lastChild.remove();
     };
     for (const e of eps || []) add(e);
     return { table, add };
@@ -515,7 +567,7 @@
         for (const s of recs) {
           const a = agent(s.agent_id || '');
           a.steps.push(s);
-          if (a.steps.length > 100) a.steps.splice(0, a.steps.length - 100);
+          if (a.steps.length > STEP_TAIL) a.steps.splice(0, a.steps.length - STEP_TAIL);
           if (s.ts_unix_ns) latency(now - tsMs(s));
         }
         __gt.steps += recs.length;
@@ -527,7 +579,7 @@
         for (const e of recs) {
           const a = agent(e.agent_id || '');
           (a.episodes = a.episodes || []).push(e);
-          if (a.episodes.length > 5000) a.episodes.splice(0, a.episodes.length - 5000);
+          if (a.episodes.length > MAX_EPISODE_ROWS) a.episodes.splice(0, a.episodes.length - MAX_EPISODE_ROWS);
           a.onEpisode && a.onEpisode(e);
         }
         __gt.episodes += recs.length;
@@ -548,6 +600,8 @@
     // A link in the top bar for a registered page (a Policies page: addNav('Policies', '#/policies', 'policies')).
     addNav(label, href, page) { document.getElementById('nav').append(el('a', { href, 'data-page': page }, label)); },
     el, api, stream, chartsView, frameOf, onLeave, parseJSON, fmt, q,
+    // The curve bound's thinning, for tests: thin({step, rel, wall, ys}) → points dropped.
+    thin, MAX_CURVE,
     // Hooks a later view fills: onRunOpen(banners, run), onReplayOpen(main, {run, agent,
     // episode, steps}), onReplayStep(view, step).
     onRunOpen: null, onReplayOpen: null, onReplayStep: null,

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use telemetry_core::{
     jsonl::to_line,
     pb::{
-        CancelRunRequest, ListRunsRequest, ListTagsRequest, ReadScalarsRequest, Record, RunState,
+        CancelRunRequest, ListRunsRequest, ListTagsRequest, ReadScalarsRequest, Record,
         SubmitRunRequest, WorkerCommand,
     },
     timestamp, ControlMode, ModeFilter,
@@ -44,7 +44,8 @@ pub const STEP_TAIL: usize = 100;
 
 pub(crate) fn routes(_state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/runs", get(runs).post(submit))
+        .route("/runs", get(crate::runs::runs).post(submit))
+        .route("/runs/live", get(crate::runs::live))
         .route("/runs/{run}/cancel", post(cancel))
         .route("/runs/{run}/tags", get(tags))
         .route("/runs/{run}/scalars", get(scalars))
@@ -57,18 +58,8 @@ pub(crate) fn routes(_state: AppState) -> Router<AppState> {
         .merge(crate::policies::routes())
 }
 
-fn ts_ms(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
+pub(crate) fn ts_ms(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
     ts.map(|t| timestamp::to_unix_nanos(t) / 1_000_000)
-}
-
-fn state_name(s: i32) -> String {
-    RunState::try_from(s)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("RUN_STATE_")
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn mode_filter(mode: Option<&str>) -> Result<ModeFilter, WebError> {
@@ -79,65 +70,6 @@ fn mode_filter(mode: Option<&str>) -> Result<ModeFilter, WebError> {
             .map(ModeFilter::Exact)
             .map_err(|e| WebError::BadRequest(format!("control mode {m:?}: {e}"))),
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct RunsQuery {
-    status: Option<String>,
-    mode: Option<String>,
-}
-
-async fn runs(
-    State(st): State<AppState>,
-    Query(q): Query<RunsQuery>,
-) -> Result<Json<Value>, WebError> {
-    let mode = match q.mode.as_deref().filter(|m| !m.is_empty()) {
-        Some(m) => m
-            .parse::<ControlMode>()
-            .map_err(|e| WebError::BadRequest(format!("control mode {m:?}: {e}")))?
-            .as_str()
-            .to_owned(),
-        None => String::new(),
-    };
-    let resp = st
-        .access
-        .list_runs(ListRunsRequest { control_mode: mode })
-        .await?;
-    let runs: Vec<Value> = resp
-        .runs
-        .into_iter()
-        .map(|r| {
-            // An evaluation run names the policy it evaluates (the registry's link).
-            let evaluation_policy_id = st
-                .access
-                .run_info(&r.run_id)
-                .map(|i| i.evaluation_source_policy_id)
-                .unwrap_or_default();
-            json!({
-                "evaluation_policy_id": evaluation_policy_id,
-                "run_id": r.run_id,
-                "state": state_name(r.state),
-                "agent_ids": r.agent_ids,
-                "control_modes": r.control_modes,
-                "step_count": r.step_count,
-                "episode_count": r.episode_count,
-                "first_ts_ms": ts_ms(r.first_timestamp.as_ref()),
-                "last_ts_ms": ts_ms(r.last_timestamp.as_ref()),
-                "last_seq": r.last_seq,
-                "dropped_steps": r.dropped_steps,
-                "dropped_episodes": r.dropped_episodes,
-                "failure_reason": r.failure_reason,
-                "game_id": r.game_id,
-            })
-        })
-        .filter(|r| match q.status.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) => r["state"] == s,
-            None => true,
-        })
-        .collect();
-    Ok(Json(
-        json!({ "runs": runs, "now_ms": ts_ms(Some(&timestamp::now())) }),
-    ))
 }
 
 async fn tags(
@@ -244,7 +176,7 @@ fn lines(records: impl IntoIterator<Item = Record>) -> Value {
     )
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WebError> + Send + 'static,
 ) -> Result<T, WebError> {
     tokio::task::spawn_blocking(f)
@@ -503,6 +435,8 @@ async fn stats(State(st): State<AppState>) -> Json<Value> {
         "sse_refused": g(&s.sse_refused),
         "sse_lagged": g(&s.sse_lagged),
         "sse_records": g(&s.sse_records),
+        "rate_meter_runs": st.rates.len(),
+        "rate_meter_evicted": g(&s.rate_meter_evicted),
         "evaluations_submitted": g(&s.evaluations_submitted),
         "video": crate::video::stats_json(&st),
     }))

@@ -9,6 +9,7 @@
 //! browser ──/?token=…──▶ login (cookie) ──▶ static page (embedded JS/CSS, vendored uPlot)
 //!         ──/api/…──────▶ JSON: runs, tags, downsampled scalars, episodes, replay steps
 //!         ──/api/…/events/{steps|episodes|scalars}──▶ SSE from the hub (catch-up, then live)
+//!         ──/api/runs/live──▶ SSE: the runs table with steps/s, each second and at lifecycle events
 //! ```
 //!
 //! Everything goes through [`telemetry_server::LocalAccess`]: the same credential check as the
@@ -20,13 +21,15 @@
 //! Modules: `auth` (login URL, cookie, the check on every API request), `sse` (hub deliveries
 //! to server-sent events, rate-limited), `api` (JSON endpoints and run control), `assets` (the
 //! embedded files), `video` (live frames, frames by `frame_ref`, clip export: issue 18),
-//! `policies` (the inventory, a run's policies, evaluation runs: issue 19).
+//! `policies` (the inventory, a run's policies, evaluation runs: issue 19), `runs` (the runs
+//! table with steps/s, live over SSE).
 
 mod api;
 mod assets;
 mod auth;
 mod error;
 mod policies;
+mod runs;
 mod sse;
 mod video;
 
@@ -45,6 +48,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 
 pub use auth::{login_url, SESSION_COOKIE};
 pub use error::WebError;
+pub use runs::{tail_rate, RateMeter};
 pub use sse::{sse_item, subscribe_options, SseItem, StreamSelect};
 
 /// Where the dashboard listens unless told otherwise (loopback: reach it from another machine
@@ -123,6 +127,8 @@ pub struct WebStats {
     pub exports_refused: AtomicU64,
     /// Evaluation runs submitted from the dashboard.
     pub evaluations_submitted: AtomicU64,
+    /// Runs the steps/s meter forgot to stay within its bound (`runs::MAX_METERED_RUNS`).
+    pub rate_meter_evicted: AtomicU64,
 }
 
 impl WebStats {
@@ -139,6 +145,7 @@ pub struct AppState {
     pub(crate) stats: Arc<WebStats>,
     pub(crate) sse_slots: Arc<Semaphore>,
     pub(crate) export_slot: Arc<Semaphore>,
+    pub(crate) rates: Arc<RateMeter>,
 }
 
 impl AppState {
@@ -147,6 +154,7 @@ impl AppState {
         AppState {
             sse_slots: Arc::new(Semaphore::new(cfg.max_sse_streams)),
             export_slot: Arc::new(Semaphore::new(1)),
+            rates: Arc::default(),
             access,
             cfg: Arc::new(cfg),
             stats: Arc::default(),

@@ -159,6 +159,7 @@ async fn a_wrong_or_missing_credential_gets_401_and_no_data() {
             vec![],
             StatusCode::UNAUTHORIZED,
         ),
+        ("/api/runs/live", vec![], StatusCode::UNAUTHORIZED),
         ("/", vec![], StatusCode::UNAUTHORIZED),
         ("/?token=wrong", vec![], StatusCode::UNAUTHORIZED),
     ];
@@ -173,7 +174,7 @@ async fn a_wrong_or_missing_credential_gets_401_and_no_data() {
     let cookie = login(&f).await;
     let stats = text(get(&f.app, "/api/stats", &[("cookie", &cookie)]).await).await;
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(v["unauthenticated"], 10, "{v}");
+    assert_eq!(v["unauthenticated"], 11, "{v}");
     // A POST without the credential changes nothing.
     let r = f
         .app
@@ -455,4 +456,92 @@ async fn episodes_replay_and_scalars_come_back_as_json() {
     let r = get(&f.app, "/api/runs/h/episodes?mode=bogus", &c).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     f.server.shutdown().await.unwrap();
+}
+
+/// The Runs page's stream: its first table already carries a running run's steps/s, taken from
+/// the timestamps of its stored steps (101 steps 10 ms apart: 100/s), and the run's completion
+/// is pushed without the page asking.
+#[tokio::test]
+async fn the_runs_stream_has_steps_per_second_in_its_first_table_and_pushes_completion() {
+    let f = fixture(|_| {}).await;
+    let cookie = login(&f).await;
+    let now = telemetry_core::timestamp::to_unix_nanos(&telemetry_core::timestamp::now());
+    let records: Vec<Record> = (0..=100u64)
+        .map(|i| {
+            RunStep {
+                run_id: "rate-run".into(),
+                agent_id: "agent-0".into(),
+                step_index: i,
+                producer_id: "rate-p".into(),
+                producer_seq: i + 1,
+                timestamp: Some(telemetry_core::timestamp::from_unix_nanos(
+                    now - (100 - i as i64) * 10_000_000,
+                )),
+                ..Default::default()
+            }
+            .into()
+        })
+        .collect();
+    f.server
+        .publisher()
+        .publish(IngestBatch {
+            batch_id: 1,
+            records,
+        })
+        .await
+        .unwrap();
+    let r = get(&f.app, "/api/runs/live", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body();
+    let evs = read_events(&mut body, |e| !e.is_empty()).await;
+    assert_eq!(evs[0].event, "runs");
+    let v: serde_json::Value = serde_json::from_str(&evs[0].data).unwrap();
+    let run = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "rate-run")
+        .unwrap()
+        .clone();
+    assert_eq!(run["state"], "running", "{run}");
+    let rate = run["steps_per_sec"].as_f64().unwrap();
+    assert!((rate - 100.0).abs() < 1e-6, "first steps/s {rate}");
+    // Completion: a later table says so.
+    f.server
+        .publisher()
+        .publish(IngestBatch {
+            batch_id: 2,
+            records: vec![telemetry_core::pb::RunCompleted {
+                run_id: "rate-run".into(),
+                status: telemetry_core::pb::CompletionStatus::Succeeded as i32,
+                producer_id: "rate-p".into(),
+                producer_seq: 200,
+                ..Default::default()
+            }
+            .into()],
+        })
+        .await
+        .unwrap();
+    let state_of = |e: &Ev| -> String {
+        let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run_id"] == "rate-run")
+            .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let evs = read_events(&mut body, |e| e.iter().any(|e| state_of(e) != "running")).await;
+    let last = evs.last().unwrap();
+    assert_eq!(last.event, "runs");
+    assert_ne!(state_of(last), "running");
+    let v: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+    let done = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "rate-run")
+        .unwrap();
+    assert_eq!(done["steps_per_sec"], 0.0, "a finished run steps at 0/s");
 }

@@ -10,6 +10,7 @@
 // Needs GYM_TELEMETRY_DAEMON_BIN and WEB_FEED_BIN (benches/src/bin/web_feed.rs).
 import { spawn } from 'node:child_process';
 import { startDaemon, launch, need, cleanup, waitGt } from './lib.mjs';
+import { takeSnapshot, summarise, printDiff } from './heap.mjs';
 
 const quick = process.argv.includes('--quick');
 const log = (...a) => console.error('  ', ...a);
@@ -22,6 +23,8 @@ function feed(daemon, args) {
 }
 
 async function heap(page, cdp) {
+  // Twice: the first full GC can leave what finalizers released for the next one.
+  await cdp.send('HeapProfiler.collectGarbage');
   await cdp.send('HeapProfiler.collectGarbage');
   return page.evaluate(() => performance.memory.usedJSHeapSize);
 }
@@ -74,10 +77,15 @@ try {
   const t0 = Date.now();
   await page.waitForTimeout((T / 10) * 1000);
   const h1 = await heap(page, cdp);
+  // What grows, if anything: two heap snapshots (taken after each reading), compared by
+  // constructor and retaining property (WEB_HEAP_SNAPSHOTS=0 skips them).
+  const snaps = process.env.WEB_HEAP_SNAPSHOTS !== '0';
+  const snapA = snaps ? summarise(await takeSnapshot(cdp)) : null;
   await page.waitForTimeout(Math.max(0, T * 1000 - (Date.now() - t0)));
   const h2 = await heap(page, cdp);
-  const steps = await page.evaluate(() => window.__gt.steps);
-  log(`heap ${(h1 / 1048576).toFixed(1)} MiB after ${T / 10} s, ${(h2 / 1048576).toFixed(1)} MiB after ${T} s (${steps} live steps)`);
+  const [steps, charts] = await page.evaluate(() => [window.__gt.steps, window.__gt.charts]);
+  log(`heap ${(h1 / 1048576).toFixed(2)} MiB after ${T / 10} s, ${(h2 / 1048576).toFixed(2)} MiB after ${T} s (${steps} live steps; longest curve ${charts.maxCurve} points, ${charts.thinned} thinned)`);
+  if (snaps) printDiff(snapA, summarise(await takeSnapshot(cdp)), log, 12);
   console.log(`BENCH web_tab_memory ${(h2 / h1).toFixed(3)} heap_ratio_${T}s_over_${T / 10}s ratio=${(h2 / h1 / 1.2).toFixed(2)}`);
   await feeding.catch(() => {});
 } finally {

@@ -50,8 +50,12 @@ test('a missing or wrong token gets 401 and no data', async () => {
 });
 
 let page;
-test('login with the token URL, then the runs table updates live', async () => {
+test('login with the token URL, then the runs table updates live, steps/s shown from the first table', async () => {
   page = await ctx.newPage();
+  // The Runs page is pushed by the daemon (/api/runs/live), never polled.
+  let polls = 0;
+  const onRequest = (r) => { if (new URL(r.url()).pathname === '/api/runs') polls++; };
+  page.on('request', onRequest);
   await page.goto(daemon.login);
   assert.ok(!page.url().includes('token'), `the token left the address bar: ${page.url()}`);
   const [cookie] = await ctx.cookies();
@@ -61,6 +65,15 @@ test('login with the token URL, then the runs table updates live', async () => {
   await waitGt(page, () => window.__gt.runRows >= 2);
   const steps0 = await page.evaluate(() => Number(document.querySelector('tr[data-run="multi-run"] td:nth-child(5)').textContent));
   await page.waitForFunction((s0) => Number(document.querySelector('tr[data-run="multi-run"] td:nth-child(5)').textContent) > s0, steps0, { timeout: 30000 });
+  // The first table the page got already had the running run's rate (from the store), not 0.
+  const first = await gt(page, () => window.__gt.runsFirst);
+  assert.equal(first['multi-run'].state, 'running');
+  assert.ok(first['multi-run'].steps_per_sec > 0, `first steps/s: ${JSON.stringify(first['multi-run'])}`);
+  assert.equal(first['human-run'].steps_per_sec, 0, 'a finished run steps at 0/s');
+  assert.ok((await gt(page, () => window.__gt.runsEvents)) >= 2, 'later tables came pushed');
+  assert.ok(Number(await page.textContent('tr[data-run="multi-run"] td:nth-child(6)')) > 0, 'steps/s shown');
+  assert.equal(polls, 0, 'the Runs page did not poll /api/runs');
+  page.off('request', onRequest);
   await page.selectOption('#filter-mode', 'human');
   await waitGt(page, () => window.__gt.runRows === 1 && document.querySelector('tr[data-run="human-run"]') !== null);
   await page.selectOption('#filter-mode', '');
@@ -100,6 +113,25 @@ test('a run: agent tabs appear with their records, live steps, raw, episodes and
   assert.equal(lagShown, lagged > 0, 'drops are shown exactly when there were some');
 });
 
+test('a live curve is bounded: past MAX_CURVE its older half is thinned 2:1, a spike survives, the drops are counted', async () => {
+  const r = await page.evaluate(() => {
+    const n = window.GT.MAX_CURVE + 1;
+    const c = { step: [], rel: [], wall: [], ys: [] };
+    for (let i = 0; i < n; i++) { c.step.push(i); c.rel.push(i / 10); c.wall.push(1e9 + i / 10); c.ys.push(i === 301 ? 1000 : Math.sin(i / 50)); }
+    const before = window.__gt.charts.thinned;
+    const dropped = window.GT.thin(c);
+    const sorted = c.step.every((s, i) => i === 0 || s > c.step[i - 1]);
+    return { n, len: c.ys.length, dropped, counted: window.__gt.charts.thinned - before, spike: c.ys.includes(1000), last: c.step[c.step.length - 1], sorted, aligned: c.rel.length === c.ys.length && c.wall.length === c.ys.length };
+  });
+  const half = r.n >> 1;
+  assert.equal(r.dropped, half - Math.ceil(half / 2));
+  assert.equal(r.len, r.n - r.dropped);
+  assert.ok(r.len < r.n, `${r.len} points kept of ${r.n}`);
+  assert.equal(r.counted, r.dropped, 'every thinned point is counted');
+  assert.ok(r.spike, 'the spike (odd index, older half) was kept');
+  assert.equal(r.last, r.n - 1, 'the newest points are untouched');
+  assert.ok(r.sorted && r.aligned);
+});
 test('multi-agent page: every agent side by side', async () => {
   await page.goto(daemon.base + '#/run/multi-run/agents');
   await waitGt(page, () => window.__gt.agentTables === 2 && window.__gt.charts.drawn > 0);
