@@ -385,9 +385,17 @@ async fn a_dead_owners_runs_are_taken_over_only_once_its_lease_lapses() {
         .await
         .unwrap()
         .into_inner();
-    for run in ["alive", "silent", "queued"] {
-        until_owner(&mut b_watch, run, &a_owner).await;
-    }
+    // (In any order: WatchRuns reports each as B merges it.)
+    let mut shown = std::collections::BTreeSet::new();
+    bounded("A's three runs shown on B", async {
+        while shown.len() < 3 {
+            let info = b_watch.next().await.unwrap().unwrap();
+            if info.owner == a_owner {
+                shown.insert(info.run_id);
+            }
+        }
+    })
+    .await;
 
     // A's lease is current: however many take-over rounds B makes, A keeps its runs.
     let rounds = lease_counter(&metrics_text(&b).await, "takeover_rounds");
@@ -424,9 +432,10 @@ async fn a_dead_owners_runs_are_taken_over_only_once_its_lease_lapses() {
         .unwrap()
         .release(&a_owner)
         .unwrap();
+    // The pending run never started and never will: failed as interrupted, with a completion.
+    // (Taken in run id order: "alive" is reported before "queued" fails.)
     let alive = until_owner(&mut b_watch, "alive", &b_owner).await;
     assert_eq!(alive.state, RunState::Running as i32);
-    // The pending run never started and never will: failed as interrupted, with a completion.
     let queued = until_final(&mut b_watch, "queued").await;
     assert_eq!(queued.state, RunState::Failed as i32);
     assert!(
@@ -434,10 +443,17 @@ async fn a_dead_owners_runs_are_taken_over_only_once_its_lease_lapses() {
         "{}",
         queued.failure_reason
     );
-    assert_eq!(
-        reader.run_completion("queued").unwrap().map(|c| c.status),
-        Some(CompletionStatus::Failed as i32)
-    );
+    // (Its state is broadcast before the completion is stored.)
+    let done = bounded("queued's completion", async {
+        loop {
+            if let Some(c) = reader.run_completion("queued").unwrap() {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(done.status, CompletionStatus::Failed as i32);
 
     // From here on only "alive" shows signs of life, and through the other daemon (A): B reads
     // its records from the store and counts them as its heartbeats.
