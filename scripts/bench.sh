@@ -36,6 +36,10 @@ if [ -z "${GYM_TELEMETRY_TEST_PG:-}" ]; then
   trap 'scripts/pg-test-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 fi
 "$BIN/pg_bench" $QUICK
+# Whole daemons on that database (benches/src/bin/pg_e2e_bench.rs): two daemons against one,
+# one SQLite daemon's saturation, cross-daemon live latency at 10k steps/s.
+echo "== pg_e2e_bench" >&2
+"$BIN/pg_e2e_bench" $QUICK
 
 # Python bindings: per-step cost of gym_telemetry in a training loop (benches/python/).
 echo "== py bench_wrapper" >&2

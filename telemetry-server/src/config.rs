@@ -14,6 +14,9 @@ use crate::{
     dispatch::SubmitLimits, ingest_limits::IngestLimits, pipeline::RetryPolicy, query::QueryLimits,
 };
 
+/// The default [`ServerConfig::lease_ttl`].
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
 /// The default gRPC address: loopback, port 50151.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50151";
 /// The default Prometheus address: loopback, port 50152.
@@ -90,6 +93,10 @@ pub struct ServerConfig {
     pub durability: Durability,
     /// A running run that sends nothing for this long is failed.
     pub heartbeat_timeout: Duration,
+    /// On a store shared with other daemons: how long a renewal of this daemon's owner lease
+    /// holds (renewed every quarter of it). When it lapses (the daemon died, or lost the
+    /// database for that long), other daemons take its pending and running runs over.
+    pub lease_ttl: Duration,
     /// SIGTERM-to-SIGKILL grace when cancelling a worker.
     pub cancel_grace: Duration,
     /// How often a health line is logged and metrics snapshots refreshed.
@@ -187,6 +194,7 @@ impl ServerConfig {
             tls_client_domain: None,
             durability: Durability::Normal,
             heartbeat_timeout: Duration::from_secs(120),
+            lease_ttl: DEFAULT_LEASE_TTL,
             cancel_grace: Duration::from_secs(5),
             health_interval: Duration::from_secs(30),
             checkpoint_interval: Duration::from_millis(500),

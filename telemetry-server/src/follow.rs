@@ -27,6 +27,13 @@
 //! (`RunInfo.owner`, [`daemon_identity`]); [`follow_runs`] reads the rows every second and
 //! shows other daemons' runs in ours (ListRuns, WatchRuns), which never persists, cancels,
 //! reaps or times them out: their owner does.
+//!
+//! Owners hold leases ([`telemetry_store::Leases`]): [`keep_lease`] renews ours every quarter
+//! of its TTL, and each [`follow_runs`] round also takes over the active runs of daemons whose
+//! lease lapsed (see [`Registry::adopt`]). What keeps a taken run alive is what this follower
+//! reads: every record it publishes counts as a heartbeat of its run, whichever daemon stored
+//! it, and a `RunCompleted` stored through another daemon ends a run we own
+//! ([`Follower::observe`]).
 
 use std::{
     sync::{
@@ -37,7 +44,7 @@ use std::{
     time::Duration,
 };
 
-use telemetry_core::pb::Record;
+use telemetry_core::pb::{Record, RunCompleted};
 use telemetry_hub::Hub;
 use telemetry_store::{
     Backend, BackendReader, ChangeFeed, ChangeWake, Filter, StoreError, StreamHeads,
@@ -45,8 +52,151 @@ use telemetry_store::{
 
 use crate::{metrics::Metrics, runs::Registry};
 
-/// How often the run rows of other daemons are read into the registry.
+/// How often the run rows of other daemons are read into the registry (and lapsed owners'
+/// runs taken over).
 pub const RUNS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `RunCompleted`s read from the store waiting to be applied to the registry; when full, one
+/// is dropped and counted (`completions_dropped`): its run then ends by the heartbeat timeout.
+pub const COMPLETIONS_BUFFER: usize = 1024;
+
+/// What the follower tells the run registry about the records it reads.
+struct Observer {
+    registry: Registry,
+    completions: tokio::sync::mpsc::Sender<RunCompleted>,
+    dropped: AtomicU64,
+}
+
+/// Owner leases of a shared store, for [`follow_runs`] and [`keep_lease`].
+#[derive(Clone)]
+pub struct Leasing {
+    /// The store's leases.
+    pub leases: Arc<dyn telemetry_store::Leases>,
+    /// Our identity (the registry's owner).
+    pub owner: String,
+    /// How long a renewal holds.
+    pub ttl: Duration,
+    /// Counters (`store_leases`).
+    pub metrics: Metrics,
+}
+
+impl Leasing {
+    fn count(&self, event: &str, n: u64) {
+        self.metrics
+            .store_leases
+            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
+            .inc_by(n);
+    }
+
+    /// Renews our lease once (on the blocking pool).
+    pub async fn renew(&self) -> Result<telemetry_store::Renewal, telemetry_store::StoreError> {
+        let (l, owner, ttl) = (self.leases.clone(), self.owner.clone(), self.ttl);
+        let out = tokio::task::spawn_blocking(move || l.renew(&owner, ttl))
+            .await
+            .unwrap_or_else(|e| {
+                Err(telemetry_store::StoreError::Server {
+                    engine: "lease",
+                    code: None,
+                    retryable: true,
+                    detail: format!("the renewal did not finish: {e}"),
+                })
+            });
+        match &out {
+            Ok(telemetry_store::Renewal::Lapsed) => {
+                self.count("renewals", 1);
+                self.count("lapsed", 1);
+                tracing::warn!(owner = %self.owner, "our lease had lapsed: other daemons may have taken our runs over");
+            }
+            Ok(_) => self.count("renewals", 1),
+            Err(e) => {
+                self.count("renew_errors", 1);
+                tracing::warn!(error = %e, "renewing our lease failed");
+            }
+        }
+        out
+    }
+
+    /// Ends our lease (a clean shutdown).
+    pub async fn release(&self) {
+        let (l, owner) = (self.leases.clone(), self.owner.clone());
+        match tokio::task::spawn_blocking(move || l.release(&owner)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing our lease failed"),
+            Err(e) => tracing::warn!(error = %e, "releasing our lease did not finish"),
+        }
+    }
+
+    /// One take-over round: the runs of lapsed owners become ours ([`Registry::adopt`]); a
+    /// taken run whose `RunCompleted` is already stored takes its final state from it.
+    pub async fn take_over(&self, reader: &Arc<dyn BackendReader>, registry: &Registry) {
+        self.count("takeover_rounds", 1);
+        let (l, owner) = (self.leases.clone(), self.owner.clone());
+        let taken = match tokio::task::spawn_blocking(move || l.take_over(&owner)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.count("takeover_errors", 1);
+                tracing::warn!(error = %e, "taking over lapsed owners' runs failed");
+                return;
+            }
+            Err(e) => {
+                self.count("takeover_errors", 1);
+                tracing::warn!(error = %e, "the take-over did not finish");
+                return;
+            }
+        };
+        if taken.is_empty() {
+            return;
+        }
+        self.count("taken_runs", taken.len() as u64);
+        let running: Vec<String> = taken
+            .iter()
+            .filter(|t| t.info.state == telemetry_core::pb::RunState::Running as i32)
+            .map(|t| t.info.run_id.clone())
+            .collect();
+        registry.adopt(taken).await;
+        for run_id in running {
+            let r = reader.clone();
+            let id = run_id.clone();
+            match tokio::task::spawn_blocking(move || r.run_completion(&id)).await {
+                Ok(Ok(Some(done))) => registry.observe_completion(&done).await,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%run_id, error = %e, "reading a taken run's completion failed")
+                }
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %e, "reading a taken run's completion did not finish")
+                }
+            }
+        }
+    }
+}
+
+/// Renews our lease every quarter of its TTL until `cancel` (the shutdown releases it once the
+/// registry's last changes are stored).
+pub async fn keep_lease(leasing: Leasing, cancel: tokio_util::sync::CancellationToken) {
+    let every = (leasing.ttl / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate and start-up has just renewed.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => break,
+        }
+        let _ = leasing.renew().await;
+    }
+}
+
+/// Applies `RunCompleted`s the follower read to the registry, until the sender goes.
+pub async fn apply_completions(
+    mut rx: tokio::sync::mpsc::Receiver<RunCompleted>,
+    registry: Registry,
+) {
+    while let Some(done) = rx.recv().await {
+        registry.observe_completion(&done).await;
+    }
+}
 
 /// This daemon's identity on a shared store: `<hostname>:<var dir>` (stable across restarts,
 /// so a restarted daemon knows its own runs; distinct per var dir, so two daemons of one host
@@ -66,6 +216,7 @@ pub fn daemon_identity(var_dir: &std::path::Path) -> String {
 pub async fn follow_runs(
     reader: Arc<dyn BackendReader>,
     registry: Registry,
+    leasing: Option<Leasing>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(RUNS_INTERVAL);
@@ -80,6 +231,9 @@ pub async fn follow_runs(
             Ok(Ok(rows)) => registry.merge_foreign(rows),
             Ok(Err(e)) => tracing::warn!(error = %e, "reading the shared run registry failed"),
             Err(e) => tracing::warn!(error = %e, "the run registry read did not finish"),
+        }
+        if let Some(l) = &leasing {
+            l.take_over(&reader, &registry).await;
         }
     }
 }
@@ -133,6 +287,7 @@ impl Wake {
 /// The running follower; [`Follower::stop`] ends it.
 pub struct Follower {
     wake: Arc<Wake>,
+    observer: Arc<std::sync::OnceLock<Observer>>,
     join: thread::JoinHandle<()>,
 }
 
@@ -158,7 +313,9 @@ impl Follower {
             return Ok(None);
         };
         let heads = feed.heads()?;
+        let observer = Arc::new(std::sync::OnceLock::new());
         let mut state = State {
+            observer: observer.clone(),
             feed,
             reader,
             hub,
@@ -179,7 +336,24 @@ impl Follower {
                 detail: format!("starting the follower thread: {e}"),
             })?;
         tracing::info!(?heads, "following the shared store");
-        Ok(Some(Follower { wake, join }))
+        Ok(Some(Follower {
+            wake,
+            observer,
+            join,
+        }))
+    }
+
+    /// From now on, every record read counts as a heartbeat of its run in `registry`, and each
+    /// `RunCompleted` read is applied to it (through a channel of [`COMPLETIONS_BUFFER`]; the
+    /// returned receiver goes to [`apply_completions`]). Set once; later calls change nothing.
+    pub fn observe(&self, registry: Registry) -> tokio::sync::mpsc::Receiver<RunCompleted> {
+        let (tx, rx) = tokio::sync::mpsc::channel(COMPLETIONS_BUFFER);
+        let _ = self.observer.set(Observer {
+            registry,
+            completions: tx,
+            dropped: AtomicU64::new(0),
+        });
+        rx
     }
 
     /// What the pipeline calls after a commit that stored records (instead of publishing).
@@ -204,6 +378,7 @@ impl Follower {
 }
 
 struct State {
+    observer: Arc<std::sync::OnceLock<Observer>>,
     feed: Box<dyn ChangeFeed>,
     reader: Arc<dyn BackendReader>,
     hub: Hub,
@@ -294,6 +469,9 @@ impl State {
             return;
         }
         self.records += records.len() as u64;
+        if let Some(o) = self.observer.get() {
+            observe(o, &records);
+        }
         self.hub.publish_batch(records);
     }
 
@@ -311,5 +489,29 @@ impl State {
         set("reads", self.reads);
         set("records", self.records);
         set("errors", self.errors);
+        if let Some(o) = self.observer.get() {
+            set("completions_dropped", o.dropped.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// A page's runs get one heartbeat each (records are in seq order, so runs come in runs of
+/// equal ids: comparing with the previous id keeps this one pass without a set); completions
+/// go to the registry's channel.
+fn observe(o: &Observer, records: &[Record]) {
+    use telemetry_core::pb::record::Kind;
+    let mut last: Option<&str> = None;
+    for r in records {
+        let Some(kind) = &r.kind else { continue };
+        if let Kind::RunCompleted(done) = kind {
+            if o.completions.try_send(done.clone()).is_err() {
+                o.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let run = r.run_id();
+        if last != Some(run) {
+            o.registry.heartbeat(run);
+            last = Some(run);
+        }
     }
 }

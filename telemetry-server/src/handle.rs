@@ -103,6 +103,29 @@ impl ServerHandle {
         }
     }
 
+    /// One round of the heartbeat timeout as of `now` (the housekeeping loop runs one every
+    /// quarter of `heartbeat_timeout` with the real clock): running runs of this daemon whose
+    /// last sign of life is more than `timeout` before `now` are failed, with a stored
+    /// `RunCompleted`. Returns their ids. For embedders and tests that drive the clock.
+    pub async fn enforce_heartbeats(
+        &self,
+        now: std::time::Instant,
+        timeout: std::time::Duration,
+    ) -> Vec<String> {
+        self.local.registry.enforce_heartbeats(now, timeout).await
+    }
+
+    /// A run as this daemon's registry has it (its own, or shown from another daemon's rows).
+    pub fn run_info(&self, run_id: &str) -> Option<telemetry_core::pb::RunInfo> {
+        self.local.registry.get(run_id)
+    }
+
+    /// This daemon's identity on a shared store (`RunInfo.owner` of its runs; empty on a store
+    /// of its own).
+    pub fn owner(&self) -> &str {
+        self.local.registry.owner()
+    }
+
     /// A token that stops the server when cancelled (for signal handlers).
     pub fn stop_token(&self) -> CancellationToken {
         self.cancel.clone()

@@ -83,6 +83,10 @@ pub struct Metrics {
     /// merged into a read already due), `reconnects` of the feed, `reads` (catch-up rounds),
     /// `records` published to the hub, `errors` (failed rounds, retried).
     pub store_follow: Family<Labels, Gauge>,
+    /// Owner leases of a shared store, by `event`: `renewals`, `renew_errors`, `lapsed`
+    /// (renewals that found our lease had lapsed), `takeover_rounds`, `takeover_errors`,
+    /// `taken_runs` (runs of lapsed owners taken over).
+    pub store_leases: Family<Labels, Counter>,
     /// `artifact` events of kind `policy`, by `outcome` (`registered`, `refused`).
     pub policy_artifacts: Family<Labels, Counter>,
 }
@@ -130,6 +134,7 @@ impl Metrics {
             dispatch_running: Gauge::default(),
             legacy_publish_flushes: Family::default(),
             store_follow: Family::default(),
+            store_leases: Family::default(),
             policy_artifacts: Family::default(),
         };
         reg.register("ingested_records", "Records stored", m.ingested.clone());
@@ -269,6 +274,11 @@ impl Metrics {
             "store_follow",
             "Following a store shared with other daemons, by event (hints, coalesced, reconnects, reads, records, errors)",
             m.store_follow.clone(),
+        );
+        reg.register(
+            "store_leases",
+            "Owner leases of a shared store, by event (renewals, renew_errors, lapsed, takeover_rounds, takeover_errors, taken_runs)",
+            m.store_leases.clone(),
         );
         reg.register(
             "policy_artifacts",

@@ -76,6 +76,9 @@ struct Entry {
     completion_recorded: bool,
     last_beat: Instant,
     order: u64,
+    /// Taken over from this daemon (its lease lapsed): the heartbeat timeout's failure reason
+    /// says so.
+    taken_from: Option<String>,
 }
 
 struct Inner {
@@ -144,7 +147,18 @@ impl Registry {
                             changed.push(info);
                         }
                     }
-                    Some(_) => {}
+                    Some(e) => {
+                        // We thought it ours, and the store says another daemon owns it: it was
+                        // taken over while our lease had lapsed (or we registered a run another
+                        // daemon had registered first). The store is the authority: from now on
+                        // we only show it (a worker of ours still running is left to exit; its
+                        // completion is a record, stored as any other).
+                        tracing::warn!(run_id = %info.run_id, owner = %info.owner, "run owned by another daemon now");
+                        e.foreign = true;
+                        e.taken_from = None;
+                        e.info = info.clone();
+                        changed.push(info);
+                    }
                     None => {
                         let order = inner.next_order;
                         inner.next_order += 1;
@@ -157,6 +171,7 @@ impl Registry {
                                 completion_recorded: true,
                                 last_beat: Instant::now(),
                                 order,
+                                taken_from: None,
                             },
                         );
                         changed.push(info);
@@ -168,6 +183,84 @@ impl Registry {
         for info in changed {
             let _ = self.changes.send(info);
         }
+    }
+
+    /// This daemon's identity on a shared store (empty: the store is ours alone).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Takes in runs this daemon has just taken over from a daemon whose lease lapsed (their
+    /// rows already name us). A pending run never started (its owner's queue died with it): it
+    /// is failed as interrupted, with a stored `RunCompleted`. A running run becomes ours as it
+    /// is: its worker (not our child) goes on if it is alive, and our heartbeat timeout, counted
+    /// from the last sign of life this daemon saw (a heartbeat or a record through any daemon
+    /// of the store, or when we learnt of the run), fails it if it is not. Returns the ids of
+    /// the runs failed here.
+    pub async fn adopt(&self, taken: Vec<telemetry_store::TakenRun>) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut shown = Vec::new();
+        {
+            let mut inner = self.lock();
+            for t in taken {
+                let run_id = t.info.run_id.clone();
+                tracing::warn!(%run_id, from = %t.from, "took over a run whose owner's lease lapsed");
+                let pending = t.info.state == RunState::Pending as i32;
+                match inner.runs.get_mut(&run_id) {
+                    Some(e) => {
+                        e.foreign = false;
+                        e.info = t.info;
+                        e.taken_from = Some(t.from);
+                        e.completion_recorded = false;
+                        shown.push(e.info.clone());
+                    }
+                    None => {
+                        let order = inner.next_order;
+                        inner.next_order += 1;
+                        shown.push(t.info.clone());
+                        inner.runs.insert(
+                            run_id.clone(),
+                            Entry {
+                                info: t.info,
+                                foreign: false,
+                                process: None,
+                                completion_recorded: false,
+                                last_beat: Instant::now(),
+                                order,
+                                taken_from: Some(t.from),
+                            },
+                        );
+                    }
+                }
+                if pending {
+                    failed.push(run_id);
+                }
+            }
+            evict(&mut inner);
+        }
+        for info in shown {
+            let _ = self.changes.send(info);
+        }
+        for run_id in &failed {
+            let from = self
+                .lock()
+                .runs
+                .get(run_id)
+                .and_then(|e| e.taken_from.clone())
+                .unwrap_or_default();
+            let reason = format!("{TAKEN_OVER}: its daemon {from} stopped before it started");
+            self.finish(run_id, RunState::Failed, reason.clone(), None, None)
+                .await;
+            self.complete(
+                run_id,
+                telemetry_core::pb::CompletionStatus::Failed,
+                reason,
+                None,
+                None,
+            )
+            .await;
+        }
+        failed
     }
 
     /// The same registry with at most `max` `WatchRuns` streams at once (call before cloning).
@@ -249,6 +342,7 @@ impl Registry {
                     completion_recorded: false,
                     last_beat: Instant::now(),
                     order,
+                    taken_from: None,
                 },
             );
             evict(&mut inner);
@@ -510,22 +604,27 @@ impl Registry {
         }
     }
 
-    /// Running runs whose last heartbeat is older than `timeout` at `now`.
-    pub fn stale_runs(&self, now: Instant, timeout: Duration) -> Vec<String> {
+    /// Running runs of ours whose last heartbeat is older than `timeout` at `now`, with the
+    /// daemon each was taken over from.
+    fn stale(&self, now: Instant, timeout: Duration) -> Vec<(String, Option<String>)> {
         self.lock()
             .runs
             .values()
             .filter(|e| e.info.state == RunState::Running as i32 && !e.foreign)
             .filter(|e| now.saturating_duration_since(e.last_beat) > timeout)
-            .map(|e| e.info.run_id.clone())
+            .map(|e| (e.info.run_id.clone(), e.taken_from.clone()))
             .collect()
     }
 
     /// Fails runs that stopped heartbeating (stopping their workers, if ours).
     pub async fn enforce_heartbeats(&self, now: Instant, timeout: Duration) -> Vec<String> {
-        let stale = self.stale_runs(now, timeout);
-        for run_id in &stale {
-            let reason = format!("no heartbeat for {}s", timeout.as_secs());
+        let stale = self.stale(now, timeout);
+        for (run_id, taken_from) in &stale {
+            let mut reason = format!("no heartbeat for {}s", timeout.as_secs());
+            if let Some(from) = taken_from {
+                reason =
+                    format!("{TAKEN_OVER}: its daemon {from} stopped and its worker sent {reason}");
+            }
             tracing::warn!(run_id = %run_id, %reason, "failing run");
             if !self.request_stop(run_id, Some(reason.clone())) {
                 // No process of ours (a worker started by hand): fail it here, with a stored
@@ -542,7 +641,7 @@ impl Registry {
                 .await;
             }
         }
-        stale
+        stale.into_iter().map(|(run_id, _)| run_id).collect()
     }
 
     /// Stores a `RunCompleted` for the run unless one (the worker's own) is already stored;
@@ -627,6 +726,9 @@ pub struct Interrupted {
     pub worker: Option<(u32, u64)>,
 }
 
+/// How the reason stored for a run taken over from a dead daemon and then failed begins.
+pub const TAKEN_OVER: &str = "interrupted: taken over";
+
 /// The reason stored for a run interrupted by a server restart.
 pub const INTERRUPTED: &str = "interrupted: the daemon stopped while the run was active";
 
@@ -665,6 +767,7 @@ fn insert_restored(inner: &mut Inner, stored: Vec<RunInfo>) -> (Vec<Interrupted>
                 completion_recorded: !active,
                 last_beat: Instant::now(),
                 order,
+                taken_from: None,
             },
         );
     }

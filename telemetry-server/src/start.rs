@@ -106,10 +106,25 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
 
     let mut registry = Registry::new(pipeline.clone(), cfg.var_dir.clone())
         .with_max_watchers(cfg.max_run_watchers);
+    let mut leasing = None;
     if follower.is_some() {
         // A shared store: runs carry their owner, and other daemons' runs are shown here.
-        registry = registry.with_owner(&crate::follow::daemon_identity(&cfg.var_dir));
+        let owner = crate::follow::daemon_identity(&cfg.var_dir);
+        registry = registry.with_owner(&owner);
+        // Our lease before any run row of ours is read or written: no other daemon takes our
+        // runs while we restore them, and none of our rows ever lacks a lease.
+        if let Some(leases) = backend_of(&cfg).leases()? {
+            let l = crate::follow::Leasing {
+                leases,
+                owner,
+                ttl: cfg.lease_ttl,
+                metrics: metrics.clone(),
+            };
+            l.renew().await?;
+            leasing = Some(l);
+        }
     }
+    let completions = follower.as_ref().map(|f| f.observe(registry.clone()));
     let interrupted = recover(&registry, reader.as_ref(), &hub, &cfg).await?;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(
@@ -172,7 +187,19 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
     if let Some(reader) = runs_reader {
         let registry = registry.clone();
         let cancel = cancel.clone();
-        tasks.spawn(crate::follow::follow_runs(reader, registry, cancel));
+        tasks.spawn(crate::follow::follow_runs(
+            reader,
+            registry,
+            leasing.clone(),
+            cancel,
+        ));
+    }
+    if let Some(rx) = completions {
+        // Ends with the follower (its sender), after the tasks are waited for.
+        tokio::spawn(crate::follow::apply_completions(rx, registry.clone()));
+    }
+    if let Some(l) = &leasing {
+        tasks.spawn(crate::follow::keep_lease(l.clone(), cancel.clone()));
     }
     // Queues left by workers of a previous server: delivered through the shim code, once we
     // serve (a shutdown cancels the drain; what is left waits for the next start).
@@ -197,6 +224,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         pipeline,
         writer_thread,
         follower,
+        leasing,
         grace: cfg.cancel_grace,
     };
     let join = tokio::spawn(serve(
@@ -523,6 +551,9 @@ struct Stopped {
     pipeline: Pipeline,
     writer_thread: std::thread::JoinHandle<()>,
     follower: Option<Follower>,
+    /// Released once every run change of ours is stored: the others take what is left (runs of
+    /// workers started by hand) at once instead of after the TTL.
+    leasing: Option<crate::follow::Leasing>,
     grace: Duration,
 }
 
@@ -572,6 +603,9 @@ async fn serve(
         let _ = tokio::task::spawn_blocking(move || upkeep.stop()).await;
     }
     s.pipeline.shutdown().await;
+    if let Some(l) = &s.leasing {
+        l.release().await;
+    }
     drop(s.registry);
     let writer_thread = s.writer_thread;
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;

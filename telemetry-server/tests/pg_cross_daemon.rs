@@ -16,6 +16,16 @@ use tokio_stream::StreamExt;
 
 /// A daemon on `var_dir` with the store of `pg`.
 async fn daemon(var_dir: &std::path::Path, pg: &PgConfig, metrics: bool) -> ServerHandle {
+    daemon_with(var_dir, pg, metrics, |_| {}).await
+}
+
+/// A daemon on `var_dir` with the store of `pg`, its configuration changed by `tune`.
+async fn daemon_with(
+    var_dir: &std::path::Path,
+    pg: &PgConfig,
+    metrics: bool,
+    tune: impl FnOnce(&mut telemetry_server::ServerConfig),
+) -> ServerHandle {
     let backend: Arc<dyn Backend> = Arc::new(PgBackend::new(pg.clone()).unwrap());
     // No workers are spawned here: no proxy binary needed (unlike common::config).
     let mut cfg = telemetry_server::ServerConfig::ephemeral(var_dir).with_backend(backend);
@@ -23,6 +33,7 @@ async fn daemon(var_dir: &std::path::Path, pg: &PgConfig, metrics: bool) -> Serv
     if metrics {
         cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     }
+    tune(&mut cfg);
     telemetry_server::start(cfg).await.unwrap()
 }
 
@@ -213,9 +224,19 @@ async fn another_daemons_runs_are_shown_and_left_to_their_owner() {
         return;
     };
     let pg = testing::fresh_config(&url, "xdruns");
-    // Daemon A (another host) owns a running run whose worker it spawned, and one fed by hand.
+    // Daemon A (another host) owns a running run whose worker it spawned, and one fed by hand;
+    // it is alive (its lease is current), so nobody takes them over.
     let a_backend = PgBackend::new(pg.clone()).unwrap();
     let mut a_writer = a_backend.open_writer().unwrap();
+    a_backend
+        .leases()
+        .unwrap()
+        .unwrap()
+        .renew(
+            "host-a:/var/telemetry",
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
     let owned = |run: &str, pid: Option<u32>| RunInfo {
         run_id: run.into(),
         state: RunState::Running as i32,
@@ -282,5 +303,231 @@ async fn another_daemons_runs_are_shown_and_left_to_their_owner() {
         "{}",
         mine.owner
     );
+    b.shutdown().await.unwrap();
+}
+
+/// The value of `gym_telemetry_store_leases_total{event}` in a metrics text (0 when absent).
+fn lease_counter(text: &str, event: &str) -> u64 {
+    let key = format!("store_leases_total{{event=\"{event}\"}} ");
+    text.lines()
+        .find_map(|l| {
+            l.split_once(&key)
+                .map(|(_, v)| v.trim().parse::<u64>().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// Reads WatchRuns until `run_id` is reported owned by `owner`; returns that info.
+async fn until_owner(
+    watch: &mut tonic::Streaming<telemetry_core::pb::RunInfo>,
+    run_id: &str,
+    owner: &str,
+) -> telemetry_core::pb::RunInfo {
+    bounded(run_id, async {
+        loop {
+            let info = watch.next().await.unwrap().unwrap();
+            if info.run_id == run_id && info.owner == owner {
+                return info;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_runs_are_taken_over_only_once_its_lease_lapses() {
+    use std::time::{Duration, Instant};
+    use telemetry_core::pb::{
+        CancelRunRequest, CompletionStatus, RunInfo, RunState, WatchRunsRequest,
+    };
+    let Some(url) =
+        testing::test_url("a_dead_owners_runs_are_taken_over_only_once_its_lease_lapses")
+    else {
+        return;
+    };
+    let pg = testing::fresh_config(&url, "xdlease");
+    // Long leases and heartbeat timeouts: nothing here depends on a timer firing. A's lease
+    // lapses when the test releases it (as its TTL passing would, without the wait), and the
+    // heartbeat timeout runs when the test calls it, with its own clock.
+    let tune = |cfg: &mut telemetry_server::ServerConfig| {
+        cfg.lease_ttl = Duration::from_secs(3600);
+        cfg.heartbeat_timeout = Duration::from_secs(3600);
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = daemon_with(dir_a.path(), &pg, false, tune).await;
+    let b = daemon_with(dir_b.path(), &pg, true, tune).await;
+    let (a_owner, b_owner) = (a.owner().to_owned(), b.owner().to_owned());
+    assert_ne!(a_owner, b_owner);
+
+    // Two workers started by hand send to A (A registers and owns their runs); a third run is
+    // still pending on A (its queue would start it).
+    let (mut a_ingest, _, mut a_control) = clients(&a).await;
+    a_ingest
+        .publish_batch(batch(
+            1,
+            vec![step("alive", "pa", 1), step("silent", "ps", 1)],
+        ))
+        .await
+        .unwrap();
+    let backend = PgBackend::new(pg.clone()).unwrap();
+    let mut writer = backend.open_writer().unwrap();
+    writer
+        .put_run_info(&RunInfo {
+            run_id: "queued".into(),
+            state: RunState::Pending as i32,
+            owner: a_owner.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    let (_, _, mut b_control) = clients(&b).await;
+    let mut b_watch = b_control
+        .watch_runs(WatchRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // (In any order: WatchRuns reports each as B merges it.)
+    let mut shown = std::collections::BTreeSet::new();
+    bounded("A's three runs shown on B", async {
+        while shown.len() < 3 {
+            let info = b_watch.next().await.unwrap().unwrap();
+            if info.owner == a_owner {
+                shown.insert(info.run_id);
+            }
+        }
+    })
+    .await;
+
+    // A's lease is current: however many take-over rounds B makes, A keeps its runs.
+    let rounds = lease_counter(&metrics_text(&b).await, "takeover_rounds");
+    bounded("two more take-over rounds on B", async {
+        while lease_counter(&metrics_text(&b).await, "takeover_rounds") < rounds + 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let reader = backend.reader().unwrap();
+    let row = |run: &str| {
+        reader
+            .run_infos()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.run_id == run)
+            .unwrap()
+    };
+    for run in ["alive", "silent", "queued"] {
+        assert_eq!(
+            row(run).owner,
+            a_owner,
+            "{run} taken while A's lease was current"
+        );
+        assert_eq!(b.run_info(run).unwrap().owner, a_owner);
+    }
+    assert_eq!(lease_counter(&metrics_text(&b).await, "taken_runs"), 0);
+
+    // A's lease lapses (A stands for a dead daemon now; it is still running, which is the
+    // harder case: a daemon that lost its lease and comes back).
+    backend
+        .leases()
+        .unwrap()
+        .unwrap()
+        .release(&a_owner)
+        .unwrap();
+    // The pending run never started and never will: failed as interrupted, with a completion.
+    // (Taken in run id order: "alive" is reported before "queued" fails.)
+    let alive = until_owner(&mut b_watch, "alive", &b_owner).await;
+    assert_eq!(alive.state, RunState::Running as i32);
+    let queued = until_final(&mut b_watch, "queued").await;
+    assert_eq!(queued.state, RunState::Failed as i32);
+    assert!(
+        queued.failure_reason.starts_with("interrupted: taken over"),
+        "{}",
+        queued.failure_reason
+    );
+    // (Its state is broadcast before the completion is stored.)
+    let done = bounded("queued's completion", async {
+        loop {
+            if let Some(c) = reader.run_completion("queued").unwrap() {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(done.status, CompletionStatus::Failed as i32);
+
+    // From here on only "alive" shows signs of life, and through the other daemon (A): B reads
+    // its records from the store and counts them as its heartbeats.
+    let mark = Instant::now();
+    let before = b.run_info("alive").unwrap().last_heartbeat;
+    a_ingest
+        .publish_batch(batch(2, vec![step("alive", "pa", 2)]))
+        .await
+        .unwrap();
+    bounded("B sees alive's record as a heartbeat", async {
+        while b.run_info("alive").unwrap().last_heartbeat == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The heartbeat timeout, with the clock of this test: everything silent since `mark`.
+    let now = Instant::now();
+    let failed = b.enforce_heartbeats(now, now - mark).await;
+    assert_eq!(failed, vec!["silent".to_owned()]);
+    let silent = row("silent");
+    assert_eq!(
+        (silent.state, silent.owner.as_str()),
+        (RunState::Failed as i32, b_owner.as_str())
+    );
+    assert!(
+        silent.failure_reason.starts_with("interrupted: taken over")
+            && silent.failure_reason.contains(&a_owner),
+        "{}",
+        silent.failure_reason
+    );
+    assert_eq!(
+        reader.run_completion("silent").unwrap().map(|c| c.status),
+        Some(CompletionStatus::Failed as i32)
+    );
+    let alive = row("alive");
+    assert_eq!(
+        (alive.state, alive.owner.as_str()),
+        (RunState::Running as i32, b_owner.as_str())
+    );
+
+    // A, back, finds the run under its new owner and leaves it alone.
+    let mut a_watch = a_control
+        .watch_runs(WatchRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    until_owner(&mut a_watch, "alive", &b_owner).await;
+    let refused = a_control
+        .cancel_run(CancelRunRequest {
+            run_id: "alive".into(),
+        })
+        .await;
+    assert!(
+        format!("{refused:?}").contains("cancel it there"),
+        "{refused:?}"
+    );
+    // The worker finishes, still through A: B, its owner now, ends the run.
+    a_ingest
+        .publish_batch(batch(3, vec![completed("alive", "pa", 3)]))
+        .await
+        .unwrap();
+    let done = until_final(&mut b_watch, "alive").await;
+    assert_eq!(
+        (done.state, done.owner.as_str()),
+        (RunState::Completed as i32, b_owner.as_str())
+    );
+    bounded("the stored row", async {
+        while row("alive").state != RunState::Completed as i32 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(row("alive").owner, b_owner);
+    assert_eq!(lease_counter(&metrics_text(&b).await, "taken_runs"), 3);
+    a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -56,10 +56,14 @@
 //!   tokio-postgres-rustls, the certificate checked against FILE and the host name; no silent
 //!   fall back to plaintext (see the `tls` module).
 //!
-//! Not yet: a shared run registry's ownership rules.
+//! - **Owner leases.** [`Backend::leases`]: each daemon renews a lease row on the database's
+//!   clock; the pending and running runs of a daemon whose lease lapsed are taken over in one
+//!   transaction that locks the lapsed leases first, and a run row is replaced only by its
+//!   owner (see the `leases` module).
 
 mod error;
 mod feed;
+mod leases;
 mod reader;
 mod schema;
 pub mod testing;
@@ -440,5 +444,9 @@ impl Backend for PgBackend {
             self.shared.clone(),
             wake,
         )?)))
+    }
+
+    fn leases(&self) -> Result<Option<Arc<dyn telemetry_store::Leases>>, StoreError> {
+        Ok(Some(Arc::new(leases::PgLeases::new(self.shared.clone()))))
     }
 }

@@ -19,7 +19,7 @@ use telemetry_store::StoreError;
 use crate::{error::classify, PgConfig};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock key of migrations ("GyTsMigr").
 const MIGRATION_LOCK: i64 = 0x4779_5473_4d69_6772;
@@ -152,8 +152,50 @@ ALTER TABLE episodes ADD COLUMN IF NOT EXISTS policy_id text NOT NULL DEFAULT ''
 ALTER TABLE episodes ADD COLUMN IF NOT EXISTS policy_digest text NOT NULL DEFAULT '';
 "#;
 
+/// v3: owner leases of the shared run registry (`leases.rs`). Each run row's owner as a column
+/// (the fence of run writes and what a take-over selects on; filled from the rows' `info` by
+/// [`backfill_owners`]), and one lease row per daemon, its expiry on the database's clock.
+/// Lease rows are never deleted: a run's owner without one is a daemon of a build before
+/// leases.
+const V3: &str = r#"
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner text COLLATE "C" NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS runs_active_owner ON runs (owner) WHERE state IN (1, 2);
+CREATE TABLE IF NOT EXISTS daemon_leases (
+    owner text COLLATE "C" PRIMARY KEY,
+    expires_at timestamptz NOT NULL,
+    renewed_at timestamptz NOT NULL
+);
+"#;
+
 /// Migration `i` brings a schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];
+
+/// Part of v3: each run row's `owner` column from the owner inside its encoded `info`.
+async fn backfill_owners(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    use prost::Message;
+    let rows = tx
+        .query("SELECT run_id, info FROM runs", &[])
+        .await
+        .map_err(classify)?;
+    for row in rows {
+        let run_id: &str = row.try_get(0).map_err(classify)?;
+        let body: &[u8] = row.try_get(1).map_err(classify)?;
+        // A row that does not decode keeps no owner (it is not ours to take over, and the
+        // reader reports it).
+        let Ok(info) = telemetry_core::pb::RunInfo::decode(body) else {
+            continue;
+        };
+        if !info.owner.is_empty() {
+            tx.execute(
+                "UPDATE runs SET owner = $2 WHERE run_id = $1",
+                &[&run_id, &info.owner],
+            )
+            .await
+            .map_err(classify)?;
+        }
+    }
+    Ok(())
+}
 
 fn place(cfg: &PgConfig) -> PathBuf {
     PathBuf::from(cfg.describe())
@@ -209,6 +251,9 @@ pub(crate) async fn migrate(client: &mut Object, cfg: &PgConfig) -> Result<i32, 
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         let to = i as i32 + 1;
         tx.batch_execute(sql).await.map_err(classify)?;
+        if to == 3 {
+            backfill_owners(&tx).await?;
+        }
         tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&to])
             .await
             .map_err(classify)?;

@@ -106,9 +106,12 @@ const UPSERT_SCALAR_TAGS: &str = "INSERT INTO scalar_tags AS t (run_id, tag, age
                   ELSE t.last_ts_ns END, \
      last_step = GREATEST(t.last_step, excluded.last_step), \
      last_seq = GREATEST(t.last_seq, excluded.last_seq)";
-const UPSERT_RUN_INFO: &str = "INSERT INTO runs (run_id, state, updated_ns, info) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, \
-     updated_ns = excluded.updated_ns, info = excluded.info";
+/// A run row is replaced only by its owner (or when it has none): a daemon that lost its lease
+/// and had its runs taken over cannot write them back (see `leases.rs`).
+const UPSERT_RUN_INFO: &str = "INSERT INTO runs (run_id, state, updated_ns, info, owner) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, \
+     updated_ns = excluded.updated_ns, info = excluded.info, owner = excluded.owner \
+     WHERE runs.owner = excluded.owner OR runs.owner = ''";
 
 /// The `i64` stored for a `u64` (same bits).
 pub(crate) fn u64_to_sql(v: u64) -> i64 {
@@ -223,10 +226,22 @@ impl BackendWriter for PgWriter {
                 .prepare_cached(UPSERT_RUN_INFO)
                 .await
                 .map_err(classify)?;
-            client
-                .execute(&stmt, &[&info.run_id, &info.state, &updated, &body])
+            let written = client
+                .execute(
+                    &stmt,
+                    &[&info.run_id, &info.state, &updated, &body, &info.owner],
+                )
                 .await
                 .map_err(classify)?;
+            if written == 0 {
+                // Not an error of the caller's write path: the run is another daemon's now,
+                // and its row (which the registry follows) says so.
+                tracing::warn!(
+                    run_id = %info.run_id,
+                    writer = %info.owner,
+                    "run row not written: another daemon owns the run now"
+                );
+            }
             Ok(())
         })
     }

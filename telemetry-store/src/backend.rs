@@ -130,6 +130,51 @@ pub trait Backend: Send + Sync + 'static {
         let _ = wake;
         Ok(None)
     }
+    /// For a store other daemons share (PostgreSQL): owner leases of the run registry (see
+    /// [`Leases`]). `None` (the default, SQLite): every run is this server's.
+    fn leases(&self) -> Result<Option<Arc<dyn Leases>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Owner leases of a shared run registry: how daemons of one store find that a run's owner is
+/// gone, and take its runs over.
+///
+/// A daemon holds a lease (an expiry on the store's own clock, so hosts' clocks never matter)
+/// and renews it well before it expires. Every active run row names its owner. A daemon may take
+/// over a pending or running run only while the run's owner holds no current lease, and the
+/// take-over is one transaction that locks the lapsed leases first: an owner renewing at that
+/// moment waits for it, so no run is ever taken from an owner whose lease is current. A run
+/// row written by a daemon that is no longer its owner (it lost the lease, then came back) is
+/// not stored: the new owner's row stays.
+pub trait Leases: Send + Sync {
+    /// Renews (or first takes) `owner`'s lease until the store's clock plus `ttl`.
+    fn renew(&self, owner: &str, ttl: std::time::Duration) -> Result<Renewal, StoreError>;
+    /// Takes over, for `taker`, every pending or running run whose owner holds no current
+    /// lease: their rows now name `taker`. Returns them as stored now.
+    fn take_over(&self, taker: &str) -> Result<Vec<TakenRun>, StoreError>;
+    /// Ends `owner`'s lease now (a clean shutdown: the others take its runs at once).
+    fn release(&self, owner: &str) -> Result<(), StoreError>;
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease was current: nothing of ours can have been taken.
+    Held,
+    /// The first lease of this owner.
+    New,
+    /// The lease had lapsed: other daemons may have taken our runs over (their rows say).
+    Lapsed,
+}
+
+/// A run taken over from a daemon whose lease lapsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakenRun {
+    /// The run's row as stored now (`owner` is the taker).
+    pub info: pb::RunInfo,
+    /// The daemon it was taken from.
+    pub from: String,
 }
 
 /// What a [`ChangeFeed`] calls on each hint. It must be cheap and never block (set a flag).

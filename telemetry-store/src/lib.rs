@@ -72,8 +72,8 @@ use std::{
 };
 
 pub use backend::{
-    Backend, BackendReader, BackendWriter, ChangeFeed, ChangeFeedStats, ChangeWake, Maintenance,
-    SqliteBackend, StreamHeads,
+    Backend, BackendReader, BackendWriter, ChangeFeed, ChangeFeedStats, ChangeWake, Leases,
+    Maintenance, Renewal, SqliteBackend, StreamHeads, TakenRun,
 };
 pub use checkpoint::{CheckpointMode, CheckpointStats, Checkpointer};
 pub use error::StoreError;

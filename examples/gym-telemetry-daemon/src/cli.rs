@@ -264,6 +264,10 @@ pub struct ServeArgs {
     /// Seconds without telemetry or heartbeat after which a running run is failed.
     #[arg(long, env = "GYM_TELEMETRY_HEARTBEAT_TIMEOUT", default_value_t = 120)]
     pub heartbeat_timeout: u64,
+    /// On a shared store (`--store postgres://…`): seconds an owner lease renewal holds (renewed
+    /// every quarter of it). When this daemon's lapses, other daemons take its runs over.
+    #[arg(long, env = "GYM_TELEMETRY_LEASE_TTL", default_value_t = 15)]
+    pub lease_ttl: u64,
     /// Seconds between SIGTERM and SIGKILL when cancelling a worker.
     #[arg(long, env = "GYM_TELEMETRY_CANCEL_GRACE", default_value_t = 5)]
     pub cancel_grace: u64,

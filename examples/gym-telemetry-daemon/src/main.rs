@@ -281,6 +281,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         DurabilityArg::Full => Durability::Full,
     };
     cfg.heartbeat_timeout = Duration::from_secs(a.heartbeat_timeout.max(1));
+    cfg.lease_ttl = Duration::from_secs(a.lease_ttl.max(1));
     cfg.cancel_grace = Duration::from_secs(a.cancel_grace);
     cfg.max_running_workers = a.max_running_workers.max(1);
     cfg.max_pending_runs = a.max_pending_runs;

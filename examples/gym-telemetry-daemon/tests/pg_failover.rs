@@ -1,6 +1,8 @@
 //! Failover between two daemons of one PostgreSQL store: a worker's shim is given both
 //! (`endpoint = "A,B"`), daemon A is killed (SIGKILL) in mid-stream, the shim moves to B and
-//! resends from its last durable ack; the shared watermarks keep every record exactly once.
+//! resends from its last durable ack; the shared watermarks keep every record exactly once. A's
+//! lease (`--lease-ttl 1`) then lapses and B takes A's run over: still running (its worker
+//! goes on sending, to B), owned by B.
 //! Skipped (with a message) when GYM_TELEMETRY_TEST_PG is unset outside CI.
 #![allow(clippy::unwrap_used)]
 
@@ -29,6 +31,7 @@ fn serve(
         .arg("--auth-token-file")
         .arg(token_file)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--lease-ttl", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -111,6 +114,21 @@ fn a_worker_fails_over_when_its_daemon_is_killed_and_stores_every_record_once() 
     for i in N / 2..N / 2 + 500 {
         shim.step(step(i)).unwrap();
     }
+    let backend = PgBackend::from_url(&format!("{url}{sep}schema={schema}")).unwrap();
+    let reader = backend.reader().unwrap();
+    let owner_of = |var: &std::path::Path| {
+        let dir = std::fs::canonicalize(var).unwrap().display().to_string();
+        move |o: &str| o.ends_with(&format!(":{dir}"))
+    };
+    let run_row = || {
+        reader
+            .run_infos()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.run_id == RUN)
+    };
+    let row = run_row().expect("A registered the run");
+    assert!(owner_of(&var_a)(&row.owner), "A owns it: {}", row.owner);
     let mut a = a;
     signal(&a, "-KILL");
     let _ = a.wait();
@@ -127,13 +145,31 @@ fn a_worker_fails_over_when_its_daemon_is_killed_and_stores_every_record_once() 
         "everything acked through B: {report:?}"
     );
     assert!(shim_failovers >= 1, "the shim moved to B");
+    // A's lease lapses a second after its death; B's next round takes the run over. Its worker
+    // kept sending (to B), so it is still running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let taken = loop {
+        let row = run_row().expect("the run row");
+        if owner_of(&var_b)(&row.owner) {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took the run over: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        taken.state,
+        telemetry_core::pb::RunState::Running as i32,
+        "{taken:?}"
+    );
+    println!("failover: run taken over by B, still running");
     let mut b = b;
     signal(&b, "-TERM");
     let _ = b.wait();
 
     // Count in the store itself.
-    let backend = PgBackend::from_url(&format!("{url}{sep}schema={schema}")).unwrap();
-    let reader = backend.reader().unwrap();
     let mut seen = std::collections::BTreeMap::<u64, u32>::new();
     let mut since = 0;
     loop {
