@@ -22,8 +22,9 @@ pub mod segment;
 mod store;
 
 pub use store::{
-    AppendReport, EpisodeFrames, ExportRecord, FrameEntry, FrameStore, FrameStoreOptions, Lookup,
-    MissingReason, StoreError, MAX_EVICTED_REMEMBERED, MAX_EXPORTS_REMEMBERED, MAX_LIST,
+    AppendReport, EpisodeFrames, ExportRecord, FrameCounters, FrameEntry, FrameStore,
+    FrameStoreOptions, Lookup, MissingReason, StoreError, MAX_EVICTED_REMEMBERED,
+    MAX_EXPORTS_REMEMBERED, MAX_LIST,
 };
 
 use std::{fs, io, os::unix::fs::PermissionsExt, path::Path};

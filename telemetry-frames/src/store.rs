@@ -10,7 +10,7 @@ use crate::segment::{self, Appender, ReadError};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -144,6 +144,10 @@ pub struct AppendReport {
     pub rejected: Vec<(u32, &'static str)>,
     /// Episodes evicted to make room.
     pub evicted_episodes: u32,
+    /// Frames of those episodes.
+    pub evicted_frames: u64,
+    /// Bytes of those episodes.
+    pub evicted_bytes: u64,
 }
 
 impl AppendReport {
@@ -220,6 +224,49 @@ struct Counters {
     evicted_bytes: AtomicU64,
     corrupt: AtomicU64,
     missing: AtomicU64,
+    /// Rejections by reason (`FrameError::reason`: a handful of fixed words).
+    rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Frames and bytes held now (mirrors `Inner`, updated after each append).
+    held_frames: AtomicU64,
+    held_bytes: AtomicU64,
+    /// Bytes held per run now (runs holding none are removed), updated after each append.
+    held_by_run: Mutex<HashMap<String, u64>>,
+}
+
+/// The frame store's counters (since it was opened) and what it holds now, read without
+/// waiting for an append in progress: what `/metrics` exposes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameCounters {
+    /// Frames written.
+    pub stored: u64,
+    /// Frames already held (resends).
+    pub duplicates: u64,
+    /// Frames refused by validation, in all.
+    pub rejected: u64,
+    /// The same by reason (`bad_size`, `not_png`, ...), in reason order.
+    pub rejected_by_reason: Vec<(&'static str, u64)>,
+    /// Frames refused because retention could not make room.
+    pub over_limit: u64,
+    /// Frames evicted by retention.
+    pub evicted_frames: u64,
+    /// Episodes evicted by retention.
+    pub evicted_episodes: u64,
+    /// Bytes evicted by retention.
+    pub evicted_bytes: u64,
+    /// Reads that found a frame's bytes failing their checksum.
+    pub corrupt: u64,
+    /// Lookups answered "missing" (not found, evicted or corrupt).
+    pub missing: u64,
+    /// Frames held now.
+    pub held_frames: u64,
+    /// Frame bytes held now (what retention counts against `max_total_bytes`).
+    pub held_bytes: u64,
+    /// Bytes held per run now, largest first (runs holding nothing are absent).
+    pub held_bytes_by_run: Vec<(String, u64)>,
+    /// The per-run retention limit.
+    pub max_run_bytes: u64,
+    /// The total retention limit.
+    pub max_total_bytes: u64,
 }
 
 struct Inner {
@@ -229,6 +276,8 @@ struct Inner {
     /// Live frame bytes per run, and in total (mirrors the index).
     run_bytes: HashMap<String, u64>,
     total_bytes: u64,
+    /// Live frames in total (mirrors the index).
+    total_frames: u64,
 }
 
 /// The frame store of a var dir (`<var-dir>/frames/`). `Send + Sync`; appends are serialized.
@@ -325,8 +374,8 @@ impl FrameStore {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.execute_batch(SCHEMA)?;
-        let (run_bytes, total_bytes) = totals(&db)?;
-        Ok(FrameStore {
+        let (run_bytes, total_bytes, total_frames) = totals(&db)?;
+        let store = FrameStore {
             root: dir.to_owned(),
             opts,
             inner: Mutex::new(Inner {
@@ -334,9 +383,12 @@ impl FrameStore {
                 active: HashMap::new(),
                 run_bytes,
                 total_bytes,
+                total_frames,
             }),
             counters: Counters::default(),
-        })
+        };
+        store.publish_held(&lock(&store.inner), None);
+        Ok(store)
     }
 
     /// The settings it was opened with.
@@ -359,12 +411,15 @@ impl FrameStore {
         if result.is_err() {
             // The index rolled back: make the in-memory totals agree with it again.
             inner.active.clear();
-            if let Ok((runs, total)) = totals(&inner.db) {
+            if let Ok((runs, total, n)) = totals(&inner.db) {
                 inner.run_bytes = runs;
                 inner.total_bytes = total;
+                inner.total_frames = n;
             }
+            self.publish_held(&inner, None);
             return result.map(|_| report);
         }
+        // Counted only once the transaction committed (a rolled-back batch did nothing).
         let c = &self.counters;
         c.stored.fetch_add(u64::from(report.stored), Relaxed);
         c.duplicates
@@ -372,6 +427,22 @@ impl FrameStore {
         c.over_limit
             .fetch_add(u64::from(report.over_limit), Relaxed);
         c.rejected.fetch_add(report.rejected.len() as u64, Relaxed);
+        c.evicted_episodes
+            .fetch_add(u64::from(report.evicted_episodes), Relaxed);
+        c.evicted_frames.fetch_add(report.evicted_frames, Relaxed);
+        c.evicted_bytes.fetch_add(report.evicted_bytes, Relaxed);
+        if !report.rejected.is_empty() {
+            let mut by = lock(&c.rejected_by_reason);
+            for (_, reason) in &report.rejected {
+                *by.entry(reason).or_default() += 1;
+            }
+        }
+        // Evictions may have touched any run; otherwise only the batch's own runs changed.
+        if report.evicted_episodes > 0 {
+            self.publish_held(&inner, None);
+        } else if report.stored > 0 {
+            self.publish_held(&inner, Some(frames));
+        }
         Ok(report)
     }
 
@@ -386,6 +457,7 @@ impl FrameStore {
             active,
             run_bytes,
             total_bytes,
+            total_frames,
         } = inner;
         let tx = db.transaction()?;
         let mut dead_segments: Vec<(String, i64)> = Vec::new();
@@ -394,9 +466,13 @@ impl FrameStore {
                 report.rejected.push((i as u32, e.reason()));
                 continue;
             }
+            // The per-frame statements are prepared once per connection (rusqlite's cache), not
+            // once per frame.
             let exists: Option<i64> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT id FROM frames WHERE run_id=?1 AND agent_id=?2 AND episode=?3 AND step=?4",
+                )?
+                .query_row(
                     params![
                         frame.run_id,
                         frame.agent_id,
@@ -449,43 +525,45 @@ impl FrameStore {
                 source: e,
             })?;
             let seg_id = appender.id;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO frames (run_id, agent_id, episode, step, segment, offset, len, width, height, fps, wall_ns)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    frame.run_id,
-                    frame.agent_id,
-                    own.2,
-                    to_i64(frame.step_index),
-                    seg_id,
-                    to_i64(offset),
-                    to_i64(need),
-                    frame.width,
-                    frame.height,
-                    frame.render_fps,
-                    frame.wall_time_unix_ns
-                ],
-            )?;
+            )?
+            .execute(params![
+                frame.run_id,
+                frame.agent_id,
+                own.2,
+                to_i64(frame.step_index),
+                seg_id,
+                to_i64(offset),
+                to_i64(need),
+                frame.width,
+                frame.height,
+                frame.render_fps,
+                frame.wall_time_unix_ns
+            ])?;
             let id = tx.last_insert_rowid();
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE segments SET bytes = bytes + ?2, live_frames = live_frames + 1 WHERE id = ?1",
-                params![seg_id, to_i64(need)],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![seg_id, to_i64(need)])?;
+            tx.prepare_cached(
                 "INSERT INTO episodes (run_id, agent_id, episode, frames, bytes, first_frame)
                  VALUES (?1, ?2, ?3, 1, ?4, ?5)
                  ON CONFLICT (run_id, agent_id, episode)
                  DO UPDATE SET frames = frames + 1, bytes = bytes + ?4",
-                params![own.0, own.1, own.2, to_i64(need), id],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![own.0, own.1, own.2, to_i64(need), id])?;
+            tx.prepare_cached(
                 "DELETE FROM evicted WHERE run_id=?1 AND agent_id=?2 AND episode=?3",
-                params![own.0, own.1, own.2],
-            )?;
+            )?
+            .execute(params![own.0, own.1, own.2])?;
             *run_bytes.entry(frame.run_id.clone()).or_default() += need;
             *total_bytes += need;
+            *total_frames += 1;
             report.stored += 1;
         }
+        *total_frames = total_frames.saturating_sub(report.evicted_frames);
         if self.opts.fsync {
             for a in active.values_mut() {
                 a.sync().map_err(|e| StoreError::Io {
@@ -657,11 +735,8 @@ impl FrameStore {
             }
             *total_bytes = total_bytes.saturating_sub(b);
             report.evicted_episodes += 1;
-            let c = &self.counters;
-            c.evicted_episodes.fetch_add(1, Relaxed);
-            c.evicted_frames
-                .fetch_add(u64::try_from(vframes).unwrap_or(0), Relaxed);
-            c.evicted_bytes.fetch_add(b, Relaxed);
+            report.evicted_frames += u64::try_from(vframes).unwrap_or(0);
+            report.evicted_bytes += b;
             tracing::debug!(run = %vrun, agent = %vagent, episode = vep, bytes = b, "frame retention evicted an episode");
         }
     }
@@ -891,6 +966,74 @@ impl FrameStore {
         Ok(rows)
     }
 
+    /// Copies what `inner` holds to the counters a scrape reads: every run (`None`), or only
+    /// the runs of `frames` (an append that evicted nothing changed no other run).
+    fn publish_held(&self, inner: &Inner, frames: Option<&[pb::Frame]>) {
+        let c = &self.counters;
+        c.held_bytes.store(inner.total_bytes, Relaxed);
+        c.held_frames.store(inner.total_frames, Relaxed);
+        let mut held = lock(&c.held_by_run);
+        let set = |held: &mut HashMap<String, u64>, run: &str, b: u64| {
+            if b == 0 {
+                held.remove(run);
+            } else if let Some(v) = held.get_mut(run) {
+                *v = b;
+            } else {
+                held.insert(run.to_owned(), b);
+            }
+        };
+        match frames {
+            None => {
+                held.clear();
+                for (run, &b) in &inner.run_bytes {
+                    set(&mut held, run, b);
+                }
+            }
+            Some(frames) => {
+                let mut last: Option<&str> = None;
+                for f in frames {
+                    if last == Some(f.run_id.as_str()) {
+                        continue;
+                    }
+                    last = Some(f.run_id.as_str());
+                    let b = inner.run_bytes.get(&f.run_id).copied().unwrap_or(0);
+                    set(&mut held, &f.run_id, b);
+                }
+            }
+        }
+    }
+
+    /// The counters and what the store holds, without waiting for an append in progress (the
+    /// gauges are as of the last append): what the daemon's `/metrics` shows.
+    pub fn counters(&self) -> FrameCounters {
+        let c = &self.counters;
+        let mut by_run: Vec<(String, u64)> = lock(&c.held_by_run)
+            .iter()
+            .map(|(r, &b)| (r.clone(), b))
+            .collect();
+        by_run.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        FrameCounters {
+            stored: c.stored.load(Relaxed),
+            duplicates: c.duplicates.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            rejected_by_reason: lock(&c.rejected_by_reason)
+                .iter()
+                .map(|(&r, &n)| (r, n))
+                .collect(),
+            over_limit: c.over_limit.load(Relaxed),
+            evicted_frames: c.evicted_frames.load(Relaxed),
+            evicted_episodes: c.evicted_episodes.load(Relaxed),
+            evicted_bytes: c.evicted_bytes.load(Relaxed),
+            corrupt: c.corrupt.load(Relaxed),
+            missing: c.missing.load(Relaxed),
+            held_frames: c.held_frames.load(Relaxed),
+            held_bytes: c.held_bytes.load(Relaxed),
+            held_bytes_by_run: by_run,
+            max_run_bytes: self.opts.max_run_bytes,
+            max_total_bytes: self.opts.max_total_bytes,
+        }
+    }
+
     /// Counters since open, and the gauges now.
     pub fn stats(&self) -> Result<pb::FrameStats, StoreError> {
         let inner = lock(&self.inner);
@@ -949,15 +1092,25 @@ impl FrameStore {
     }
 }
 
-fn totals(db: &Connection) -> Result<(HashMap<String, u64>, u64), rusqlite::Error> {
-    let mut q = db.prepare("SELECT run_id, SUM(bytes) FROM episodes GROUP BY run_id")?;
+/// Bytes per run, bytes in total and frames in total, from the index.
+fn totals(db: &Connection) -> Result<(HashMap<String, u64>, u64, u64), rusqlite::Error> {
+    let mut q =
+        db.prepare("SELECT run_id, SUM(bytes), SUM(frames) FROM episodes GROUP BY run_id")?;
     let mut runs = HashMap::new();
     let mut total = 0;
-    for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (run, b) = row?;
+    let mut frames = 0;
+    for row in q.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })? {
+        let (run, b, n) = row?;
         let b = u64::try_from(b).unwrap_or(0);
         total += b;
+        frames += u64::try_from(n).unwrap_or(0);
         runs.insert(run, b);
     }
-    Ok((runs, total))
+    Ok((runs, total, frames))
 }

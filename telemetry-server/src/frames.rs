@@ -29,12 +29,26 @@ const FRAME_WINDOW: usize = 4;
 #[derive(Clone)]
 pub struct FramesService {
     store: Arc<FrameStore>,
+    wrong_run: prometheus_client::metrics::counter::Counter,
 }
 
 impl FramesService {
     /// A service over `store`.
     pub fn new(store: Arc<FrameStore>) -> Self {
-        FramesService { store }
+        FramesService {
+            store,
+            wrong_run: Default::default(),
+        }
+    }
+
+    /// Counts frames refused for another run's credential in `counter` (the daemon's
+    /// `gym_telemetry_frames_rejected_total{reason="wrong_run"}`).
+    pub fn with_wrong_run_counter(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.wrong_run = counter;
+        self
     }
 }
 
@@ -70,6 +84,7 @@ impl Frames for FramesService {
         let principal = Principal::of(&request);
         let mut inbound = request.into_inner();
         let store = Arc::clone(&self.store);
+        let wrong_run = self.wrong_run.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(FRAME_WINDOW);
         tokio::spawn(async move {
             loop {
@@ -93,6 +108,9 @@ impl Frames for FramesService {
                     } else {
                         wrong.push(i as u32);
                     }
+                }
+                if !wrong.is_empty() {
+                    wrong_run.inc_by(wrong.len() as u64);
                 }
                 let store = Arc::clone(&store);
                 let result = blocking(move || store.append(&frames)).await;

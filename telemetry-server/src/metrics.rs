@@ -5,15 +5,34 @@
 //! state, runs by status) is refreshed by the periodic health task, so a scrape never takes a
 //! lock on the ingest path. Label sets per run are bounded by the hub's run limit and are cleared
 //! and rebuilt at each refresh, so finished runs do not accumulate series forever.
+//!
+//! The frame store's counters (`gym_telemetry_frames_*`) are read at scrape time by a
+//! collector from the store's atomics (`FrameStore::counters`), so they are exact when the scrape
+//! answers and never wait for an append; its per-run bytes are the [`MAX_FRAME_RUN_SERIES`]
+//! largest runs.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+        MetricType,
+    },
     registry::Registry,
 };
+use telemetry_frames::FrameStore;
 use telemetry_store::CheckpointStats;
+
+/// Runs whose frame bytes `/metrics` shows one by one (the largest); the rest are in the total.
+pub const MAX_FRAME_RUN_SERIES: usize = 32;
 
 type Labels = Vec<(String, String)>;
 
@@ -89,6 +108,151 @@ pub struct Metrics {
     pub store_leases: Family<Labels, Counter>,
     /// `artifact` events of kind `policy`, by `outcome` (`registered`, `refused`).
     pub policy_artifacts: Family<Labels, Counter>,
+    /// Frames refused by the Frames service before the store: another run's frames on a
+    /// worker credential (`gym_telemetry_frames_rejected_total{reason="wrong_run"}`).
+    pub frames_wrong_run: Counter,
+    /// The frame store the collector reads (set once the store is open).
+    frame_store: Arc<OnceLock<Arc<FrameStore>>>,
+}
+
+/// Reads the frame store's counters at each scrape.
+#[derive(Debug)]
+struct FramesCollector {
+    store: Arc<OnceLock<Arc<FrameStore>>>,
+    wrong_run: Counter,
+}
+
+fn const_counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn const_gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for FramesCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let c = store.counters();
+        let e = &mut enc;
+        const_counter(
+            e,
+            "frames_stored",
+            "Frames written to the frame store",
+            c.stored,
+        )?;
+        const_counter(
+            e,
+            "frames_duplicates",
+            "Frames the store already held (resends after a lost ack), not stored again",
+            c.duplicates,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "frames_rejected",
+                "Frames refused, by reason (validation in the store; wrong_run: another run's frame on a worker credential)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in &c.rejected_by_reason {
+                ConstCounter::new(*n).encode(m.encode_family(&[("reason", *reason)])?)?;
+            }
+            let wrong = self.wrong_run.get();
+            if wrong > 0 {
+                ConstCounter::new(wrong).encode(m.encode_family(&[("reason", "wrong_run")])?)?;
+            }
+        }
+        const_counter(
+            e,
+            "frames_over_limit",
+            "Frames refused because retention could not make room (pinned or own episodes fill the budget)",
+            c.over_limit,
+        )?;
+        const_counter(
+            e,
+            "frames_evicted_episodes",
+            "Episodes evicted by retention (oldest unpinned first)",
+            c.evicted_episodes,
+        )?;
+        const_counter(
+            e,
+            "frames_evicted_frames",
+            "Frames evicted by retention",
+            c.evicted_frames,
+        )?;
+        const_counter(
+            e,
+            "frames_evicted_bytes",
+            "Frame bytes evicted by retention",
+            c.evicted_bytes,
+        )?;
+        const_counter(
+            e,
+            "frames_corrupt",
+            "Frame reads whose bytes failed their checksum (answered as missing)",
+            c.corrupt,
+        )?;
+        const_counter(
+            e,
+            "frames_missing_lookups",
+            "Frame lookups answered missing (not found, evicted or corrupt)",
+            c.missing,
+        )?;
+        const_gauge(
+            e,
+            "frames_held",
+            "Frames held in the frame store",
+            c.held_frames,
+        )?;
+        const_gauge(
+            e,
+            "frames_held_bytes",
+            "Frame bytes held, counted against frames_max_total_bytes",
+            c.held_bytes,
+        )?;
+        const_gauge(
+            e,
+            "frames_max_total_bytes",
+            "Frame bytes the store keeps in total (--frames-max-total-bytes)",
+            c.max_total_bytes,
+        )?;
+        const_gauge(
+            e,
+            "frames_max_run_bytes",
+            "Frame bytes the store keeps per run (--frames-max-run-bytes)",
+            c.max_run_bytes,
+        )?;
+        const_gauge(
+            e,
+            "frames_runs",
+            "Runs holding frames",
+            c.held_bytes_by_run.len() as u64,
+        )?;
+        let mut m = e.encode_descriptor(
+            "frames_run_held_bytes",
+            "Frame bytes held per run, counted against frames_max_run_bytes (the largest runs only)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (run, b) in c.held_bytes_by_run.iter().take(MAX_FRAME_RUN_SERIES) {
+            ConstGauge::new(*b).encode(m.encode_family(&[("run", run.as_str())])?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -136,6 +300,8 @@ impl Metrics {
             store_follow: Family::default(),
             store_leases: Family::default(),
             policy_artifacts: Family::default(),
+            frames_wrong_run: Counter::default(),
+            frame_store: Arc::new(OnceLock::new()),
         };
         reg.register("ingested_records", "Records stored", m.ingested.clone());
         reg.register(
@@ -285,8 +451,17 @@ impl Metrics {
             "Policy artifact events registered in the inventory or refused, by outcome",
             m.policy_artifacts.clone(),
         );
+        reg.register_collector(Box::new(FramesCollector {
+            store: Arc::clone(&m.frame_store),
+            wrong_run: m.frames_wrong_run.clone(),
+        }));
         m.registry = Arc::new(reg);
         m
+    }
+
+    /// Exposes `store`'s counters (`gym_telemetry_frames_*`). The first store attached stays.
+    pub fn attach_frame_store(&self, store: Arc<FrameStore>) {
+        let _ = self.frame_store.set(store);
     }
 
     /// The Prometheus text exposition of every metric.

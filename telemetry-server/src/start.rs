@@ -474,7 +474,9 @@ async fn services(
     health_reporter
         .set_serving::<TrainerServiceServer<LegacyService>>()
         .await;
-    let frames = FramesService::new(Arc::clone(frame_store));
+    metrics.attach_frame_store(Arc::clone(frame_store));
+    let frames = FramesService::new(Arc::clone(frame_store))
+        .with_wrong_run_counter(metrics.frames_wrong_run.clone());
     health_reporter
         .set_serving::<FramesServer<FramesService>>()
         .await;

@@ -350,3 +350,205 @@ async fn a_full_raw_buffer_drops_by_its_policy_and_counts() {
     }
     d.shutdown().await.unwrap();
 }
+
+/// One sample line of a Prometheus text exposition (`name{labels} value`), as a number.
+fn sample(body: &str, series: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    bounded("metrics", s.read_to_string(&mut out))
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn the_frame_stores_counters_are_on_metrics() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let var = dir.path().join("var");
+    // Room for two episodes of three frames (and less than one more frame): the third
+    // episode evicts the first. (Episodes from 1: episode 0's index is not on the wire, so its
+    // frames are 2 bytes smaller.)
+    let rec = |f: &Frame| telemetry_frames::segment::frame_record(&f.encode_to_vec()).len() as u64;
+    let episode: u64 = (0..3).map(|s| rec(&frame("r1", 1, s))).sum();
+    let mut cfg = ServerConfig::ephemeral(&var);
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.frames.max_run_bytes = 2 * episode + 10;
+    let d = telemetry_server::start(cfg).await.unwrap();
+    let addr = d.metrics_addr.expect("metrics bound");
+    let operator = std::fs::read_to_string(var.join("auth-token")).unwrap();
+    let operator = operator.trim().to_owned();
+    let worker = d.worker_token("r1").unwrap();
+
+    // Before any frame: the series are there, at zero.
+    let body = scrape(addr).await;
+    assert_eq!(
+        sample(&body, "gym_telemetry_frames_stored_total"),
+        Some(0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "gym_telemetry_frames_max_run_bytes"),
+        Some(2 * episode + 10)
+    );
+    assert_eq!(
+        sample(&body, "gym_telemetry_frames_max_total_bytes"),
+        Some(8 << 30)
+    );
+
+    let mut not_png = frame("r1", 5, 0);
+    not_png.data = vec![0; 40];
+    let mut bad_size = frame("r1", 5, 1);
+    bad_size.width = 0;
+    let batches = vec![
+        FrameBatch {
+            batch_id: 1,
+            frames: (1..3)
+                .flat_map(|ep| (0..3).map(move |s| frame("r1", ep, s)))
+                .collect(),
+        },
+        FrameBatch {
+            batch_id: 2,
+            frames: vec![
+                frame("r1", 1, 2), // a resend
+                not_png,
+                bad_size,
+                frame("r2", 0, 0), // another run's, on r1's credential
+                frame("r1", 3, 0), // evicts episode 1
+                frame("r1", 3, 1),
+                frame("r1", 3, 2),
+            ],
+        },
+    ];
+    let mut client = frames(&d, Some(&worker)).await;
+    let mut acks = client
+        .publish(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let a1 = bounded("ack 1", acks.message()).await.unwrap().unwrap();
+    assert_eq!(a1.stored, 6);
+    let a2 = bounded("ack 2", acks.message()).await.unwrap().unwrap();
+    assert_eq!(
+        (a2.stored, a2.duplicates, a2.rejected.len()),
+        (3, 1, 3),
+        "{a2:?}"
+    );
+    drop(acks);
+
+    // Episodes 2 and 3 pinned: a frame larger than the run's whole budget finds nothing to
+    // evict and is refused as over the limit.
+    let mut op = frames(&d, Some(&operator)).await;
+    for ep in [2, 3] {
+        let pin = PinEpisodeRequest {
+            run_id: "r1".into(),
+            agent_id: "a".into(),
+            episode_index: ep,
+            pinned: true,
+        };
+        let found = op.pin_episode(pin).await.unwrap().into_inner().found;
+        let stats = op.stats(FrameStatsRequest {}).await.unwrap().into_inner();
+        assert!(
+            found,
+            "episode {ep} has no frames: {stats:?}, episode {episode} bytes"
+        );
+    }
+    let noise: Vec<u8> = (0..64u32 * 64 * 3)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut big = frame("r1", 4, 0);
+    big.width = 64;
+    big.height = 64;
+    big.data = telemetry_frames::codec::encode_png(64, 64, &noise).unwrap();
+    assert!(rec(&big) > 2 * episode + 10);
+    let mut acks = client
+        .publish(tokio_stream::iter(vec![FrameBatch {
+            batch_id: 3,
+            frames: vec![big],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let a3 = bounded("ack 3", acks.message()).await.unwrap().unwrap();
+    assert_eq!((a3.stored, a3.over_limit), (0, 1));
+    drop(acks);
+
+    // The newest frame's last byte flipped on disk: its read is "corrupt"; an evicted and a
+    // never-sent frame are "missing" too.
+    let seg_dir = var.join("frames").join("segments").join("r1");
+    let seg = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    for (r, reason) in [
+        ("r1/3/2/a", "corrupt"),
+        ("r1/1/0/a", "evicted"),
+        ("r1/9/0/a", "not_found"),
+    ] {
+        let got = op
+            .get_frame(GetFrameRequest {
+                frame_ref: r.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((got.missing, got.missing_reason.as_str()), (true, reason));
+    }
+
+    let body = scrape(addr).await;
+    let expect = [
+        ("gym_telemetry_frames_stored_total", 9),
+        ("gym_telemetry_frames_duplicates_total", 1),
+        ("gym_telemetry_frames_rejected_total{reason=\"not_png\"}", 1),
+        (
+            "gym_telemetry_frames_rejected_total{reason=\"bad_size\"}",
+            1,
+        ),
+        (
+            "gym_telemetry_frames_rejected_total{reason=\"wrong_run\"}",
+            1,
+        ),
+        ("gym_telemetry_frames_over_limit_total", 1),
+        ("gym_telemetry_frames_evicted_episodes_total", 1),
+        ("gym_telemetry_frames_evicted_frames_total", 3),
+        ("gym_telemetry_frames_evicted_bytes_total", episode),
+        ("gym_telemetry_frames_corrupt_total", 1),
+        ("gym_telemetry_frames_missing_lookups_total", 3),
+        ("gym_telemetry_frames_held", 6),
+        ("gym_telemetry_frames_held_bytes", 2 * episode),
+        ("gym_telemetry_frames_runs", 1),
+        (
+            "gym_telemetry_frames_run_held_bytes{run=\"r1\"}",
+            2 * episode,
+        ),
+    ];
+    for (series, want) in expect {
+        assert_eq!(sample(&body, series), Some(want), "{series} in\n{body}");
+    }
+    // The scrape agrees with the Stats RPC.
+    let stats = op.stats(FrameStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            stats.frames_stored_total,
+            stats.live_frames,
+            stats.live_bytes
+        ),
+        (9, 6, 2 * episode)
+    );
+    drop((client, op));
+    d.shutdown().await.unwrap();
+}

@@ -7,6 +7,12 @@
 //!   in-memory buffer (`max_raw_bytes`, default 64 MiB) and returns the frame's `frame_ref`
 //!   at once. When the buffer is full the policy ([`FrameFullPolicy`], default drop oldest)
 //!   drops a frame and counts it (`FrameStats::dropped`).
+//! - **Buffers recycled.** A capture copies the pixels into a buffer the sender thread gave back
+//!   after encoding an earlier frame ([`FrameSender::take_buffer`]; at most
+//!   [`MAX_POOLED_BUFFERS`] buffers and [`MAX_POOLED_BYTES`] kept). A fresh 720 KB allocation per
+//!   frame cost the training thread more than the copy itself: glibc serves it from newly
+//!   mapped pages (and trims them again when the sender thread frees it), so every capture
+//!   paid ~176 page faults and their zeroing, about 1 ms per 600x400 frame.
 //! - **Compressed on the sender thread.** The frame sender's own thread encodes each frame as
 //!   PNG (8-bit RGB, fast compression: lossless, and what a browser shows directly).
 //! - **Their own byte budget, spilling to disk.** Encoded frames wait for the daemon's ack in
@@ -38,6 +44,11 @@ use telemetry_core::{
     pb::{self, frames_client::FramesClient},
 };
 use tonic::metadata::{Ascii, MetadataValue};
+
+/// Raw buffers the sender thread keeps for the next captures, at most.
+pub const MAX_POOLED_BUFFERS: usize = 4;
+/// Bytes of capacity those buffers may hold in all (a larger buffer is freed instead).
+pub const MAX_POOLED_BYTES: usize = 16 << 20;
 
 /// What happens to a captured frame when the raw buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,8 +205,16 @@ struct RawQueue {
     closed: bool,
 }
 
+/// Buffers given back by the sender thread (bounded by `MAX_POOLED_*`).
+#[derive(Default)]
+struct Pool {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
 struct Shared {
     raw: Mutex<RawQueue>,
+    pool: Mutex<Pool>,
     wake: tokio::sync::Notify,
     counters: Counters,
     last_error: Mutex<Option<String>>,
@@ -252,6 +271,7 @@ impl FrameSender {
         };
         let shared = Arc::new(Shared {
             raw: Mutex::new(RawQueue::default()),
+            pool: Mutex::new(Pool::default()),
             wake: tokio::sync::Notify::new(),
             counters: Counters::default(),
             last_error: Mutex::new(None),
@@ -279,6 +299,7 @@ impl FrameSender {
             pending_bytes: 0,
             spill,
             batch_id: 0,
+            scratch: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("gym-telemetry-frames".into())
@@ -312,8 +333,28 @@ impl FrameSender {
         )
     }
 
+    /// An empty buffer with room for `len` bytes, for the pixels of the next [`Self::capture`]:
+    /// one the sender thread gave back when there is one (its pages already mapped, so filling
+    /// it is a plain copy), else a new one.
+    pub fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let recycled = self.shared.as_ref().and_then(|s| {
+            let mut pool = lock(&s.pool);
+            let i = pool.buffers.iter().position(|b| b.capacity() >= len)?;
+            let b = pool.buffers.swap_remove(i);
+            pool.bytes -= b.capacity();
+            Some(b)
+        });
+        match recycled {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
     /// Captures the frame of `(agent, episode, step)`: `rgb` is `width * height * 3` bytes,
-    /// row major. Returns its `frame_ref` without waiting for anything; compression and sending
+    /// row major (best taken from [`Self::take_buffer`]). Returns its `frame_ref` without waiting for anything; compression and sending
     /// happen on the sender thread. `render_fps` is the env's `metadata["render_fps"]` (0:
     /// unknown).
     #[allow(clippy::too_many_arguments)]
@@ -639,6 +680,8 @@ struct Worker {
     pending_bytes: usize,
     spill: Option<Spill>,
     batch_id: u64,
+    /// The row-major copy of a column-major frame, reused frame after frame.
+    scratch: Vec<u8>,
 }
 
 type Link = (
@@ -666,14 +709,17 @@ impl Worker {
             };
             let Some(raw) = raw else { return };
             let c = &self.shared.counters;
-            let rows;
+            let mut rows = std::mem::take(&mut self.scratch);
             let pixels = if raw.columns {
-                rows = transpose(raw.width as usize, raw.height as usize, &raw.rgb);
+                transpose_into(raw.width as usize, raw.height as usize, &raw.rgb, &mut rows);
                 &rows
             } else {
                 &raw.rgb
             };
-            let data = match encode_png(raw.width, raw.height, pixels) {
+            let encoded = encode_png(raw.width, raw.height, pixels);
+            self.scratch = rows;
+            self.give_back(raw.rgb);
+            let data = match encoded {
                 Ok(d) => d,
                 Err(e) => {
                     c.encode_errors.fetch_add(1, Relaxed);
@@ -704,6 +750,17 @@ impl Worker {
                 wall_time_unix_ns: raw.wall_ns,
             };
             self.hold(frame);
+        }
+    }
+
+    /// Keeps a raw buffer for a later capture (within the pool's bounds), else frees it.
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut pool = lock(&self.shared.pool);
+        if pool.buffers.len() < MAX_POOLED_BUFFERS
+            && pool.bytes + buf.capacity() <= MAX_POOLED_BYTES.min(self.shared.max_raw_bytes)
+        {
+            pool.bytes += buf.capacity();
+            pool.buffers.push(buf);
         }
     }
 
@@ -920,15 +977,23 @@ impl Worker {
 }
 
 /// Column-major RGB (`width` columns of `height` pixels) to row-major.
+#[cfg(test)]
 fn transpose(width: usize, height: usize, cols: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; cols.len()];
+    let mut out = Vec::new();
+    transpose_into(width, height, cols, &mut out);
+    out
+}
+
+/// Column-major RGB to row-major into `out` (resized to fit, its allocation reused).
+fn transpose_into(width: usize, height: usize, cols: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(cols.len(), 0);
     for (x, col) in cols.chunks_exact(height * 3).enumerate() {
         for (y, px) in col.chunks_exact(3).enumerate() {
             let k = (y * width + x) * 3;
             out[k..k + 3].copy_from_slice(px);
         }
     }
-    out
 }
 
 /// 8-bit RGB PNG with fast compression.
@@ -947,7 +1012,97 @@ fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, png::Encod
 
 #[cfg(test)]
 mod tests {
-    use super::transpose;
+    use super::{transpose, FrameOptions, FrameSender, MAX_POOLED_BUFFERS};
+    use crate::ShimConfig;
+    use std::time::{Duration, Instant};
+
+    /// A sender whose daemon is never there: frames are encoded, then wait.
+    fn offline_sender(max_raw_bytes: usize) -> FrameSender {
+        let config = ShimConfig {
+            endpoint: "http://127.0.0.1:1".into(),
+            run_id: Some("r".into()),
+            agent_id: Some("a".into()),
+            reconnect_initial: Duration::from_secs(60),
+            reconnect_max: Duration::from_secs(60),
+            ..ShimConfig::default()
+        };
+        FrameSender::new(
+            &config,
+            FrameOptions {
+                max_raw_bytes,
+                ..FrameOptions::default()
+            },
+        )
+        .expect("sender")
+    }
+
+    fn wait_encoded(s: &FrameSender, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.stats().encoded < n {
+            assert!(Instant::now() < deadline, "not encoded: {:?}", s.stats());
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn encoded_frames_give_their_buffers_back_for_the_next_capture() {
+        let (w, h) = (40u32, 30u32);
+        let len = (w * h * 3) as usize;
+        let s = offline_sender(64 << 20);
+        let mut first = s.take_buffer(len);
+        first.resize(len, 7);
+        let ptr = first.as_ptr();
+        s.capture(None, 0, 0, w, h, first, 0.0).expect("captured");
+        wait_encoded(&s, 1);
+        // The same allocation comes back, empty, with room for a frame.
+        let again = s.take_buffer(len);
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty() && again.capacity() >= len);
+        // With none given back, a new one.
+        let other = s.take_buffer(len);
+        assert_ne!(other.as_ptr(), ptr);
+
+        // The pool keeps at most MAX_POOLED_BUFFERS buffers.
+        let n = MAX_POOLED_BUFFERS as u64 + 3;
+        for i in 0..n {
+            s.capture(None, 1, i, w, h, vec![1; len], 0.0)
+                .expect("captured");
+        }
+        wait_encoded(&s, 1 + n);
+        let pooled = s
+            .shared
+            .as_ref()
+            .expect("live")
+            .pool
+            .lock()
+            .expect("pool")
+            .buffers
+            .len();
+        assert_eq!(pooled, MAX_POOLED_BUFFERS);
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_bytes_than_the_raw_budget() {
+        let (w, h) = (40u32, 30u32);
+        let len = (w * h * 3) as usize;
+        // Room for two raw frames: a third buffer is freed, not pooled.
+        let s = offline_sender(2 * len + 1);
+        for i in 0..3 {
+            s.capture(None, 0, i, w, h, vec![2; len], 0.0)
+                .expect("captured");
+            wait_encoded(&s, i + 1);
+        }
+        let pool = s
+            .shared
+            .as_ref()
+            .expect("live")
+            .pool
+            .lock()
+            .expect("pool")
+            .bytes;
+        assert!(pool <= 2 * len + 1, "{pool} bytes pooled");
+        assert!(pool >= len, "nothing pooled");
+    }
 
     #[test]
     fn column_major_pixels_are_transposed_to_rows() {

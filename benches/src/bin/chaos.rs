@@ -45,6 +45,10 @@
 //!   the queue dir from only what was synced (the shim's `fault-injection` feature), for each
 //!   fsync policy; `runs` = crashes. Promise: what the policy keeps comes back and is stored
 //!   once, new records after the crash are all stored (no seq reused), nothing twice.
+//! - `frames-kill` (`chaos/frames_kill.rs`): a `FrameSender` capturing paced frames (spilling
+//!   to disk while the daemon is away) while the daemon is SIGKILLed and restarted; `runs` =
+//!   kills. Promise: every captured frame is in the frame store's index exactly once with its
+//!   own pixels, the flush succeeds, the spill directory ends empty; `sent` = frames captured.
 //!
 //! The daemon's token is read from `<var-dir>/auth-token`, which it makes on first start, as a
 //! worker of the same user would find it. Usage:
@@ -59,6 +63,8 @@
 mod corrupt_segment;
 #[path = "chaos/disk_full.rs"]
 mod disk_full;
+#[path = "chaos/frames_kill.rs"]
+mod frames_kill;
 #[path = "chaos/os_crash.rs"]
 mod os_crash;
 
@@ -829,7 +835,7 @@ fn main() -> std::process::ExitCode {
     };
     eprintln!("chaos: seed={} quick={}", o.seed, o.quick);
     let mut rng = fastrand::Rng::with_seed(o.seed);
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("daemon-kill", daemon_kill),
         ("worker-kill", worker_kill),
         ("tcp-faults", tcp_faults),
@@ -839,6 +845,7 @@ fn main() -> std::process::ExitCode {
         ("disk-full", disk_full::disk_full),
         ("corrupt-segment", corrupt_segment::corrupt_segment),
         ("os-crash", os_crash::os_crash),
+        ("frames-kill", frames_kill::frames_kill),
     ];
     let mut failed = false;
     let mut harness_error = false;
