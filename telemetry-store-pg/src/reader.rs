@@ -291,7 +291,7 @@ impl BackendReader for PgReader {
             let client = s.read_client().await?;
             let stmt = client
                 .prepare_cached(
-                    "SELECT step, value, seq FROM scalars WHERE run_id = $1 AND tag = $2 \
+                    "SELECT step, value, seq, ts_ns FROM scalars WHERE run_id = $1 AND tag = $2 \
                      AND agent_id = $3 AND step >= $4 AND step <= $5 ORDER BY step, seq",
                 )
                 .await
@@ -317,7 +317,8 @@ impl BackendReader for PgReader {
                         let step: i64 = get(&row, 0, "scalar")?;
                         let value: f64 = get(&row, 1, "scalar")?;
                         let seq: i64 = get(&row, 2, "scalar")?;
-                        d.push(step, value, u64_from_sql(seq));
+                        let time_ns: Option<i64> = get(&row, 3, "scalar")?;
+                        d.push(step, value, u64_from_sql(seq), time_ns.unwrap_or(0));
                     }
                     (series.points, series.buckets) = d.finish();
                 }

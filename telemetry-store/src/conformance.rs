@@ -431,6 +431,9 @@ pub fn tails_are_the_latest_in_seq_order(b: &dyn Backend) {
     assert_eq!(got, vec![2, 4]);
 }
 
+/// The wall time of the conformance scalars' step 0 (Unix ns).
+const SCALAR_T0: i64 = 1_795_000_000_000_000_000;
+
 fn scalar(run: &str, agent: &str, tag: &str, step: i64, value: f64, pseq: u64) -> Record {
     pb::Scalar {
         run_id: run.into(),
@@ -457,7 +460,14 @@ pub fn scalars_keep_nan_and_downsample_in_the_store(b: &dyn Backend) {
                 421 => f64::NEG_INFINITY,
                 _ => i as f64,
             };
-            scalar("r", "", "losses/value_loss", i, v, i as u64 + 1)
+            let mut r = scalar("r", "", "losses/value_loss", i, v, i as u64 + 1);
+            // Every point has a wall time but the last one.
+            if let Some(pb::record::Kind::Scalar(s)) = &mut r.kind {
+                s.timestamp = (i != 999).then(|| {
+                    telemetry_core::timestamp::from_unix_nanos(SCALAR_T0 + i * 1_000_000_000)
+                });
+            }
+            r
         })
         .collect();
     batch.push(scalar("r", "a", "charts/episodic_return", 7, 1.5, 1001));
@@ -509,6 +519,9 @@ pub fn scalars_keep_nan_and_downsample_in_the_store(b: &dyn Backend) {
     assert_eq!(s.buckets[4].nan_count, 1);
     assert_eq!(s.buckets[4].min, f64::NEG_INFINITY);
     assert_eq!(s.buckets[9].last, 999.0);
+    // Each bucket's time is its last point's; a point without one gives 0.
+    assert_eq!(s.buckets[8].last_time_ns, SCALAR_T0 + 899 * 1_000_000_000);
+    assert_eq!(s.buckets[9].last_time_ns, 0);
     let ranged = reader
         .read_scalars(&crate::ScalarQuery {
             min_step: Some(100),
@@ -518,6 +531,9 @@ pub fn scalars_keep_nan_and_downsample_in_the_store(b: &dyn Backend) {
         .expect("range");
     let steps: Vec<i64> = ranged[0].buckets.iter().map(|b| b.first_step).collect();
     assert_eq!(steps, vec![100, 101, 102, 103, 104]);
+    let times: Vec<i64> = ranged[0].buckets.iter().map(|b| b.last_time_ns).collect();
+    let expected: Vec<i64> = (100..=104).map(|i| SCALAR_T0 + i * 1_000_000_000).collect();
+    assert_eq!(times, expected);
 }
 
 /// The equipped policy's id and digest on steps and episodes, and a run's policy bindings and

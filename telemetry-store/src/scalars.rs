@@ -116,6 +116,9 @@ impl ScalarQuery {
     }
 }
 
+/// A point as the downsampler takes it: step, value, seq, wall time (Unix ns, 0 for none).
+type Point = (i64, f64, u64, i64);
+
 /// One bucket under construction.
 #[derive(Debug)]
 struct Fold {
@@ -134,13 +137,14 @@ impl Fold {
                 last: f64::NAN,
                 count: 0,
                 nan_count: 0,
+                last_time_ns: 0,
             },
             last_seq: 0,
         }
     }
 
     /// Adds a point; points come in step order.
-    fn add(&mut self, step: i64, value: f64, seq: u64) {
+    fn add(&mut self, step: i64, value: f64, seq: u64, time_ns: i64) {
         let b = &mut self.b;
         b.count += 1;
         if value.is_nan() {
@@ -160,6 +164,7 @@ impl Fold {
         if step > b.last_step || (step == b.last_step && seq >= self.last_seq) || b.count == 1 {
             b.last_step = step;
             b.last = value;
+            b.last_time_ns = time_ns;
             self.last_seq = seq;
         }
     }
@@ -179,7 +184,7 @@ pub struct Downsampler {
     lo: i64,
     width: i128,
     /// Points kept as they are while there are at most `n`.
-    raw: Vec<(i64, f64, u64)>,
+    raw: Vec<Point>,
     bucketed: bool,
     buckets: Vec<ScalarBucket>,
     current: Option<(i128, Fold)>,
@@ -204,33 +209,35 @@ impl Downsampler {
         }
     }
 
-    /// Adds a point (in step order; `seq` orders two points of the same step).
-    pub fn push(&mut self, step: i64, value: f64, seq: u64) {
+    /// Adds a point (in step order; `seq` orders two points of the same step; `time_ns` is its
+    /// wall time in Unix nanoseconds, 0 when it has none).
+    pub fn push(&mut self, step: i64, value: f64, seq: u64, time_ns: i64) {
         self.points += 1;
+        let p = (step, value, seq, time_ns);
         if !self.bucketed {
-            self.raw.push((step, value, seq));
+            self.raw.push(p);
             if self.raw.len() <= self.n {
                 return;
             }
             self.bucketed = true;
-            for (s, v, q) in std::mem::take(&mut self.raw) {
-                self.fold(s, v, q);
+            for q in std::mem::take(&mut self.raw) {
+                self.fold(q);
             }
             return;
         }
-        self.fold(step, value, seq);
+        self.fold(p);
     }
 
-    fn fold(&mut self, step: i64, value: f64, seq: u64) {
+    fn fold(&mut self, (step, value, seq, time_ns): Point) {
         let idx = bucket_of(step, self.lo, self.width);
         match &mut self.current {
-            Some((i, f)) if *i == idx => f.add(step, value, seq),
+            Some((i, f)) if *i == idx => f.add(step, value, seq, time_ns),
             _ => {
                 if let Some((_, done)) = self.current.take() {
                     self.buckets.push(done.b);
                 }
                 let mut f = Fold::new(step);
-                f.add(step, value, seq);
+                f.add(step, value, seq, time_ns);
                 self.current = Some((idx, f));
             }
         }
@@ -242,9 +249,9 @@ impl Downsampler {
             let out = self
                 .raw
                 .into_iter()
-                .map(|(s, v, q)| {
+                .map(|(s, v, q, t)| {
                     let mut f = Fold::new(s);
-                    f.add(s, v, q);
+                    f.add(s, v, q, t);
                     f.b
                 })
                 .collect();
@@ -257,7 +264,7 @@ impl Downsampler {
     }
 }
 
-const SERIES_SQL: &str = "SELECT step, value, seq FROM scalars INDEXED BY scalars_series \
+const SERIES_SQL: &str = "SELECT step, value, seq, ts_ns FROM scalars INDEXED BY scalars_series \
      WHERE run_id = ?1 AND tag = ?2 AND agent_id = ?3 AND step >= ?4 AND step <= ?5 \
      ORDER BY step";
 
@@ -326,7 +333,13 @@ impl StoreReader {
                     let step: i64 = row.get(0).map_err(|e| self.err(e))?;
                     let value: Option<f64> = row.get(1).map_err(|e| self.err(e))?;
                     let seq: i64 = row.get(2).map_err(|e| self.err(e))?;
-                    d.push(step, value.unwrap_or(f64::NAN), u64_from_sql(seq));
+                    let time_ns: Option<i64> = row.get(3).map_err(|e| self.err(e))?;
+                    d.push(
+                        step,
+                        value.unwrap_or(f64::NAN),
+                        u64_from_sql(seq),
+                        time_ns.unwrap_or(0),
+                    );
                 }
                 (s.points, s.buckets) = d.finish();
             }
@@ -369,7 +382,7 @@ mod tests {
         let hi = points.iter().map(|p| p.0).max().unwrap_or(0);
         let mut d = Downsampler::new(n, lo, hi);
         for (i, (s, v)) in points.iter().enumerate() {
-            d.push(*s, *v, i as u64 + 1);
+            d.push(*s, *v, i as u64 + 1, s.wrapping_mul(1_000));
         }
         d.finish()
     }
@@ -380,6 +393,8 @@ mod tests {
         assert_eq!(points, 3);
         let steps: Vec<_> = b.iter().map(|b| (b.first_step, b.last)).collect();
         assert_eq!(steps, [(0, 1.0), (1, 2.0), (1_000_000, 3.0)]);
+        // `run` stamps each point with 1000 x its step.
+        assert!(b.iter().all(|b| b.last_time_ns == b.last_step * 1_000));
     }
 
     #[test]
@@ -398,6 +413,10 @@ mod tests {
         assert_eq!(b[4].nan_count, 1);
         assert_eq!(b[4].min, 0.4);
         assert_eq!(b[9].last, 0.999);
+        assert_eq!(
+            b[2].last_time_ns, 299_000,
+            "the time of the bucket's last point"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! absent). `control_mode` is stored in its canonical spelling.
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// `PRAGMA application_id` of a gym-telemetry store ("GyTs"), which tells our files apart
 /// from other SQLite databases (such as the predecessor's).
@@ -176,8 +176,15 @@ ALTER TABLE episodes ADD COLUMN policy_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE episodes ADD COLUMN policy_digest TEXT NOT NULL DEFAULT '';
 ";
 
+/// v6: `scalars_series` covers each point's wall time too, so the downsampled read gives every
+/// bucket its time (relative and wall-time axes) still without touching the table.
+const V6: &str = "
+DROP INDEX IF EXISTS scalars_series;
+CREATE INDEX IF NOT EXISTS scalars_series ON scalars (run_id, tag, agent_id, step, value, ts_ns);
+";
+
 /// Migration `i` brings a store from version `i` to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6];
 
 /// Columns of `scalars` after `seq`.
 pub(crate) const SCALAR_COLUMNS: &str =

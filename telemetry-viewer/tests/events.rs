@@ -531,6 +531,7 @@ fn the_charts_tab_reads_curves_while_shown_and_live_and_groups_them() {
             last,
             count: 2,
             nan_count: 0,
+            last_time_ns: 0,
         }],
         ..Default::default()
     };

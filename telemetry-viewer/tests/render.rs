@@ -420,6 +420,7 @@ fn charts_draw_the_shown_group_with_last_values_and_count_nan() {
         last: v,
         count: 1,
         nan_count: u64::from(v.is_nan()),
+        last_time_ns: 0,
     };
     let loss = ScalarSeries {
         tag: "losses/value_loss".into(),

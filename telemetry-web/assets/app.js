@@ -332,9 +332,11 @@
     onLeave(() => { cancelAnimationFrame(raf); for (const p of panels.values()) p.plot && p.plot.destroy(); });
     const label = (src, agent) => (sources.length > 1 && opts.overlayRuns ? src.run + (agent ? ' · ' + agent : '') : agent || src.run);
     const keep = (src, agentId) => src.agent == null || agentId === '' || agentId === src.agent;
-    // Time of a stored bucket: ReadScalars carries steps only, so a bucket's time is placed
-    // between the run's first record and the tag's last one, by step (shown approximate).
-    function timeOf(src, tagInfo, step) {
+    // Time of a stored bucket: its last point's wall time (ReadScalars' last_time_ns). Only a
+    // point stored without a time is placed between the run's first record and the tag's last
+    // one, by step.
+    function timeOf(src, tagInfo, step, timeMs) {
+      if (timeMs != null) return timeMs;
       const t0 = startMs.get(src.run) || tagInfo.last_ts_ms || 0, t1 = tagInfo.last_ts_ms || t0;
       const span = tagInfo.last_step - tagInfo.first_step;
       return span > 0 ? t0 + (t1 - t0) * (step - tagInfo.first_step) / span : t1;
@@ -343,7 +345,7 @@
       c.step = []; c.rel = []; c.wall = []; c.ys = [];
       const t0 = startMs.get(src.run) || 0;
       for (let i = 0; i < s.step.length; i++) {
-        const t = timeOf(src, tagInfo, s.step[i]);
+        const t = timeOf(src, tagInfo, s.step[i], s.time_ms ? s.time_ms[i] : null);
         c.step.push(s.step[i]); c.wall.push(t / 1000); c.rel.push((t - t0) / 1000); c.ys.push(num(s.last[i]));
       }
       __gt.points += s.step.length;

@@ -137,7 +137,8 @@ async fn scalars(
         .map(|s| {
             // Columns, as uPlot takes them: far smaller than an object per bucket.
             let n = s.buckets.len();
-            let (mut step, mut last, mut min, mut max, mut count) = (
+            let (mut step, mut last, mut min, mut max, mut count, mut time_ms) = (
+                Vec::with_capacity(n),
                 Vec::with_capacity(n),
                 Vec::with_capacity(n),
                 Vec::with_capacity(n),
@@ -150,10 +151,17 @@ async fn scalars(
                 min.push(finite(b.min));
                 max.push(finite(b.max));
                 count.push(json!(b.count));
+                // Milliseconds (what JavaScript dates take); null when the point had no time.
+                time_ms.push(if b.last_time_ns == 0 {
+                    Value::Null
+                } else {
+                    json!(b.last_time_ns.div_euclid(1_000_000))
+                });
             }
             json!({
                 "tag": s.tag, "agent_id": s.agent_id, "points": s.points,
                 "step": step, "last": last, "min": min, "max": max, "count": count,
+                "time_ms": time_ms,
             })
         })
         .collect();

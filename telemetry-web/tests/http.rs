@@ -383,6 +383,10 @@ async fn episodes_replay_and_scalars_come_back_as_json() {
                 tag: "losses/value".into(),
                 value: s as f64,
                 step: s,
+                // Step s was logged at 1_800_000_000 s + s seconds; step 29 has no time.
+                timestamp: (s != 29).then(|| {
+                    telemetry_core::timestamp::from_unix_nanos((1_800_000_000 + s) * 1_000_000_000)
+                }),
                 producer_id: "hp".into(),
                 producer_seq: next(),
                 ..Default::default()
@@ -453,6 +457,17 @@ async fn episodes_replay_and_scalars_come_back_as_json() {
         .map(|s| s.as_i64().unwrap())
         .collect();
     assert_eq!(steps, (20..=29).collect::<Vec<_>>());
+    // Each bucket's time is its point's wall time, in ms; null for the point without one.
+    let times: Vec<Option<i64>> = v["series"][0]["time_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(serde_json::Value::as_i64)
+        .collect();
+    let expected: Vec<Option<i64>> = (20..=29)
+        .map(|s| (s != 29).then_some((1_800_000_000 + s) * 1_000))
+        .collect();
+    assert_eq!(times, expected);
     let r = get(&f.app, "/api/runs/h/episodes?mode=bogus", &c).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     f.server.shutdown().await.unwrap();
