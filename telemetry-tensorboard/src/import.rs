@@ -405,15 +405,15 @@ impl Importer {
     /// Passes until `stop` resolves, or (with [`ImportConfig::idle_exit`]) no new event came
     /// for that long. Publishing errors that may pass (the daemon restarting) are logged and
     /// retried at the next pass; refusals (credentials) end the loop with an error.
+    ///
+    /// `stop` is honoured between passes, never inside one: a pass cancelled between a batch's
+    /// commit and its ack would leave stored scalars out of the report (the watermark keeps
+    /// the next run from storing them twice, but the count would be wrong).
     pub async fn follow(&mut self, stop: impl Future<Output = ()>) -> Result<(), ImportError> {
         tokio::pin!(stop);
         let mut last_activity = Instant::now();
         loop {
-            let pass = tokio::select! {
-                biased;
-                _ = &mut stop => return Ok(()),
-                r = self.pass() => r,
-            };
+            let pass = self.pass().await;
             match pass {
                 Ok(0) => {}
                 Ok(_) => last_activity = Instant::now(),
