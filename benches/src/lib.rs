@@ -8,14 +8,19 @@ use std::{
 };
 
 use rusqlite::{params, Connection, TransactionBehavior};
+
+pub mod e2e;
 use telemetry_core::{
     pb::RunStep,
     timestamp::{from_unix_nanos, to_unix_nanos},
 };
 use telemetry_store::{Store, StoreConfig};
 
-/// The error type of the bench binaries.
-pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// The error of the bench binaries.
+pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The result type of the bench binaries.
+pub type AnyResult<T> = Result<T, AnyError>;
 
 /// The baseline's INSERT, covering every column the store writes for a step.
 pub const INSERT: &str = "INSERT INTO steps (run_id, episode_index, step_index, action_json, \

@@ -159,7 +159,7 @@ impl RunControl for ControlService {
         let principal = Principal::of(&request);
         let run_id = request.into_inner().run_id;
         principal.require_run(&run_id, "heartbeat")?;
-        let known = self.registry.heartbeat(&run_id);
+        let known = self.registry.beat(&run_id).await;
         Ok(Response::new(HeartbeatResponse { known }))
     }
 }

@@ -288,15 +288,15 @@ pub async fn cancel(
     let waiting = cfg.queue.remove(run_id);
     let cancelled = registry.cancel(run_id).await?;
     if waiting && cancelled {
-        record_completion(
-            registry,
-            run_id,
-            CompletionStatus::Cancelled,
-            "cancelled before it started".into(),
-            None,
-            None,
-        )
-        .await;
+        registry
+            .complete(
+                run_id,
+                CompletionStatus::Cancelled,
+                "cancelled before it started".into(),
+                None,
+                None,
+            )
+            .await;
     }
     Ok(cancelled)
 }
@@ -421,18 +421,7 @@ async fn spawn_worker(
         Err(e) => {
             let reason = format!("equipped policy refused at start: {e}");
             tracing::warn!(run_id = %run_id, %reason);
-            registry
-                .finish(&run_id, RunState::Failed, reason.clone(), None, None)
-                .await;
-            record_completion(
-                registry,
-                &run_id,
-                CompletionStatus::Failed,
-                reason,
-                None,
-                None,
-            )
-            .await;
+            registry.fail(&run_id, reason).await;
             return Ok(run_id);
         }
     }
@@ -441,18 +430,7 @@ async fn spawn_worker(
         Err(e) => {
             let reason = format!("spawn error: cannot start {program:?}: {e}");
             tracing::warn!(run_id = %run_id, %reason);
-            registry
-                .finish(&run_id, RunState::Failed, reason.clone(), None, None)
-                .await;
-            record_completion(
-                registry,
-                &run_id,
-                CompletionStatus::Failed,
-                reason,
-                None,
-                None,
-            )
-            .await;
+            registry.fail(&run_id, reason).await;
             return Ok(run_id);
         }
     };
@@ -594,21 +572,8 @@ async fn on_exit(
     registry
         .finish(run_id, state, reason.clone(), code, sig)
         .await;
-    record_completion(registry, run_id, completion, reason, code, sig).await;
-}
-
-/// Stores a `RunCompleted` for the run unless one (the worker's own) is already stored; storing
-/// it ends every live view of the run. (The rule lives in the registry: [`Registry::complete`].)
-pub async fn record_completion(
-    registry: &Registry,
-    run_id: &str,
-    status: CompletionStatus,
-    reason: String,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-) {
     registry
-        .complete(run_id, status, reason, exit_code, signal)
+        .complete(run_id, completion, reason, code, sig)
         .await;
 }
 

@@ -526,7 +526,7 @@ impl TrainerService for LegacyService {
         let principal = Principal::of(&request);
         let run_id = request.into_inner().run_id;
         principal.require_run(&run_id, "heartbeat")?;
-        if self.registry.heartbeat(&run_id) {
+        if self.registry.beat(&run_id).await {
             Ok(Response::new(HeartbeatResponse {}))
         } else {
             Err(Status::not_found(format!("no active run {run_id:?}")))

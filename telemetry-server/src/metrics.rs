@@ -104,7 +104,9 @@ pub struct Metrics {
     pub store_follow: Family<Labels, Gauge>,
     /// Owner leases of a shared store, by `event`: `renewals`, `renew_errors`, `lapsed`
     /// (renewals that found our lease had lapsed), `takeover_rounds`, `takeover_errors`,
-    /// `taken_runs` (runs of lapsed owners taken over).
+    /// `taken_runs` (runs of lapsed owners taken over), `beats_stored` (`Heartbeat`s for other
+    /// daemons' runs stored for their owners), `beats_seen` (runs of ours kept alive by such a
+    /// stored beat), `beat_errors`.
     pub store_leases: Family<Labels, Counter>,
     /// `artifact` events of kind `policy`, by `outcome` (`registered`, `refused`).
     pub policy_artifacts: Family<Labels, Counter>,
@@ -443,7 +445,7 @@ impl Metrics {
         );
         reg.register(
             "store_leases",
-            "Owner leases of a shared store, by event (renewals, renew_errors, lapsed, takeover_rounds, takeover_errors, taken_runs)",
+            "Owner leases of a shared store, by event (renewals, renew_errors, lapsed, takeover_rounds, takeover_errors, taken_runs, beats_stored, beats_seen, beat_errors)",
             m.store_leases.clone(),
         );
         reg.register(

@@ -28,7 +28,7 @@ use telemetry_core::{
 };
 use tokio::sync::{broadcast, Notify};
 
-use crate::pipeline::Pipeline;
+use crate::{metrics::Metrics, pipeline::Pipeline};
 
 /// Runs kept in memory at most.
 pub const MAX_TRACKED_RUNS: usize = 10_000;
@@ -86,6 +86,23 @@ struct Inner {
     next_order: u64,
 }
 
+/// Signs of life shared through the store (see [`Registry::with_shared_beats`]).
+#[derive(Clone)]
+struct SharedBeats {
+    leases: Arc<dyn telemetry_store::Leases>,
+    metrics: Metrics,
+}
+
+impl SharedBeats {
+    /// Counts a beat event on `store_leases`.
+    fn count(&self, event: &str, n: u64) {
+        self.metrics
+            .store_leases
+            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
+            .inc_by(n);
+    }
+}
+
 /// Shared registry; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
@@ -95,6 +112,9 @@ pub struct Registry {
     writer: Pipeline,
     /// This daemon's identity on a shared store (empty: the store is ours alone).
     owner: Arc<str>,
+    /// On a shared store: where signs of life of other daemons' runs are stored, and where the
+    /// heartbeat timeout looks before it fails a run of ours (see [`Registry::beat`]).
+    shared_beats: Option<SharedBeats>,
     /// Where workers' logs and queues live.
     pub var_dir: PathBuf,
 }
@@ -115,8 +135,21 @@ impl Registry {
             }),
             writer,
             owner: Arc::from(""),
+            shared_beats: None,
             var_dir,
         }
+    }
+
+    /// The same registry on a store shared with other daemons that holds `leases` (call before
+    /// cloning): a `Heartbeat` for another daemon's run is stored for its owner, and the
+    /// heartbeat timeout does not fail a run of ours whose worker heartbeats to another daemon.
+    pub fn with_shared_beats(
+        mut self,
+        leases: Arc<dyn telemetry_store::Leases>,
+        metrics: Metrics,
+    ) -> Self {
+        self.shared_beats = Some(SharedBeats { leases, metrics });
+        self
     }
 
     /// The same registry as daemon `owner` of a store shared with other daemons (call before
@@ -249,16 +282,7 @@ impl Registry {
                 .and_then(|e| e.taken_from.clone())
                 .unwrap_or_default();
             let reason = format!("{TAKEN_OVER}: its daemon {from} stopped before it started");
-            self.finish(run_id, RunState::Failed, reason.clone(), None, None)
-                .await;
-            self.complete(
-                run_id,
-                telemetry_core::pb::CompletionStatus::Failed,
-                reason,
-                None,
-                None,
-            )
-            .await;
+            self.fail(run_id, reason).await;
         }
         failed
     }
@@ -536,6 +560,33 @@ impl Registry {
         }
     }
 
+    /// A worker's `Heartbeat` for a run. For another daemon's active run of a shared store it is
+    /// also stored for the owner (`store_leases{event="beats_stored"}`; a failure is logged and
+    /// counted as `beat_errors`, and the owner's timeout then goes by the records it sees).
+    /// Returns false when the run is unknown here or has ended.
+    pub async fn beat(&self, run_id: &str) -> bool {
+        if !self.heartbeat(run_id) {
+            return false;
+        }
+        let foreign = self.lock().runs.get(run_id).is_some_and(|e| e.foreign);
+        if let (true, Some(b)) = (foreign, &self.shared_beats) {
+            let (l, id) = (b.leases.clone(), run_id.to_owned());
+            match tokio::task::spawn_blocking(move || l.beat(&id)).await {
+                Ok(Ok(true)) => b.count("beats_stored", 1),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    b.count("beat_errors", 1);
+                    tracing::warn!(run_id, error = %e, "storing a heartbeat for the run's owner failed");
+                }
+                Err(e) => {
+                    b.count("beat_errors", 1);
+                    tracing::warn!(run_id, error = %e, "storing a heartbeat did not finish");
+                }
+            }
+        }
+        true
+    }
+
     /// Telemetry arrived for `run_id`: counts as a heartbeat; an unknown run (a worker started
     /// by hand) is registered as running.
     pub async fn observe_telemetry(&self, run_id: &str, agent_id: &str, control_mode: &str) {
@@ -616,9 +667,63 @@ impl Registry {
             .collect()
     }
 
-    /// Fails runs that stopped heartbeating (stopping their workers, if ours).
+    /// Of `stale` runs, those whose worker heartbeat to another daemon of a shared store
+    /// within `timeout` of `now` are taken out (their last beat moved to that time); the rest
+    /// are returned. A failed read keeps them all (a run is failed only when no sign of life
+    /// is found, and the read is retried at the next round before any other).
+    async fn beaten_elsewhere(
+        &self,
+        stale: Vec<(String, Option<String>)>,
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<(String, Option<String>)> {
+        let Some(b) = &self.shared_beats else {
+            return stale;
+        };
+        if stale.is_empty() {
+            return stale;
+        }
+        let ids: Vec<String> = stale.iter().map(|(id, _)| id.clone()).collect();
+        let l = b.leases.clone();
+        let ages = match tokio::task::spawn_blocking(move || l.beat_ages(&ids)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                b.count("beat_errors", 1);
+                tracing::warn!(error = %e, "reading runs' stored heartbeats failed");
+                return Vec::new();
+            }
+            Err(e) => {
+                b.count("beat_errors", 1);
+                tracing::warn!(error = %e, "reading runs' stored heartbeats did not finish");
+                return Vec::new();
+            }
+        };
+        let alive: HashMap<String, Duration> = ages
+            .into_iter()
+            .filter(|(_, age)| *age <= timeout)
+            .collect();
+        if alive.is_empty() {
+            return stale;
+        }
+        b.count("beats_seen", alive.len() as u64);
+        let mut inner = self.lock();
+        for (run_id, age) in &alive {
+            if let Some(e) = inner.runs.get_mut(run_id) {
+                e.last_beat = now.checked_sub(*age).unwrap_or(now);
+            }
+        }
+        drop(inner);
+        stale
+            .into_iter()
+            .filter(|(id, _)| !alive.contains_key(id))
+            .collect()
+    }
+
+    /// Fails runs that stopped heartbeating (stopping their workers, if ours). On a shared
+    /// store, a run's signs of life stored by other daemons count too.
     pub async fn enforce_heartbeats(&self, now: Instant, timeout: Duration) -> Vec<String> {
         let stale = self.stale(now, timeout);
+        let stale = self.beaten_elsewhere(stale, now, timeout).await;
         for (run_id, taken_from) in &stale {
             let mut reason = format!("no heartbeat for {}s", timeout.as_secs());
             if let Some(from) = taken_from {
@@ -629,19 +734,26 @@ impl Registry {
             if !self.request_stop(run_id, Some(reason.clone())) {
                 // No process of ours (a worker started by hand): fail it here, with a stored
                 // completion so its live views end (with a process, its exit records one).
-                self.finish(run_id, RunState::Failed, reason.clone(), None, None)
-                    .await;
-                self.complete(
-                    run_id,
-                    telemetry_core::pb::CompletionStatus::Failed,
-                    reason,
-                    None,
-                    None,
-                )
-                .await;
+                self.fail(run_id, reason).await;
             }
         }
         stale.into_iter().map(|(run_id, _)| run_id).collect()
+    }
+
+    /// Fails a run that no process of ours will report on (it never started, or its worker is
+    /// not our child): its final state, then a stored `RunCompleted` (unless the worker's own is
+    /// stored already), which ends its live views.
+    pub async fn fail(&self, run_id: &str, reason: String) {
+        self.finish(run_id, RunState::Failed, reason.clone(), None, None)
+            .await;
+        self.complete(
+            run_id,
+            telemetry_core::pb::CompletionStatus::Failed,
+            reason,
+            None,
+            None,
+        )
+        .await;
     }
 
     /// Stores a `RunCompleted` for the run unless one (the worker's own) is already stored;

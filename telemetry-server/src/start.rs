@@ -121,6 +121,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
                 metrics: metrics.clone(),
             };
             l.renew().await?;
+            registry = registry.with_shared_beats(l.leases.clone(), metrics.clone());
             leasing = Some(l);
         }
     }

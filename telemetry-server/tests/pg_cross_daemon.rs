@@ -531,3 +531,100 @@ async fn a_dead_owners_runs_are_taken_over_only_once_its_lease_lapses() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_sent_to_another_daemon_keeps_the_run_alive_on_its_owner() {
+    use std::time::{Duration, Instant};
+    use telemetry_core::pb::{HeartbeatRequest, RunState};
+    let Some(url) =
+        testing::test_url("a_heartbeat_sent_to_another_daemon_keeps_the_run_alive_on_its_owner")
+    else {
+        return;
+    };
+    let pg = testing::fresh_config(&url, "xdbeat");
+    // Long leases and timeouts: the heartbeat timeout runs only when the test calls it.
+    let tune = |cfg: &mut telemetry_server::ServerConfig| {
+        cfg.lease_ttl = Duration::from_secs(3600);
+        cfg.heartbeat_timeout = Duration::from_secs(3600);
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = daemon_with(dir_a.path(), &pg, false, tune).await;
+    let b = daemon_with(dir_b.path(), &pg, true, tune).await;
+    // Two workers started by hand send their records to A, which owns their runs.
+    let (mut a_ingest, _, _) = clients(&a).await;
+    a_ingest
+        .publish_batch(batch(
+            1,
+            vec![step("beating", "pb", 1), step("quiet", "pq", 1)],
+        ))
+        .await
+        .unwrap();
+    bounded("B shows A's runs", async {
+        while b.run_info("beating").is_none() || b.run_info("quiet").is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(b.run_info("beating").unwrap().owner, a.owner());
+
+    // One of them then only sends heartbeats, and to B.
+    let (_, _, mut b_control) = clients(&b).await;
+    let beat = b_control
+        .heartbeat(HeartbeatRequest {
+            run_id: "beating".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(beat.known);
+    assert_eq!(lease_counter(&metrics_text(&b).await, "beats_stored"), 1);
+    // A heartbeat for a run nobody has is not stored.
+    let unknown = b_control
+        .heartbeat(HeartbeatRequest {
+            run_id: "nobodys".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unknown.known);
+    assert_eq!(lease_counter(&metrics_text(&b).await, "beats_stored"), 1);
+
+    // A's heartbeat timeout, a minute on: neither run's records reached A since, but the
+    // stored heartbeat (seconds old at most) keeps "beating" alive; "quiet" fails.
+    let failed = a
+        .enforce_heartbeats(
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(failed, vec!["quiet".to_owned()]);
+    assert_eq!(
+        a.run_info("beating").unwrap().state,
+        RunState::Running as i32
+    );
+
+    // Once the stored heartbeat is older than the timeout too, the owner fails the run.
+    let leases = PgBackend::new(pg.clone())
+        .unwrap()
+        .leases()
+        .unwrap()
+        .unwrap();
+    let timeout = Duration::from_millis(50);
+    bounded("the stored heartbeat ages past the timeout", async {
+        loop {
+            let ages = leases.beat_ages(&["beating".to_owned()]).unwrap();
+            assert_eq!(ages.len(), 1, "{ages:?}");
+            if ages[0].1 > timeout {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let failed = a
+        .enforce_heartbeats(Instant::now() + Duration::from_secs(120), timeout)
+        .await;
+    assert_eq!(failed, vec!["beating".to_owned()]);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -155,6 +155,51 @@ impl Leases for PgLeases {
         })
     }
 
+    fn beat(&self, run_id: &str) -> Result<bool, StoreError> {
+        let s = &self.shared;
+        let active = [RunState::Pending as i32, RunState::Running as i32];
+        s.block_on(async {
+            let client = s.read_client().await?;
+            // Only for an active run row (the foreign key bounds the table by `runs`).
+            let written = client
+                .execute(
+                    "INSERT INTO run_beats (run_id, beat_at) SELECT run_id, clock_timestamp() \
+                     FROM runs WHERE run_id = $1 AND state = ANY($2) \
+                     ON CONFLICT (run_id) DO UPDATE SET beat_at = excluded.beat_at",
+                    &[&run_id, &active.as_slice()],
+                )
+                .await
+                .map_err(classify)?;
+            Ok(written > 0)
+        })
+    }
+
+    fn beat_ages(&self, run_ids: &[String]) -> Result<Vec<(String, Duration)>, StoreError> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        s.block_on(async {
+            let client = s.read_client().await?;
+            let rows = client
+                .query(
+                    "SELECT run_id, greatest(extract(epoch FROM clock_timestamp() - beat_at), 0)\
+                     ::float8 FROM run_beats WHERE run_id = ANY($1)",
+                    &[&run_ids],
+                )
+                .await
+                .map_err(classify)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let run_id: String = row.try_get(0).map_err(classify)?;
+                let secs: f64 = row.try_get(1).map_err(classify)?;
+                let age = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+                out.push((run_id, age));
+            }
+            Ok(out)
+        })
+    }
+
     fn release(&self, owner: &str) -> Result<(), StoreError> {
         let s = &self.shared;
         s.block_on(async {

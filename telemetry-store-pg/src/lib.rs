@@ -31,9 +31,10 @@
 //!
 //! Everything lives in one schema (default `gym_telemetry`, or `?schema=NAME` in the URL), set
 //! as the `search_path` of every connection: the same tables as the SQLite store plus
-//! `stream_seqs` (one counter row per stream) and `schema_version`. Batches are written with one
-//! multi-row `INSERT … SELECT FROM unnest(…)` per stream (arrays as parameters: one round trip
-//! per stream and batch, whatever its size).
+//! `stream_seqs` (one counter row per stream), `daemon_leases`, `run_beats` and
+//! `schema_version`. A batch's step rows are written by one binary `COPY`, the other streams'
+//! by one multi-row `INSERT … SELECT FROM unnest(…)` each (arrays as parameters): one round
+//! trip per stream and batch, whatever its size.
 //!
 //! ## Why tokio-postgres and deadpool behind a synchronous facade
 //!

@@ -19,7 +19,7 @@ use telemetry_store::StoreError;
 use crate::{error::classify, PgConfig};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The advisory lock key of migrations ("GyTsMigr").
 const MIGRATION_LOCK: i64 = 0x4779_5473_4d69_6772;
@@ -174,8 +174,18 @@ DROP INDEX IF EXISTS scalars_series;
 CREATE INDEX IF NOT EXISTS scalars_series ON scalars (run_id, tag, agent_id, step, seq) INCLUDE (value, ts_ns);
 "#;
 
+/// v5: signs of life of runs received by daemons that do not own them (a worker's `Heartbeat`
+/// sent to another daemon of the store), on the database's clock, for the owner's heartbeat
+/// timeout (`leases.rs`). One row per run at most, removed with its run.
+const V5: &str = r#"
+CREATE TABLE IF NOT EXISTS run_beats (
+    run_id text COLLATE "C" PRIMARY KEY REFERENCES runs (run_id) ON DELETE CASCADE,
+    beat_at timestamptz NOT NULL
+);
+"#;
+
 /// Migration `i` brings a schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5];
 
 /// Part of v3: each run row's `owner` column from the owner inside its encoded `info`.
 async fn backfill_owners(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {

@@ -6,7 +6,8 @@
 //!    order) and reads each stream's last seq;
 //! 2. creates the missing rows of the batch's producers (`ON CONFLICT DO NOTHING`) and locks
 //!    them all (`FOR UPDATE`, in id order), reading their watermarks;
-//! 3. drops duplicates, numbers the new rows from the counters and inserts them, one
+//! 3. drops duplicates, numbers the new rows from the counters and inserts them: the step rows
+//!    (the bulk of a batch) by one binary `COPY`, the others by one
 //!    `INSERT … SELECT FROM unnest(…)` per stream;
 //! 4. moves the counters, the watermarks, the run and series summaries (each in key order);
 //! 5. sends one `pg_notify` hint for other daemons (feed.rs) and commits, which releases every
@@ -36,7 +37,10 @@ use telemetry_core::{
 use telemetry_store::{
     AppendOutcome, AppendReport, BackendWriter, CheckpointStats, SeriesDelta, StoreError,
 };
-use tokio_postgres::types::ToSql;
+use tokio_postgres::{
+    binary_copy::BinaryCopyInWriter,
+    types::{ToSql, Type},
+};
 
 use crate::{error::classify, Shared};
 
@@ -60,14 +64,37 @@ const MOVE_PRODUCERS: &str = "UPDATE producers AS p SET durable_seq = u.seq \
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 const SELECT_WATERMARK: &str = "SELECT durable_seq FROM producers WHERE producer_id = $1";
 
-const INSERT_STEPS: &str = "INSERT INTO steps (seq, run_id, episode_index, step_index, \
-     action_json, observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, \
-     agent_id, render_hint_json, frame_ref, payload_version, control_mode, producer_id, \
-     producer_seq, info_json, policy_id, policy_digest) SELECT * FROM unnest($1::bigint[], \
-     $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::float8[], $8::bool[], \
-     $9::bool[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], \
-     $16::bigint[], $17::text[], $18::text[], $19::bigint[], $20::text[], $21::text[], \
-     $22::text[])";
+/// Step rows go in by binary `COPY` (the bulk of every batch): no array parameters to build
+/// and no `unnest` for the server to expand. Same columns, in [`STEP_COPY_TYPES`]' order.
+const COPY_STEPS: &str = "COPY steps (seq, run_id, episode_index, step_index, action_json, \
+     observation_json, reward, terminated, truncated, ts_ns, policy_label, backend, agent_id, \
+     render_hint_json, frame_ref, payload_version, control_mode, producer_id, producer_seq, \
+     info_json, policy_id, policy_digest) FROM STDIN BINARY";
+/// The column types of [`COPY_STEPS`] (binary COPY sends no types: they must match the table).
+const STEP_COPY_TYPES: [Type; 22] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::BOOL,
+    Type::BOOL,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+];
 const INSERT_EPISODES: &str = "INSERT INTO episodes (seq, run_id, episode_index, total_reward, \
      steps, terminated, truncated, metadata_json, ts_ns, agent_id, control_mode, producer_id, \
      producer_seq, policy_id, policy_digest) SELECT * FROM unnest($1::bigint[], $2::text[], \
@@ -274,83 +301,59 @@ impl RunDelta {
     }
 }
 
-#[derive(Default)]
-struct StepCols<'a> {
-    seq: Vec<i64>,
-    run_id: Vec<&'a str>,
-    episode_index: Vec<i64>,
-    step_index: Vec<i64>,
-    action_json: Vec<&'a str>,
-    observation_json: Vec<&'a str>,
-    reward: Vec<f64>,
-    terminated: Vec<bool>,
-    truncated: Vec<bool>,
-    ts: Vec<Option<i64>>,
-    policy_label: Vec<&'a str>,
-    backend: Vec<&'a str>,
-    agent_id: Vec<&'a str>,
-    render_hint_json: Vec<&'a str>,
-    frame_ref: Vec<&'a str>,
-    payload_version: Vec<i64>,
-    control_mode: Vec<&'a str>,
-    producer_id: Vec<&'a str>,
-    producer_seq: Vec<i64>,
-    info_json: Vec<&'a str>,
-    policy_id: Vec<&'a str>,
-    policy_digest: Vec<&'a str>,
+/// One step row of [`COPY_STEPS`]: the record's fields plus the values computed for the
+/// table (seq, the `u64`s as stored, the timestamp, the canonical control mode).
+fn step_row<'a>(
+    seq: &'a i64,
+    s: &'a pb::RunStep,
+    computed: &'a StepComputed<'a>,
+) -> [&'a (dyn ToSql + Sync); 22] {
+    [
+        seq,
+        &s.run_id,
+        &computed.episode_index,
+        &computed.step_index,
+        &s.action_json,
+        &s.observation_json,
+        &s.reward,
+        &s.terminated,
+        &s.truncated,
+        &computed.ts,
+        &s.policy_label,
+        &s.backend,
+        &s.agent_id,
+        &s.render_hint_json,
+        &s.frame_ref,
+        &computed.payload_version,
+        &computed.control_mode,
+        &s.producer_id,
+        &computed.producer_seq,
+        &s.info_json,
+        &s.policy_id,
+        &s.policy_digest,
+    ]
 }
 
-impl<'a> StepCols<'a> {
-    fn push(&mut self, seq: i64, s: &'a pb::RunStep) {
-        self.seq.push(seq);
-        self.run_id.push(&s.run_id);
-        self.episode_index.push(u64_to_sql(s.episode_index));
-        self.step_index.push(u64_to_sql(s.step_index));
-        self.action_json.push(&s.action_json);
-        self.observation_json.push(&s.observation_json);
-        self.reward.push(s.reward);
-        self.terminated.push(s.terminated);
-        self.truncated.push(s.truncated);
-        self.ts.push(ts_of(s.timestamp.as_ref()));
-        self.policy_label.push(&s.policy_label);
-        self.backend.push(&s.backend);
-        self.agent_id.push(&s.agent_id);
-        self.render_hint_json.push(&s.render_hint_json);
-        self.frame_ref.push(&s.frame_ref);
-        self.payload_version.push(i64::from(s.payload_version));
-        self.control_mode.push(canonical_mode(&s.control_mode));
-        self.producer_id.push(&s.producer_id);
-        self.producer_seq.push(u64_to_sql(s.producer_seq));
-        self.info_json.push(&s.info_json);
-        self.policy_id.push(&s.policy_id);
-        self.policy_digest.push(&s.policy_digest);
-    }
+/// The columns of a step row that are not the record's own fields as they are.
+struct StepComputed<'a> {
+    episode_index: i64,
+    step_index: i64,
+    ts: Option<i64>,
+    payload_version: i64,
+    control_mode: &'a str,
+    producer_seq: i64,
+}
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
-        [
-            &self.seq,
-            &self.run_id,
-            &self.episode_index,
-            &self.step_index,
-            &self.action_json,
-            &self.observation_json,
-            &self.reward,
-            &self.terminated,
-            &self.truncated,
-            &self.ts,
-            &self.policy_label,
-            &self.backend,
-            &self.agent_id,
-            &self.render_hint_json,
-            &self.frame_ref,
-            &self.payload_version,
-            &self.control_mode,
-            &self.producer_id,
-            &self.producer_seq,
-            &self.info_json,
-            &self.policy_id,
-            &self.policy_digest,
-        ]
+impl<'a> StepComputed<'a> {
+    fn of(s: &'a pb::RunStep) -> Self {
+        StepComputed {
+            episode_index: u64_to_sql(s.episode_index),
+            step_index: u64_to_sql(s.step_index),
+            ts: ts_of(s.timestamp.as_ref()),
+            payload_version: i64::from(s.payload_version),
+            control_mode: canonical_mode(&s.control_mode),
+            producer_seq: u64_to_sql(s.producer_seq),
+        }
     }
 }
 
@@ -447,7 +450,8 @@ struct Batch<'a> {
     /// Each stream's last seq (from its locked counter, then as this call numbers rows).
     last: [i64; 4],
     used: [bool; 4],
-    steps: StepCols<'a>,
+    /// The new step rows with their seqs (written by binary COPY).
+    steps: Vec<(i64, &'a pb::RunStep)>,
     episodes: EpisodeCols<'a>,
     events: EventCols<'a>,
     scalars: ScalarCols<'a>,
@@ -476,7 +480,7 @@ impl<'a> Batch<'a> {
         let useq = u64_from_sql(seq);
         match kind {
             Kind::Step(s) => {
-                self.steps.push(seq, s);
+                self.steps.push((seq, s));
                 let run = self.runs.entry(&s.run_id).or_default();
                 run.steps += 1;
                 run.last_step_seq = useq;
@@ -646,11 +650,20 @@ async fn append_tx(
     }
 
     // 4. Rows, counters, watermarks, summaries.
-    if !batch.steps.seq.is_empty() {
-        let stmt = tx.prepare_cached(INSERT_STEPS).await.map_err(classify)?;
-        tx.execute(&stmt, &batch.steps.params())
-            .await
-            .map_err(classify)?;
+    if !batch.steps.is_empty() {
+        let stmt = tx.prepare_cached(COPY_STEPS).await.map_err(classify)?;
+        let sink = tx.copy_in(&stmt).await.map_err(classify)?;
+        let writer = BinaryCopyInWriter::new(sink, &STEP_COPY_TYPES);
+        futures::pin_mut!(writer);
+        for (seq, s) in &batch.steps {
+            let computed = StepComputed::of(s);
+            writer
+                .as_mut()
+                .write(&step_row(seq, s, &computed))
+                .await
+                .map_err(classify)?;
+        }
+        writer.finish().await.map_err(classify)?;
     }
     if !batch.episodes.seq.is_empty() {
         let stmt = tx.prepare_cached(INSERT_EPISODES).await.map_err(classify)?;
@@ -700,7 +713,7 @@ async fn append_tx(
         !batch.episodes.seq.is_empty(),
         !batch.events.seq.is_empty(),
         !batch.scalars.seq.is_empty(),
-        !batch.steps.seq.is_empty(),
+        !batch.steps.is_empty(),
     ];
     let (moved, lasts): (Vec<&str>, Vec<i64>) = (0..STREAMS.len())
         .filter(|&i| written[i])

@@ -167,3 +167,43 @@ fn a_renewal_racing_a_take_over_leaves_one_owner_and_tells_the_old_one() {
     }
     eprintln!("taken in {took} of 60 rounds");
 }
+
+#[test]
+fn heartbeats_are_stored_only_for_active_runs_and_aged_on_the_database_clock() {
+    let Some(b) = testing::fresh_backend("beats") else {
+        return;
+    };
+    let mut w = b.open_writer().unwrap();
+    let leases = b.leases().unwrap().expect("postgres has leases");
+    w.put_run_info(&run("running", RunState::Running, "a"))
+        .unwrap();
+    w.put_run_info(&run("pending", RunState::Pending, "a"))
+        .unwrap();
+    w.put_run_info(&run("done", RunState::Completed, "a"))
+        .unwrap();
+    assert!(leases.beat("running").unwrap());
+    assert!(leases.beat("pending").unwrap());
+    assert!(!leases.beat("done").unwrap(), "a finished run has no beats");
+    assert!(!leases.beat("unknown").unwrap(), "no row, no beat");
+    let ids = |v: Vec<(String, Duration)>| {
+        let mut ids: Vec<String> = v.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids
+    };
+    let all = ["running", "pending", "done", "unknown"].map(String::from);
+    assert_eq!(ids(leases.beat_ages(&all).unwrap()), ["pending", "running"]);
+    assert!(leases.beat_ages(&[]).unwrap().is_empty());
+
+    // Ages grow on the database's clock, and a new beat starts them again.
+    let first = leases.beat_ages(&all[..1]).unwrap()[0].1;
+    let later = loop {
+        let age = leases.beat_ages(&all[..1]).unwrap()[0].1;
+        if age > first + Duration::from_millis(300) {
+            break age;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(later < HOUR, "{later:?}");
+    assert!(leases.beat("running").unwrap());
+    assert!(leases.beat_ages(&all[..1]).unwrap()[0].1 < later);
+}

@@ -155,6 +155,16 @@ pub trait Leases: Send + Sync {
     fn take_over(&self, taker: &str) -> Result<Vec<TakenRun>, StoreError>;
     /// Ends `owner`'s lease now (a clean shutdown: the others take its runs at once).
     fn release(&self, owner: &str) -> Result<(), StoreError>;
+    /// Stores a sign of life of an active run, received by a daemon that does not own it (a
+    /// worker's `Heartbeat` sent to another daemon), for the owner's heartbeat timeout.
+    /// Returns false when the store has no such active run.
+    fn beat(&self, run_id: &str) -> Result<bool, StoreError>;
+    /// How long ago, on the store's clock, the last stored sign of life ([`Self::beat`]) of
+    /// each of `run_ids` was; runs without one are left out.
+    fn beat_ages(
+        &self,
+        run_ids: &[String],
+    ) -> Result<Vec<(String, std::time::Duration)>, StoreError>;
 }
 
 /// What a lease renewal found.

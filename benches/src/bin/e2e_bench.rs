@@ -30,36 +30,32 @@
 
 use std::{
     path::Path,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use telemetry_core::{
     pb::{
         ingest_client::IngestClient, query_client::QueryClient, stream_notice::Kind as Notice,
-        CompletionStatus, IngestBatch, Record, RunCompleted, RunStep, StreamRequest,
+        CompletionStatus, IngestBatch, RunCompleted, StreamRequest,
     },
-    timestamp::{from_unix_nanos, to_unix_nanos},
+    timestamp::to_unix_nanos,
 };
-use telemetry_server::{start, ServerConfig, ServerHandle};
 use telemetry_shim::{FlushOutcome, FullPolicy, ShimConfig, Telemetry};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use gym_telemetry_benches::{fresh, ingest_plain, rate, template, AnyResult};
+use gym_telemetry_benches::{
+    e2e::{connect, daemon, now_ns, percentile, publish_stream, small_step, BATCH, WAIT},
+    fresh, ingest_plain, rate, template, AnyError, AnyResult,
+};
 
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
-
-const BATCH: usize = 1024;
 const IN_FLIGHT: usize = 4;
 /// Paced publishing for the latency part: 100 steps every 10 ms = 10k steps/s.
 const PACE_STEPS: u64 = 100;
 const PACE_EVERY: Duration = Duration::from_millis(10);
 /// Live messages with a step later than this are counted (and listed with `--trace-slow`).
 const SLOW_MS: f64 = 10.0;
-/// Bound of every wait on the daemon.
-const WAIT: Duration = Duration::from_secs(60);
 
 struct Sizes {
     /// Steps per throughput run.
@@ -70,100 +66,13 @@ struct Sizes {
     round_trips: usize,
 }
 
-// ---------------------------------------------------------------- daemon helpers
-
-async fn daemon(var_dir: &Path) -> AnyResult<ServerHandle> {
-    // The bench's raw tonic clients carry no token. Authentication runs once per RPC (a stream
-    // open), not per record, so it does not change these figures.
-    let mut cfg = ServerConfig::ephemeral(var_dir);
-    cfg.auth = telemetry_server::AuthConfig::InsecureNoAuth;
-    Ok(start(cfg).await?)
-}
-
-/// A new HTTP/2 connection (each client of a real deployment has its own).
-async fn connect(d: &ServerHandle) -> AnyResult<Channel> {
-    Ok(Channel::from_shared(d.endpoint())?.connect().await?)
-}
-
-/// Batch `b` (0-based) of `producer`: steps with producer_seq `b*1024+1 ..= (b+1)*1024`.
-fn batch_of(templates: &[RunStep], producer: &str, b: u64) -> IngestBatch {
-    let first = b * BATCH as u64;
-    let records = templates
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let seq = first + i as u64 + 1;
-            let mut s = t.clone();
-            s.producer_id = producer.to_owned();
-            s.producer_seq = seq;
-            s.episode_index = seq / 500;
-            s.step_index = seq % 500;
-            Record::from(s)
-        })
-        .collect();
-    IngestBatch {
-        batch_id: b + 1,
-        records,
-    }
-}
-
-/// One producer on one `Publish` stream: `batches` batches of 1024 steps, at most `in_flight`
-/// unacknowledged. Returns the steps the acks report stored (every one is checked).
-async fn publish_stream(
-    mut client: IngestClient<Channel>,
-    producer: String,
-    batches: u64,
-    in_flight: usize,
-) -> AnyResult<u64> {
-    let templates: Arc<Vec<RunStep>> = Arc::new((0..BATCH as u64).map(template).collect());
-    let window = Arc::new(Semaphore::new(in_flight));
-    let (tx, rx) = mpsc::channel::<IngestBatch>(in_flight);
-    let sender = {
-        let window = Arc::clone(&window);
-        let producer = producer.clone();
-        tokio::spawn(async move {
-            for b in 0..batches {
-                window.acquire().await?.forget();
-                let batch = batch_of(&templates, &producer, b);
-                if tx.send(batch).await.is_err() {
-                    return Err::<(), AnyError>("the Publish stream closed early".into());
-                }
-            }
-            Ok(())
-        })
-    };
-    let mut acks = client.publish(ReceiverStream::new(rx)).await?.into_inner();
-    let (mut stored, mut acked) = (0u64, 0u64);
-    while acked < batches {
-        let ack = tokio::time::timeout(WAIT, acks.message())
-            .await??
-            .ok_or("the ack stream ended early")?;
-        if ack.duplicates != 0 || !ack.rejected.is_empty() {
-            return Err(format!(
-                "batch {}: {} duplicates, {} rejected",
-                ack.batch_id,
-                ack.duplicates,
-                ack.rejected.len()
-            )
-            .into());
-        }
-        stored += u64::from(ack.stored);
-        acked += 1;
-        window.add_permits(1);
-    }
-    sender.await??;
-    let expected = batches * BATCH as u64;
-    if stored != expected {
-        return Err(format!("{producer}: {stored} of {expected} steps stored").into());
-    }
-    Ok(stored)
-}
+// ---------------------------------------------------------------- throughput
 
 /// `streams` producers, each on its own `Publish` stream of one connection, `total` steps in
 /// all. Returns the time from the first send to the last ack, on a fresh daemon.
 async fn e2e_ack(total: u64, streams: usize, in_flight: usize) -> AnyResult<(Duration, u64)> {
     let dir = tempfile::tempdir()?;
-    let d = daemon(dir.path()).await?;
+    let d = daemon(dir.path(), None).await?;
     let channel = connect(&d).await?;
     // Warm-up (not timed): the run exists, the connection is up.
     publish_stream(IngestClient::new(channel.clone()), "warm-up".into(), 2, 2).await?;
@@ -223,7 +132,7 @@ fn shim_run(endpoint: String, total: u64) -> AnyResult<Duration> {
 
 async fn e2e_shim(total: u64) -> AnyResult<Duration> {
     let dir = tempfile::tempdir()?;
-    let d = daemon(dir.path()).await?;
+    let d = daemon(dir.path(), None).await?;
     let endpoint = d.endpoint();
     let elapsed = tokio::task::spawn_blocking(move || shim_run(endpoint, total)).await??;
     d.shutdown().await?;
@@ -231,39 +140,6 @@ async fn e2e_shim(total: u64) -> AnyResult<Duration> {
 }
 
 // ---------------------------------------------------------------- latency
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn small_step(run: &str, producer: &str, seq: u64, sent_ns: i64) -> Record {
-    RunStep {
-        run_id: run.into(),
-        agent_id: "agent-0".into(),
-        episode_index: seq / 1000,
-        step_index: seq % 1000,
-        action_json: "1".into(),
-        observation_json: format!("{{\"x\":{seq}}}"),
-        reward: 0.5,
-        control_mode: "agent".into(),
-        timestamp: Some(from_unix_nanos(sent_ns)),
-        producer_id: producer.into(),
-        producer_seq: seq,
-        ..Default::default()
-    }
-    .into()
-}
-
-/// Milliseconds at percentile `p` (0..=1) of sorted samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 struct Latency {
     /// Per-step publish-to-subscriber latencies, ms, sorted.
@@ -367,7 +243,7 @@ async fn paced_publisher(channel: Channel, run: &'static str, ticks: u64) -> Any
 async fn e2e_latency(sizes: &Sizes) -> AnyResult<Latency> {
     const RUN: &str = "latency-run";
     let dir = tempfile::tempdir()?;
-    let d = daemon(dir.path()).await?;
+    let d = daemon(dir.path(), None).await?;
     let publish_channel = connect(&d).await?;
     let baseline = round_trips(publish_channel.clone(), sizes.round_trips).await?;
 

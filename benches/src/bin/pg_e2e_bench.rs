@@ -21,106 +21,35 @@
 use std::{
     path::Path,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use gym_telemetry_benches::{rate, template, AnyResult};
+use gym_telemetry_benches::{
+    e2e::{connect, daemon, now_ns, percentile, publish_stream, small_step, BATCH, WAIT},
+    rate, AnyError, AnyResult,
+};
 use telemetry_core::{
     pb::{
         ingest_client::IngestClient, query_client::QueryClient, stream_notice::Kind as Notice,
-        CompletionStatus, IngestBatch, Record, RunCompleted, RunStep, StreamRequest,
+        CompletionStatus, IngestBatch, RunCompleted, StreamRequest,
     },
-    timestamp::{from_unix_nanos, to_unix_nanos},
+    timestamp::to_unix_nanos,
 };
-use telemetry_server::{start, Backend, ServerConfig, ServerHandle};
+use telemetry_server::{Backend, ServerHandle};
 use telemetry_store_pg::{testing, PgBackend, PgConfig};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
-
-const BATCH: usize = 1024;
 const PRODUCERS: usize = 4;
 const IN_FLIGHT: usize = 2;
 const PACE_STEPS: u64 = 100;
 const PACE_EVERY: Duration = Duration::from_millis(10);
-const WAIT: Duration = Duration::from_secs(120);
 
-async fn daemon(var_dir: &Path, pg: Option<&PgConfig>) -> AnyResult<ServerHandle> {
-    let mut cfg = ServerConfig::ephemeral(var_dir);
-    if let Some(pg) = pg {
-        let backend: Arc<dyn Backend> = Arc::new(PgBackend::new(pg.clone())?);
-        cfg = cfg.with_backend(backend);
-    }
-    // Raw tonic clients without a token: auth runs once per stream, not per record.
-    cfg.auth = telemetry_server::AuthConfig::InsecureNoAuth;
-    Ok(start(cfg).await?)
-}
-
-async fn connect(d: &ServerHandle) -> AnyResult<Channel> {
-    Ok(Channel::from_shared(d.endpoint())?.connect().await?)
-}
-
-fn batch_of(templates: &[RunStep], producer: &str, b: u64) -> IngestBatch {
-    let first = b * BATCH as u64;
-    let records = templates
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let seq = first + i as u64 + 1;
-            let mut s = t.clone();
-            s.producer_id = producer.to_owned();
-            s.producer_seq = seq;
-            s.episode_index = seq / 500;
-            s.step_index = seq % 500;
-            Record::from(s)
-        })
-        .collect();
-    IngestBatch {
-        batch_id: b + 1,
-        records,
-    }
-}
-
-/// One producer, one stream: `batches` batches, at most `IN_FLIGHT` unacked; every step
-/// must be reported stored.
-async fn publish_stream(channel: Channel, producer: String, batches: u64) -> AnyResult<u64> {
-    let mut client = IngestClient::new(channel);
-    let templates: Arc<Vec<RunStep>> = Arc::new((0..BATCH as u64).map(template).collect());
-    let window = Arc::new(Semaphore::new(IN_FLIGHT));
-    let (tx, rx) = mpsc::channel::<IngestBatch>(IN_FLIGHT);
-    let sender = {
-        let window = Arc::clone(&window);
-        let producer = producer.clone();
-        tokio::spawn(async move {
-            for b in 0..batches {
-                window.acquire().await?.forget();
-                if tx.send(batch_of(&templates, &producer, b)).await.is_err() {
-                    return Err::<(), AnyError>("the Publish stream closed early".into());
-                }
-            }
-            Ok(())
-        })
-    };
-    let mut acks = client.publish(ReceiverStream::new(rx)).await?.into_inner();
-    let (mut stored, mut acked) = (0u64, 0u64);
-    while acked < batches {
-        let ack = tokio::time::timeout(WAIT, acks.message())
-            .await??
-            .ok_or("the ack stream ended early")?;
-        if ack.duplicates != 0 || !ack.rejected.is_empty() {
-            return Err(format!("batch {}: {ack:?}", ack.batch_id).into());
-        }
-        stored += u64::from(ack.stored);
-        acked += 1;
-        window.add_permits(1);
-    }
-    sender.await??;
-    if stored != batches * BATCH as u64 {
-        return Err(format!("{producer}: {stored} stored").into());
-    }
-    Ok(stored)
+/// A daemon on `var_dir` and the PostgreSQL store of `pg`.
+async fn pg_daemon(var_dir: &Path, pg: &PgConfig) -> AnyResult<ServerHandle> {
+    let backend: Arc<dyn Backend> = Arc::new(PgBackend::new(pg.clone())?);
+    daemon(var_dir, Some(backend)).await
 }
 
 /// `PRODUCERS` producers spread round-robin over `daemons`; `total` steps in all. Returns the
@@ -133,13 +62,26 @@ async fn ingest(daemons: &[ServerHandle], total: u64) -> AnyResult<f64> {
     }
     // Warm-up (not timed): connections up, the run registered.
     for (p, c) in channels.iter().enumerate() {
-        publish_stream(c.clone(), format!("warm-{p}"), 1).await?;
+        publish_stream(
+            IngestClient::new(c.clone()),
+            format!("warm-{p}"),
+            1,
+            IN_FLIGHT,
+        )
+        .await?;
     }
     let started = Instant::now();
     let tasks: Vec<_> = channels
         .into_iter()
         .enumerate()
-        .map(|(p, c)| tokio::spawn(publish_stream(c, format!("producer-{p}"), per)))
+        .map(|(p, c)| {
+            tokio::spawn(publish_stream(
+                IngestClient::new(c),
+                format!("producer-{p}"),
+                per,
+                IN_FLIGHT,
+            ))
+        })
         .collect();
     let mut stored = 0;
     for t in tasks {
@@ -155,7 +97,7 @@ async fn pg_ingest(url: &str, n_daemons: usize, total: u64) -> AnyResult<f64> {
         .collect::<Result<_, _>>()?;
     let mut daemons = Vec::new();
     for d in &dirs {
-        daemons.push(daemon(d.path(), Some(&pg)).await?);
+        daemons.push(pg_daemon(d.path(), &pg).await?);
     }
     let r = ingest(&daemons, total).await?;
     for d in daemons {
@@ -174,40 +116,9 @@ async fn sqlite_ingest(total: u64) -> AnyResult<f64> {
 
 // ---------------------------------------------------------------- latency
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn small_step(run: &str, seq: u64, sent_ns: i64) -> Record {
-    RunStep {
-        run_id: run.into(),
-        agent_id: "agent-0".into(),
-        episode_index: seq / 1000,
-        step_index: seq % 1000,
-        action_json: "1".into(),
-        observation_json: format!("{{\"x\":{seq}}}"),
-        reward: 0.5,
-        control_mode: "agent".into(),
-        timestamp: Some(from_unix_nanos(sent_ns)),
-        producer_id: format!("paced-{run}"),
-        producer_seq: seq,
-        ..Default::default()
-    }
-    .into()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// 100 steps every 10 ms on one `Publish` stream for `ticks` ticks, then the completion.
 async fn paced(channel: Channel, run: String, ticks: u64) -> AnyResult<u64> {
+    let producer = format!("paced-{run}");
     let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel::<IngestBatch>(8);
     let mut acks = client.publish(ReceiverStream::new(rx)).await?.into_inner();
@@ -229,7 +140,7 @@ async fn paced(channel: Channel, run: String, ticks: u64) -> AnyResult<u64> {
         let records = (0..PACE_STEPS)
             .map(|_| {
                 seq += 1;
-                small_step(&run, seq, sent)
+                small_step(&run, &producer, seq, sent)
             })
             .collect();
         tx.send(IngestBatch {
@@ -358,8 +269,8 @@ fn main() -> AnyResult<()> {
     let (cross, same) = rt.block_on(async {
         let pg = testing::fresh_config(&url, "lat");
         let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let a = daemon(da.path(), Some(&pg)).await?;
-        let b = daemon(db.path(), Some(&pg)).await?;
+        let a = pg_daemon(da.path(), &pg).await?;
+        let b = pg_daemon(db.path(), &pg).await?;
         let same = latency(&a, &a, "same-daemon", ticks).await?;
         let cross = latency(&b, &a, "cross-daemon", ticks).await?;
         a.shutdown().await?;
