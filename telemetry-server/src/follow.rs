@@ -81,13 +81,6 @@ pub struct Leasing {
 }
 
 impl Leasing {
-    fn count(&self, event: &str, n: u64) {
-        self.metrics
-            .store_leases
-            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
-            .inc_by(n);
-    }
-
     /// Renews our lease once (on the blocking pool).
     pub async fn renew(&self) -> Result<telemetry_store::Renewal, telemetry_store::StoreError> {
         let (l, owner, ttl) = (self.leases.clone(), self.owner.clone(), self.ttl);
@@ -103,13 +96,13 @@ impl Leasing {
             });
         match &out {
             Ok(telemetry_store::Renewal::Lapsed) => {
-                self.count("renewals", 1);
-                self.count("lapsed", 1);
+                self.metrics.lease_event("renewals", 1);
+                self.metrics.lease_event("lapsed", 1);
                 tracing::warn!(owner = %self.owner, "our lease had lapsed: other daemons may have taken our runs over");
             }
-            Ok(_) => self.count("renewals", 1),
+            Ok(_) => self.metrics.lease_event("renewals", 1),
             Err(e) => {
-                self.count("renew_errors", 1);
+                self.metrics.lease_event("renew_errors", 1);
                 tracing::warn!(error = %e, "renewing our lease failed");
             }
         }
@@ -129,17 +122,17 @@ impl Leasing {
     /// One take-over round: the runs of lapsed owners become ours ([`Registry::adopt`]); a
     /// taken run whose `RunCompleted` is already stored takes its final state from it.
     pub async fn take_over(&self, reader: &Arc<dyn BackendReader>, registry: &Registry) {
-        self.count("takeover_rounds", 1);
+        self.metrics.lease_event("takeover_rounds", 1);
         let (l, owner) = (self.leases.clone(), self.owner.clone());
         let taken = match tokio::task::spawn_blocking(move || l.take_over(&owner)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
-                self.count("takeover_errors", 1);
+                self.metrics.lease_event("takeover_errors", 1);
                 tracing::warn!(error = %e, "taking over lapsed owners' runs failed");
                 return;
             }
             Err(e) => {
-                self.count("takeover_errors", 1);
+                self.metrics.lease_event("takeover_errors", 1);
                 tracing::warn!(error = %e, "the take-over did not finish");
                 return;
             }
@@ -147,7 +140,7 @@ impl Leasing {
         if taken.is_empty() {
             return;
         }
-        self.count("taken_runs", taken.len() as u64);
+        self.metrics.lease_event("taken_runs", taken.len() as u64);
         let running: Vec<String> = taken
             .iter()
             .filter(|t| t.info.state == telemetry_core::pb::RunState::Running as i32)

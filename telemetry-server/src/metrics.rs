@@ -264,6 +264,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts `n` lease events of `event` (`store_leases`; the events are listed there).
+    pub fn lease_event(&self, event: &str, n: u64) {
+        self.store_leases
+            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
+            .inc_by(n);
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut reg = Registry::with_prefix("gym_telemetry");

@@ -93,16 +93,6 @@ struct SharedBeats {
     metrics: Metrics,
 }
 
-impl SharedBeats {
-    /// Counts a beat event on `store_leases`.
-    fn count(&self, event: &str, n: u64) {
-        self.metrics
-            .store_leases
-            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
-            .inc_by(n);
-    }
-}
-
 /// Shared registry; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
@@ -572,14 +562,14 @@ impl Registry {
         if let (true, Some(b)) = (foreign, &self.shared_beats) {
             let (l, id) = (b.leases.clone(), run_id.to_owned());
             match tokio::task::spawn_blocking(move || l.beat(&id)).await {
-                Ok(Ok(true)) => b.count("beats_stored", 1),
+                Ok(Ok(true)) => b.metrics.lease_event("beats_stored", 1),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
-                    b.count("beat_errors", 1);
+                    b.metrics.lease_event("beat_errors", 1);
                     tracing::warn!(run_id, error = %e, "storing a heartbeat for the run's owner failed");
                 }
                 Err(e) => {
-                    b.count("beat_errors", 1);
+                    b.metrics.lease_event("beat_errors", 1);
                     tracing::warn!(run_id, error = %e, "storing a heartbeat did not finish");
                 }
             }
@@ -688,12 +678,12 @@ impl Registry {
         let ages = match tokio::task::spawn_blocking(move || l.beat_ages(&ids)).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                b.count("beat_errors", 1);
+                b.metrics.lease_event("beat_errors", 1);
                 tracing::warn!(error = %e, "reading runs' stored heartbeats failed");
                 return Vec::new();
             }
             Err(e) => {
-                b.count("beat_errors", 1);
+                b.metrics.lease_event("beat_errors", 1);
                 tracing::warn!(error = %e, "reading runs' stored heartbeats did not finish");
                 return Vec::new();
             }
@@ -705,7 +695,7 @@ impl Registry {
         if alive.is_empty() {
             return stale;
         }
-        b.count("beats_seen", alive.len() as u64);
+        b.metrics.lease_event("beats_seen", alive.len() as u64);
         let mut inner = self.lock();
         for (run_id, age) in &alive {
             if let Some(e) = inner.runs.get_mut(run_id) {
