@@ -86,7 +86,7 @@ def train(daemon, tmp_path: Path, algo: str) -> tuple[str, dict, list[dict]]:
 
 def expected_scalars(dumps: list[dict]) -> dict[tuple[str, int], float]:
     """What the store must hold: every numeric value of every dump at its step, except keys
-    SB3 excludes for "tensorboard" (time/total_timesteps, time/fps's companions...)."""
+    SB3 excludes for "tensorboard" (time/total_timesteps, time/iterations, time/time_elapsed)."""
     want: dict[tuple[str, int], float] = {}
     for d in dumps:
         for k, v in d["values"].items():
