@@ -659,8 +659,8 @@ impl Registry {
 
     /// Of `stale` runs, those whose worker heartbeat to another daemon of a shared store
     /// within `timeout` of `now` are taken out (their last beat moved to that time); the rest
-    /// are returned. A failed read keeps them all (a run is failed only when no sign of life
-    /// is found, and the read is retried at the next round before any other).
+    /// are returned. A failed read returns none: this round fails no run (a run is failed only
+    /// when no sign of life is found), and the next round reads again.
     async fn beaten_elsewhere(
         &self,
         stale: Vec<(String, Option<String>)>,
