@@ -24,6 +24,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    future::Future,
+    pin::Pin,
     sync::Arc,
 };
 
@@ -565,7 +567,18 @@ type ScalarTagCols<'a> = (
     Vec<i64>,
 );
 
+/// A statement sent in a pipeline (see [`append_tx`]).
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
 /// One attempt at an append, in one transaction (see the module doc for its steps).
+///
+/// Round trips, not the server's work, are most of what a batch costs beyond its `COPY`, so
+/// the statements of each phase are *pipelined* (tokio-postgres sends every request of a
+/// `try_join` before it waits for the first reply; the server still runs them one by one, in
+/// the order sent, which is the lock order). A batch takes five round trips: `BEGIN`; the
+/// counter and producer locks; the `COPY` (two); the rows, counters, watermarks, summaries and
+/// notify; `COMMIT`. If a statement fails, those after it fail too and the transaction rolls
+/// back when `tx` drops.
 async fn append_tx(
     client: &mut Object,
     records: &[Record],
@@ -578,7 +591,8 @@ async fn append_tx(
         ..Batch::default()
     };
 
-    // 1. The counters of the streams this call may write, locked until commit.
+    // 1 and 2. The counters of the streams this call may write and the producers' rows
+    // (created if missing), locked until commit: three statements, one round trip.
     for kind in records.iter().filter_map(|r| r.kind.as_ref()) {
         batch.used[stream_of(kind)] = true;
     }
@@ -587,18 +601,6 @@ async fn append_tx(
         .zip(batch.used)
         .filter_map(|(n, used)| used.then_some(*n))
         .collect();
-    if !names.is_empty() {
-        let stmt = tx.prepare_cached(LOCK_STREAMS).await.map_err(classify)?;
-        for row in tx.query(&stmt, &[&names]).await.map_err(classify)? {
-            let name: &str = row.try_get(0).map_err(classify)?;
-            let last: i64 = row.try_get(1).map_err(classify)?;
-            if let Some(i) = STREAMS.iter().position(|s| *s == name) {
-                batch.last[i] = last;
-            }
-        }
-    }
-
-    // 2. The producers' rows, created if missing and locked until commit.
     for id in records
         .iter()
         .map(|r| r.producer().0)
@@ -610,17 +612,43 @@ async fn append_tx(
             .entry(id)
             .or_insert((Watermark::NONE, false));
     }
-    if !batch.producers.is_empty() {
-        let ids: Vec<&str> = batch.producers.keys().copied().collect();
-        let add = tx.prepare_cached(ADD_PRODUCERS).await.map_err(classify)?;
-        tx.execute(&add, &[&ids]).await.map_err(classify)?;
-        let lock = tx.prepare_cached(LOCK_PRODUCERS).await.map_err(classify)?;
-        for row in tx.query(&lock, &[&ids]).await.map_err(classify)? {
-            let id: &str = row.try_get(0).map_err(classify)?;
-            let stored: Option<i64> = row.try_get(1).map_err(classify)?;
-            if let Some(p) = batch.producers.get_mut(id) {
-                p.0 = Watermark::from_stored(stored.map(u64_from_sql));
+    let ids: Vec<&str> = batch.producers.keys().copied().collect();
+    let lock_streams = tx.prepare_cached(LOCK_STREAMS).await.map_err(classify)?;
+    let add_producers = tx.prepare_cached(ADD_PRODUCERS).await.map_err(classify)?;
+    let lock_producers = tx.prepare_cached(LOCK_PRODUCERS).await.map_err(classify)?;
+    let (counters, (), producers) = futures::try_join!(
+        async {
+            if names.is_empty() {
+                return Ok(Vec::new());
             }
+            tx.query(&lock_streams, &[&names]).await
+        },
+        async {
+            if !ids.is_empty() {
+                tx.execute(&add_producers, &[&ids]).await?;
+            }
+            Ok(())
+        },
+        async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(&lock_producers, &[&ids]).await
+        },
+    )
+    .map_err(classify)?;
+    for row in counters {
+        let name: &str = row.try_get(0).map_err(classify)?;
+        let last: i64 = row.try_get(1).map_err(classify)?;
+        if let Some(i) = STREAMS.iter().position(|s| *s == name) {
+            batch.last[i] = last;
+        }
+    }
+    for row in producers {
+        let id: &str = row.try_get(0).map_err(classify)?;
+        let stored: Option<i64> = row.try_get(1).map_err(classify)?;
+        if let Some(p) = batch.producers.get_mut(id) {
+            p.0 = Watermark::from_stored(stored.map(u64_from_sql));
         }
     }
 
@@ -649,7 +677,7 @@ async fn append_tx(
         }
     }
 
-    // 4. Rows, counters, watermarks, summaries.
+    // 4a. The step rows, by binary COPY.
     if !batch.steps.is_empty() {
         let stmt = tx.prepare_cached(COPY_STEPS).await.map_err(classify)?;
         let sink = tx.copy_in(&stmt).await.map_err(classify)?;
@@ -665,50 +693,9 @@ async fn append_tx(
         }
         writer.finish().await.map_err(classify)?;
     }
-    if !batch.episodes.seq.is_empty() {
-        let stmt = tx.prepare_cached(INSERT_EPISODES).await.map_err(classify)?;
-        tx.execute(&stmt, &batch.episodes.params())
-            .await
-            .map_err(classify)?;
-    }
-    if !batch.events.seq.is_empty() {
-        let c = &batch.events;
-        let stmt = tx.prepare_cached(INSERT_EVENTS).await.map_err(classify)?;
-        tx.execute(
-            &stmt,
-            &[
-                &c.seq,
-                &c.kind,
-                &c.run_id,
-                &c.ts,
-                &c.producer_id,
-                &c.producer_seq,
-                &c.body,
-            ],
-        )
-        .await
-        .map_err(classify)?;
-    }
-    if !batch.scalars.seq.is_empty() {
-        let c = &batch.scalars;
-        let stmt = tx.prepare_cached(INSERT_SCALARS).await.map_err(classify)?;
-        tx.execute(
-            &stmt,
-            &[
-                &c.seq,
-                &c.run_id,
-                &c.agent_id,
-                &c.tag,
-                &c.step,
-                &c.value,
-                &c.ts,
-                &c.producer_id,
-                &c.producer_seq,
-            ],
-        )
-        .await
-        .map_err(classify)?;
-    }
+
+    // 4b and 5. The other rows, the counters, the watermarks, the summaries (in lock order)
+    // and the notify: one pipeline.
     let written = [
         !batch.episodes.seq.is_empty(),
         !batch.events.seq.is_empty(),
@@ -719,88 +706,161 @@ async fn append_tx(
         .filter(|&i| written[i])
         .map(|i| (STREAMS[i], batch.last[i]))
         .unzip();
-    if !moved.is_empty() {
-        let stmt = tx.prepare_cached(MOVE_STREAMS).await.map_err(classify)?;
-        tx.execute(&stmt, &[&moved, &lasts])
-            .await
-            .map_err(classify)?;
-    }
-    let (ids, seqs): (Vec<&str>, Vec<i64>) = batch
+    let (moved_ids, moved_seqs): (Vec<&str>, Vec<i64>) = batch
         .producers
         .iter()
         .filter(|(_, (_, dirty))| *dirty)
         .map(|(id, (wm, _))| (*id, u64_to_sql(wm.durable_seq())))
         .unzip();
-    if !ids.is_empty() {
-        let stmt = tx.prepare_cached(MOVE_PRODUCERS).await.map_err(classify)?;
-        tx.execute(&stmt, &[&ids, &seqs]).await.map_err(classify)?;
+    let mut runs: RunStatsCols<'_> = Default::default();
+    for (run, d) in &batch.runs {
+        runs.0.push(run);
+        runs.1.push(u64_to_sql(d.steps));
+        runs.2.push(u64_to_sql(d.episodes));
+        runs.3.push(d.first_ts);
+        runs.4.push(d.last_ts);
+        runs.5.push(u64_to_sql(d.last_step_seq));
+        runs.6.push(u64_to_sql(d.last_episode_seq));
+        runs.7.push(u64_to_sql(d.last_event_seq));
     }
-    if !batch.runs.is_empty() {
-        let mut cols: RunStatsCols<'_> = Default::default();
-        for (run, d) in &batch.runs {
-            cols.0.push(run);
-            cols.1.push(u64_to_sql(d.steps));
-            cols.2.push(u64_to_sql(d.episodes));
-            cols.3.push(d.first_ts);
-            cols.4.push(d.last_ts);
-            cols.5.push(u64_to_sql(d.last_step_seq));
-            cols.6.push(u64_to_sql(d.last_episode_seq));
-            cols.7.push(u64_to_sql(d.last_event_seq));
+    let mut agents: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for (run, agent, mode) in &batch.agents {
+        agents.0.push(run);
+        agents.1.push(agent);
+        agents.2.push(mode);
+    }
+    let mut tags: ScalarTagCols<'_> = Default::default();
+    for ((run, tag, agent), d) in &batch.tags {
+        tags.0.push(run);
+        tags.1.push(tag);
+        tags.2.push(agent);
+        tags.3.push(u64_to_sql(d.points));
+        tags.4.push(d.first_step);
+        tags.5.push(d.last_step);
+        tags.6.push(d.last_value);
+        tags.7.push(d.last_ts);
+        tags.8.push(u64_to_sql(d.last_seq));
+    }
+    // One hint for the other daemons' change feeds, delivered at commit (feed.rs): the last
+    // seq of each stream this batch wrote, nothing else.
+    let hint = batch
+        .outcomes
+        .iter()
+        .any(|o| matches!(o, AppendOutcome::Stored { .. }))
+        .then(|| {
+            let written: Vec<(&str, i64)> = STREAMS
+                .iter()
+                .zip(batch.used.iter().zip(batch.last))
+                .filter_map(|(name, (used, last))| (*used && last > 0).then_some((*name, last)))
+                .collect();
+            crate::feed::payload(&written)
+        });
+
+    {
+        let tx = &tx;
+        let mut pipeline: Vec<Pending<'_>> = Vec::new();
+        if !batch.episodes.seq.is_empty() {
+            let stmt = tx.prepare_cached(INSERT_EPISODES).await.map_err(classify)?;
+            let c = &batch.episodes;
+            pipeline.push(Box::pin(
+                async move { tx.execute(&stmt, &c.params()).await },
+            ));
         }
-        let stmt = tx
-            .prepare_cached(UPSERT_RUN_STATS)
-            .await
-            .map_err(classify)?;
-        tx.execute(
-            &stmt,
-            &[
-                &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7,
-            ],
-        )
-        .await
-        .map_err(classify)?;
-    }
-    if !batch.agents.is_empty() {
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-        for (run, agent, mode) in &batch.agents {
-            cols.0.push(run);
-            cols.1.push(agent);
-            cols.2.push(mode);
+        if !batch.events.seq.is_empty() {
+            let stmt = tx.prepare_cached(INSERT_EVENTS).await.map_err(classify)?;
+            let c = &batch.events;
+            pipeline.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &c.seq,
+                    &c.kind,
+                    &c.run_id,
+                    &c.ts,
+                    &c.producer_id,
+                    &c.producer_seq,
+                    &c.body,
+                ];
+                tx.execute(&stmt, &params).await
+            }));
         }
-        let stmt = tx
-            .prepare_cached(INSERT_RUN_AGENTS)
-            .await
-            .map_err(classify)?;
-        tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-            .await
-            .map_err(classify)?;
-    }
-    if !batch.tags.is_empty() {
-        let mut cols: ScalarTagCols<'_> = Default::default();
-        for ((run, tag, agent), d) in &batch.tags {
-            cols.0.push(run);
-            cols.1.push(tag);
-            cols.2.push(agent);
-            cols.3.push(u64_to_sql(d.points));
-            cols.4.push(d.first_step);
-            cols.5.push(d.last_step);
-            cols.6.push(d.last_value);
-            cols.7.push(d.last_ts);
-            cols.8.push(u64_to_sql(d.last_seq));
+        if !batch.scalars.seq.is_empty() {
+            let stmt = tx.prepare_cached(INSERT_SCALARS).await.map_err(classify)?;
+            let c = &batch.scalars;
+            pipeline.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 9] = [
+                    &c.seq,
+                    &c.run_id,
+                    &c.agent_id,
+                    &c.tag,
+                    &c.step,
+                    &c.value,
+                    &c.ts,
+                    &c.producer_id,
+                    &c.producer_seq,
+                ];
+                tx.execute(&stmt, &params).await
+            }));
         }
-        let stmt = tx
-            .prepare_cached(UPSERT_SCALAR_TAGS)
+        if !moved.is_empty() {
+            let stmt = tx.prepare_cached(MOVE_STREAMS).await.map_err(classify)?;
+            let (moved, lasts) = (&moved, &lasts);
+            pipeline.push(Box::pin(
+                async move { tx.execute(&stmt, &[moved, lasts]).await },
+            ));
+        }
+        if !moved_ids.is_empty() {
+            let stmt = tx.prepare_cached(MOVE_PRODUCERS).await.map_err(classify)?;
+            let (ids, seqs) = (&moved_ids, &moved_seqs);
+            pipeline.push(Box::pin(
+                async move { tx.execute(&stmt, &[ids, seqs]).await },
+            ));
+        }
+        if !runs.0.is_empty() {
+            let stmt = tx
+                .prepare_cached(UPSERT_RUN_STATS)
+                .await
+                .map_err(classify)?;
+            let c = &runs;
+            pipeline.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 8] =
+                    [&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7];
+                tx.execute(&stmt, &params).await
+            }));
+        }
+        if !agents.0.is_empty() {
+            let stmt = tx
+                .prepare_cached(INSERT_RUN_AGENTS)
+                .await
+                .map_err(classify)?;
+            let c = &agents;
+            pipeline.push(Box::pin(async move {
+                tx.execute(&stmt, &[&c.0, &c.1, &c.2]).await
+            }));
+        }
+        if !tags.0.is_empty() {
+            let stmt = tx
+                .prepare_cached(UPSERT_SCALAR_TAGS)
+                .await
+                .map_err(classify)?;
+            let c = &tags;
+            pipeline.push(Box::pin(async move {
+                let params: [&(dyn ToSql + Sync); 9] =
+                    [&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8];
+                tx.execute(&stmt, &params).await
+            }));
+        }
+        if let Some(hint) = &hint {
+            let stmt = tx.prepare_cached(NOTIFY).await.map_err(classify)?;
+            pipeline.push(Box::pin(async move {
+                tx.execute(&stmt, &[&channel, hint]).await
+            }));
+        }
+        // `try_join_all` polls its futures in order the first time (for fewer than 30, which
+        // these always are), so they are sent in the order above.
+        futures::future::try_join_all(pipeline)
             .await
             .map_err(classify)?;
-        tx.execute(
-            &stmt,
-            &[
-                &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7, &cols.8,
-            ],
-        )
-        .await
-        .map_err(classify)?;
     }
+
     // Producers in order of first appearance, as the SQLite store reports them.
     let mut seen = BTreeSet::new();
     let watermarks = records
@@ -815,23 +875,6 @@ async fn append_tx(
                 .map(|(wm, _)| (p.to_owned(), wm.durable_seq()))
         })
         .collect();
-    // 5. One hint for the other daemons' change feeds, delivered at commit (feed.rs): the last
-    // seq of each stream this batch wrote, nothing else.
-    if batch
-        .outcomes
-        .iter()
-        .any(|o| matches!(o, AppendOutcome::Stored { .. }))
-    {
-        let written: Vec<(&str, i64)> = STREAMS
-            .iter()
-            .zip(batch.used.iter().zip(batch.last))
-            .filter_map(|(name, (used, last))| (*used && last > 0).then_some((*name, last)))
-            .collect();
-        let stmt = tx.prepare_cached(NOTIFY).await.map_err(classify)?;
-        tx.execute(&stmt, &[&channel, &crate::feed::payload(&written)])
-            .await
-            .map_err(classify)?;
-    }
     tx.commit().await.map_err(classify)?;
     Ok((batch.outcomes, watermarks))
 }

@@ -1,25 +1,24 @@
 //! Benchmarks of the PostgreSQL store (telemetry-store-pg), each against a baseline run in the
-//! same process on the same database:
+//! same process on the same database. Configurations alternate in chunks of five batches and
+//! each is scored by its median chunk: the machines are shared and noisy, and a neighbour's
+//! burst then lands on a few chunks of every configuration, not on one configuration's run.
 //!
 //! - `pg_ingest_b1024`: `BackendWriter::append` of batches of 1,024 steps (watermarks, seqs in
 //!   commit order, run summaries, one `pg_notify` per batch), against a plain binary `COPY` of
-//!   the same rows into a table with the same columns and indexes, one transaction per batch.
-//!   Goal (issue 20): ratio >= 0.7.
+//!   the same rows (all 22 columns, same values) into a table with the same columns and
+//!   indexes, one transaction per batch. Goal (issue 20): ratio >= 0.7.
 //! - `pg_ingest_vs_sqlite_b1024`: the same PostgreSQL appends against the embedded SQLite
 //!   store's `Store::append` of the same batches (ratio = PostgreSQL / SQLite).
 //! - `pg_two_writers_b1024`: two writers (two daemons' worth) appending concurrently to one
 //!   schema, each its own producer, against one writer alone (ratio = combined rate / one
-//!   writer's rate). Appends to one stream commit one at a time (the seq-order lock), so
-//!   expect about 1: a second daemon adds availability and viewers, not ingest.
+//!   writer's rate), chunks of one writer alone alternating with chunks of both at once.
+//!   Appends to one stream commit one at a time (the seq-order lock), so expect about 1: a
+//!   second daemon adds availability and viewers, not ingest.
 //!
 //! Needs a database: GYM_TELEMETRY_TEST_PG (scripts/bench.sh starts a throwaway cluster when it
 //! is unset). `--quick` writes fewer rows.
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use gym_telemetry_benches::{fresh, rate, template, AnyResult};
 use telemetry_core::{
@@ -31,23 +30,48 @@ use telemetry_store_pg::{testing, PgBackend};
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type, NoTls};
 
 const BATCH: usize = 1024;
+/// Batches per timed chunk. Configurations alternate chunk by chunk and each is scored by its
+/// median chunk, so a neighbour's burst on the shared machine lands on a few chunks of every
+/// configuration rather than on one configuration's whole run.
+const CHUNK: usize = 5;
 
-/// Appends `total` steps of `producer` through `w`, in batches of [`BATCH`].
-fn ingest(w: &mut dyn BackendWriter, producer: &str, total: u64) -> AnyResult<Duration> {
-    let mut records: Vec<Record> = (0..BATCH as u64).map(|i| template(i).into()).collect();
-    let mut seq = 0u64;
-    let started = Instant::now();
-    while seq < total {
-        for r in &mut records {
-            seq += 1;
+/// Batches of [`BATCH`] steps as one producer sends them: [`template`] rows, renumbered batch
+/// after batch (producer seq, episode and step index).
+struct Batches {
+    records: Vec<Record>,
+    producer: String,
+    seq: u64,
+}
+
+impl Batches {
+    fn new(producer: &str) -> Self {
+        Batches {
+            records: (0..BATCH as u64).map(|i| template(i).into()).collect(),
+            producer: producer.to_owned(),
+            seq: 0,
+        }
+    }
+
+    fn next(&mut self) -> &mut [Record] {
+        for r in &mut self.records {
+            self.seq += 1;
             if let Some(Kind::Step(s)) = &mut r.kind {
-                s.producer_id = producer.to_owned();
-                s.producer_seq = seq;
-                s.episode_index = seq / 500;
-                s.step_index = seq % 500;
+                s.producer_id.clone_from(&self.producer);
+                s.producer_seq = self.seq;
+                s.episode_index = self.seq / 500;
+                s.step_index = self.seq % 500;
             }
         }
-        let report = w.append(&mut records, &[])?;
+        &mut self.records
+    }
+}
+
+/// Appends `n` batches of `b` through `w`.
+fn append_batches(w: &mut dyn BackendWriter, b: &mut Batches, n: usize) -> AnyResult<Duration> {
+    let started = Instant::now();
+    for _ in 0..n {
+        let records = b.next();
+        let report = w.append(records, &[])?;
         if report.stored != records.len() {
             return Err(format!("stored {} of {}", report.stored, records.len()).into());
         }
@@ -59,7 +83,17 @@ fn backend(url: &str, prefix: &str) -> AnyResult<PgBackend> {
     Ok(PgBackend::new(testing::fresh_config(url, prefix))?)
 }
 
-const COPY_TYPES: [Type; 20] = [
+/// The baseline: a plain binary COPY of the same rows (every column the store writes, with
+/// the same values) into a copy of the `steps` table (same columns and indexes), one
+/// transaction per batch. It shares no code with the store's writer on purpose.
+struct PlainCopy {
+    client: tokio_postgres::Client,
+    table: String,
+    batches: Batches,
+    seq: i64,
+}
+
+const COPY_TYPES: [Type; 22] = [
     Type::INT8,
     Type::TEXT,
     Type::INT8,
@@ -80,76 +114,98 @@ const COPY_TYPES: [Type; 20] = [
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
 ];
 
-/// The baseline: binary COPY of the same rows into a copy of the `steps` table (same columns
-/// and indexes), one transaction per batch.
-async fn copy_plain(url: &str, schema: &str, total: u64) -> AnyResult<Duration> {
-    let (mut client, conn) = url
-        .parse::<tokio_postgres::Config>()?
-        .connect(NoTls)
-        .await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.plain_steps (LIKE {schema}.steps INCLUDING ALL)"
-        ))
-        .await?;
-    let templates: Vec<_> = (0..BATCH as u64).map(template).collect();
-    let mut seq = 0i64;
-    let started = Instant::now();
-    while (seq as u64) < total {
-        let tx = client.transaction().await?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {schema}.plain_steps (seq, run_id, episode_index, step_index, \
-                 action_json, observation_json, reward, terminated, truncated, ts_ns, \
-                 policy_label, backend, agent_id, render_hint_json, frame_ref, payload_version, \
-                 control_mode, producer_id, producer_seq, info_json) FROM STDIN BINARY"
+impl PlainCopy {
+    async fn connect(url: &str, schema: &str) -> AnyResult<PlainCopy> {
+        let (client, conn) = url
+            .parse::<tokio_postgres::Config>()?
+            .connect(NoTls)
+            .await?;
+        tokio::spawn(conn);
+        let table = format!("{schema}.plain_steps");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (LIKE {schema}.steps INCLUDING ALL)"
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-        futures::pin_mut!(writer);
-        for s in &templates {
-            seq += 1;
-            let ts = s.timestamp.as_ref().map(to_unix_nanos);
-            let (ep, st, pv) = (seq / 500, seq % 500, s.payload_version as i64);
-            writer
-                .as_mut()
-                .write(&[
-                    &seq,
-                    &s.run_id,
-                    &ep,
-                    &st,
-                    &s.action_json,
-                    &s.observation_json,
-                    &s.reward,
-                    &s.terminated,
-                    &s.truncated,
-                    &ts,
-                    &s.policy_label,
-                    &s.backend,
-                    &s.agent_id,
-                    &s.render_hint_json,
-                    &s.frame_ref,
-                    &pv,
-                    &s.control_mode,
-                    &s.producer_id,
-                    &seq,
-                    &s.info_json,
-                ])
-                .await?;
-        }
-        writer.finish().await?;
-        tx.commit().await?;
+        Ok(PlainCopy {
+            client,
+            table,
+            batches: Batches::new("bench-producer"),
+            seq: 0,
+        })
     }
-    Ok(started.elapsed())
+
+    async fn chunk(&mut self, n: usize) -> AnyResult<Duration> {
+        let started = Instant::now();
+        for _ in 0..n {
+            let tx = self.client.transaction().await?;
+            let sink = tx
+                .copy_in(&format!(
+                    "COPY {} (seq, run_id, episode_index, step_index, action_json, \
+                     observation_json, reward, terminated, truncated, ts_ns, policy_label, \
+                     backend, agent_id, render_hint_json, frame_ref, payload_version, \
+                     control_mode, producer_id, producer_seq, info_json, policy_id, \
+                     policy_digest) FROM STDIN BINARY",
+                    self.table
+                ))
+                .await?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            futures::pin_mut!(writer);
+            for r in self.batches.next().iter() {
+                let Some(Kind::Step(s)) = &r.kind else {
+                    continue;
+                };
+                self.seq += 1;
+                let ts = s.timestamp.as_ref().map(to_unix_nanos);
+                let (ep, st) = (s.episode_index as i64, s.step_index as i64);
+                let (pv, pseq) = (i64::from(s.payload_version), s.producer_seq as i64);
+                writer
+                    .as_mut()
+                    .write(&[
+                        &self.seq,
+                        &s.run_id,
+                        &ep,
+                        &st,
+                        &s.action_json,
+                        &s.observation_json,
+                        &s.reward,
+                        &s.terminated,
+                        &s.truncated,
+                        &ts,
+                        &s.policy_label,
+                        &s.backend,
+                        &s.agent_id,
+                        &s.render_hint_json,
+                        &s.frame_ref,
+                        &pv,
+                        &s.control_mode,
+                        &s.producer_id,
+                        &pseq,
+                        &s.info_json,
+                        &s.policy_id,
+                        &s.policy_digest,
+                    ])
+                    .await?;
+            }
+            writer.finish().await?;
+            tx.commit().await?;
+        }
+        Ok(started.elapsed())
+    }
 }
 
-fn sqlite_ingest(dir: &Path, total: u64) -> AnyResult<Duration> {
-    let path = fresh(dir, "sqlite-b1024.sqlite");
-    let mut store = Store::open(StoreConfig::new(&path))?;
-    ingest(&mut store, "bench-producer", total)
+/// The rate of `CHUNK` batches (per writer) done in the median of `chunks`.
+fn median_rate(chunks: &mut [Duration], writers: u64) -> f64 {
+    chunks.sort();
+    let mid = chunks
+        .get(chunks.len() / 2)
+        .copied()
+        .unwrap_or(Duration::MAX);
+    rate(writers * (CHUNK * BATCH) as u64, mid)
 }
 
 fn main() -> AnyResult<()> {
@@ -157,34 +213,41 @@ fn main() -> AnyResult<()> {
     let Ok(url) = std::env::var(testing::TEST_URL_VAR) else {
         return Err(format!("{} is unset", testing::TEST_URL_VAR).into());
     };
-    let total: u64 = if quick { 40 * 1024 } else { 200 * 1024 };
+    // 200 batches (204,800 steps) per configuration; 40 with --quick.
+    let rounds: usize = if quick { 8 } else { 40 };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let dir = tempfile::tempdir()?;
 
-    // ABBA rounds, best of two each.
-    let (mut store_t, mut copy_t, mut sqlite_t) = (Duration::MAX, Duration::MAX, Duration::MAX);
-    for round in 0..4 {
-        if round == 0 || round == 3 {
-            let b = backend(&url, "bcopy")?;
-            drop(b.open_writer()?); // the schema, for LIKE
-            let schema = b.config().schema().to_owned();
-            copy_t = copy_t.min(rt.block_on(copy_plain(&url, &schema, total))?);
-            sqlite_t = sqlite_t.min(sqlite_ingest(dir.path(), total)?);
-        } else {
-            let b = backend(&url, "bstore")?;
-            let mut w = b.open_writer()?;
-            store_t = store_t.min(ingest(w.as_mut(), "bench-producer", total)?);
+    // The store, the plain COPY and SQLite, chunk by chunk, the order rotating each round.
+    let store = backend(&url, "bstore")?;
+    let mut writer = store.open_writer()?;
+    let mut store_batches = Batches::new("bench-producer");
+    let copy_schema = backend(&url, "bcopy")?;
+    drop(copy_schema.open_writer()?); // the schema, for LIKE
+    let mut copy = rt.block_on(PlainCopy::connect(&url, copy_schema.config().schema()))?;
+    let mut sqlite = Store::open(StoreConfig::new(fresh(dir.path(), "sqlite-b1024.sqlite")))?;
+    let mut sqlite_batches = Batches::new("bench-producer");
+    let (mut store_t, mut copy_t, mut sqlite_t) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => store_t.push(append_batches(writer.as_mut(), &mut store_batches, CHUNK)?),
+                1 => copy_t.push(rt.block_on(copy.chunk(CHUNK))?),
+                _ => sqlite_t.push(append_batches(&mut sqlite, &mut sqlite_batches, CHUNK)?),
+            }
         }
     }
     let (s, c, q) = (
-        rate(total, store_t),
-        rate(total, copy_t),
-        rate(total, sqlite_t),
+        median_rate(&mut store_t, 1),
+        median_rate(&mut copy_t, 1),
+        median_rate(&mut sqlite_t, 1),
     );
+    let total = rounds * CHUNK * BATCH;
     eprintln!(
-        "   b1024: {total} steps, pg store {s:.0}/s, plain COPY {c:.0}/s, sqlite store {q:.0}/s"
+        "   b1024: {total} steps each, median chunk of {CHUNK} batches: pg store {s:.0}/s, \
+         plain COPY {c:.0}/s, sqlite store {q:.0}/s"
     );
     println!("BENCH pg_ingest_b1024 {s:.0} steps/s ratio={:.2}", s / c);
     println!(
@@ -192,36 +255,48 @@ fn main() -> AnyResult<()> {
         s / q
     );
 
-    // Two writers on one schema against one.
-    let one = {
-        let b = backend(&url, "bone")?;
-        let mut w = b.open_writer()?;
-        rate(total, ingest(w.as_mut(), "solo", total)?)
-    };
-    let b = Arc::new(backend(&url, "btwo")?);
-    drop(b.open_writer()?);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..2)
-        .map(|i| {
-            // Each its own backend: its own pool and connection, as two daemons would have.
-            let cfg = b.config().clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let own = PgBackend::new(cfg).map_err(|e| e.to_string())?;
-                let mut w = own.open_writer().map_err(|e| e.to_string())?;
-                ingest(w.as_mut(), &format!("writer-{i}"), total)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().map_err(|_| "writer panicked")??;
+    // Two writers on one schema against one, alternating chunks: one writer alone, then two
+    // at once (each its own backend, pool and connection, as two daemons would have).
+    let two = backend(&url, "btwo")?;
+    drop(two.open_writer()?);
+    let mut writers = Vec::new();
+    for i in 0..2 {
+        let own = PgBackend::new(two.config().clone())?;
+        writers.push((own.open_writer()?, Batches::new(&format!("writer-{i}"))));
     }
-    let two = rate(2 * total, started.elapsed());
-    eprintln!("   two writers: {two:.0}/s combined, one writer {one:.0}/s");
+    let (mut solo_t, mut duo_t) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for k in 0..2 {
+            if (round + k) % 2 == 0 {
+                let (w, b) = &mut writers[0];
+                solo_t.push(append_batches(w.as_mut(), b, CHUNK)?);
+                continue;
+            }
+            let started = Instant::now();
+            std::thread::scope(|scope| -> AnyResult<()> {
+                let handles: Vec<_> = writers
+                    .iter_mut()
+                    .map(|(w, b)| {
+                        scope.spawn(move || {
+                            append_batches(w.as_mut(), b, CHUNK)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().map_err(|_| "writer panicked")??;
+                }
+                Ok(())
+            })?;
+            duo_t.push(started.elapsed());
+        }
+    }
+    let (one, both) = (median_rate(&mut solo_t, 1), median_rate(&mut duo_t, 2));
+    eprintln!("   two writers: {both:.0}/s combined, one writer {one:.0}/s");
     println!(
-        "BENCH pg_two_writers_b1024 {two:.0} steps/s ratio={:.2}",
-        two / one
+        "BENCH pg_two_writers_b1024 {both:.0} steps/s ratio={:.2}",
+        both / one
     );
     Ok(())
 }
