@@ -568,7 +568,7 @@ type ScalarTagCols<'a> = (
 );
 
 /// A statement sent in a pipeline (see [`append_tx`]).
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+type InFlight<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
 
 /// One attempt at an append, in one transaction (see the module doc for its steps).
 ///
@@ -758,7 +758,7 @@ async fn append_tx(
 
     {
         let tx = &tx;
-        let mut pipeline: Vec<Pending<'_>> = Vec::new();
+        let mut pipeline: Vec<InFlight<'_>> = Vec::new();
         if !batch.episodes.seq.is_empty() {
             let stmt = tx.prepare_cached(INSERT_EPISODES).await.map_err(classify)?;
             let c = &batch.episodes;

@@ -11,6 +11,10 @@
 //! times at random capture counts. Then the sender flushes and closes, the daemon stops, and
 //! the harness opens the frame store itself and reads every frame back.
 //!
+//! The capturer never runs more than half the raw budget ahead of the encoder (a worker
+//! slower than its encoder, as most are), so the budgets are sized for the outages and not for
+//! how fast the machine encodes.
+//!
 //! Promise: every captured frame (nothing may be dropped: the budgets are sized for the
 //! outages) is in the index exactly once (`duplicated` = index rows beyond one per key) with
 //! its own pixels (`lost` = frames missing or with other pixels); the flush succeeds, the spill
@@ -35,6 +39,8 @@ const WIDTH: u32 = 160;
 const HEIGHT: u32 = 120;
 /// Steps per episode.
 const EPISODE: u64 = 100;
+/// The sender's budget of raw frames waiting for the encoder (~1,100 frames).
+const MAX_RAW_BYTES: usize = 64 << 20;
 
 /// The pixels of frame `i` (episode `i / EPISODE`, step `i % EPISODE`): a gradient that
 /// compresses like a render, shifted by the frame's index so no two frames are alike.
@@ -86,7 +92,7 @@ pub(crate) fn frames_kill(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcom
             // Raw frames wait for the encoder only: 64 MiB is ~1,100 of them, far more than
             // the encoder falls behind by. Encoded frames beyond 256 KiB (~a dozen) spill, so
             // every outage goes through the spill files.
-            max_raw_bytes: 64 << 20,
+            max_raw_bytes: MAX_RAW_BYTES,
             full_policy: FrameFullPolicy::DropNewest,
             max_pending_bytes: 256 << 10,
             spill_dir: Some(spill_dir.clone()),
@@ -112,6 +118,16 @@ pub(crate) fn frames_kill(o: &Opts, rng: &mut fastrand::Rng) -> AnyResult<Outcom
                 );
                 if r.is_err() {
                     refused += 1;
+                }
+                // A worker no faster than its encoder: the scenario is about kills, not about
+                // whether PNG encoding (a debug build here, on 2 shared cores) keeps up with
+                // 250 fps. Past half the raw budget, wait for the encoder (bounded: if it
+                // stalls for good, the refusals that follow fail the check).
+                let backlog_until = std::time::Instant::now() + WAIT;
+                while s.stats().raw_bytes > (MAX_RAW_BYTES / 2) as u64
+                    && std::time::Instant::now() < backlog_until
+                {
+                    std::thread::sleep(Duration::from_millis(2));
                 }
                 let due = over.mul_f64(i as f64 / n as f64);
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
