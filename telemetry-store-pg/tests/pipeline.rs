@@ -8,7 +8,7 @@
 //! the pipeline) raises for one run id.
 
 use telemetry_core::pb::{self, Record};
-use telemetry_store::{AppendOutcome, Backend, Filter, StoreError};
+use telemetry_store::{conformance::stored_seqs, Backend, Filter, StoreError};
 use telemetry_store_pg::testing;
 
 fn step(run: &str, pseq: u64) -> Record {
@@ -24,16 +24,6 @@ fn step(run: &str, pseq: u64) -> Record {
         ..Default::default()
     }
     .into()
-}
-
-fn seqs(outcomes: &[AppendOutcome]) -> Vec<u64> {
-    outcomes
-        .iter()
-        .filter_map(|o| match o {
-            AppendOutcome::Stored { seq } => Some(*seq),
-            AppendOutcome::Duplicate => None,
-        })
-        .collect()
 }
 
 /// Installs the fault: inserting a `run_agents` row of run `poison` raises.
@@ -74,7 +64,7 @@ fn a_statement_failing_late_in_the_pipeline_rolls_the_whole_batch_back() {
     let first = w
         .append(&mut (1..=3).map(|i| step("ok", i)).collect::<Vec<_>>(), &[])
         .expect("append");
-    assert_eq!(seqs(&first.outcomes), vec![1, 2, 3]);
+    assert_eq!(stored_seqs(&first.outcomes), vec![1, 2, 3]);
     poison_run_agents(&url, backend.config().schema());
 
     let mut bad: Vec<Record> = (4..=6).map(|i| step("ok", i)).collect();
@@ -130,6 +120,6 @@ fn a_statement_failing_late_in_the_pipeline_rolls_the_whole_batch_back() {
     // did not move either), on the same writer and connection.
     let mut retry: Vec<Record> = (4..=6).map(|i| step("ok", i)).collect();
     let again = w.append(&mut retry, &[]).expect("the writer goes on");
-    assert_eq!(seqs(&again.outcomes), vec![4, 5, 6]);
+    assert_eq!(stored_seqs(&again.outcomes), vec![4, 5, 6]);
     assert_eq!(w.watermark("p").expect("watermark"), 6);
 }

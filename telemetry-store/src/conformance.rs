@@ -154,7 +154,8 @@ fn steps_of(producer: &str, from: u64, n: u64) -> Vec<Record> {
         .collect()
 }
 
-fn stored_seqs(outcomes: &[AppendOutcome]) -> Vec<u64> {
+/// The seqs of an append's stored records, in order (duplicates have none).
+pub fn stored_seqs(outcomes: &[AppendOutcome]) -> Vec<u64> {
     outcomes
         .iter()
         .filter_map(|o| match o {
